@@ -1,0 +1,235 @@
+"""Face detection, alignment to a canonical template, and paste-back into the original photo.
+
+Coordinates are (x, y) in pixels. An alignment is a 2x3 similarity matrix that maps photo pixels to
+pixels of a unit crop (side 1.0); scaling it gives the matrix for a crop of any side, so the flow crop
+and the larger work crop share one framing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Five landmarks (left eye, right eye, nose tip, left and right mouth corner) in a unit crop. The face
+# is framed loosely, with forehead, hair and chin inside, because hair and face shape change with age.
+CANONICAL_LANDMARKS = np.array(
+    [
+        [0.3865, 0.4600],
+        [0.6135, 0.4600],
+        [0.5000, 0.5900],
+        [0.4080, 0.7200],
+        [0.5950, 0.7200],
+    ],
+    dtype=np.float64,
+)
+
+
+@dataclass
+class DetectedFace:
+    box: np.ndarray  # x1, y1, x2, y2 in photo pixels
+    landmarks: np.ndarray  # 5 x 2 in photo pixels
+    score: float
+
+    @property
+    def size(self) -> float:
+        """Side of the face in photo pixels: the larger side of the detector's box."""
+        return float(max(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+
+
+@dataclass
+class AlignedFace:
+    face: DetectedFace
+    matrix: np.ndarray  # 2x3, photo pixels -> unit crop
+    crops: dict[int, torch.Tensor] = field(default_factory=dict)  # side -> 3 x side x side, floats in [0, 1]
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src points onto dst (Umeyama)."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    cov = dst_c.T @ src_c / len(src)
+    u, s, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[1] = -1.0
+    rotation = u @ np.diag(d) @ vt
+    scale = (s * d).sum() / src_c.var(0).sum()
+    matrix = np.zeros((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = dst_mean - scale * rotation @ src_mean
+    return matrix
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    full = np.vstack([matrix, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
+
+
+def scaled(matrix: np.ndarray, side: float) -> np.ndarray:
+    """The unit-crop matrix for a crop of `side` pixels (pixel centres at integer coordinates)."""
+    out = matrix * side
+    out[:, 2] -= 0.5
+    return out
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 -> 1 x 3 x H x W float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+def _grid_for(matrix_dst_to_src: np.ndarray, out_h: int, out_w: int, src_h: int, src_w: int) -> torch.Tensor:
+    """Sampling grid (normalized, align_corners=False) of source positions for each destination pixel."""
+    ys, xs = torch.meshgrid(
+        torch.arange(out_h, dtype=torch.float64), torch.arange(out_w, dtype=torch.float64), indexing="ij"
+    )
+    m = torch.from_numpy(matrix_dst_to_src)
+    sx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+    sy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+    gx = (sx + 0.5) / src_w * 2 - 1
+    gy = (sy + 0.5) / src_h * 2 - 1
+    return torch.stack([gx, gy], -1).unsqueeze(0).float()
+
+
+def warp_to_crop(image: np.ndarray, matrix: np.ndarray, side: int) -> torch.Tensor:
+    """Crop `side` x `side` pixels of the aligned face from an H x W x 3 uint8 photo.
+
+    Only the region under the crop is converted to floats, and it is first shrunk with an anti-aliasing
+    filter when the crop is much smaller than the face, so large photos stay cheap and free of aliasing.
+    Outside the photo the crop reflects the photo's border.
+    """
+    pixel_matrix = scaled(matrix, side)
+    inverse = invert_affine(pixel_matrix)
+    corners = np.array([[0, 0, 1], [side, 0, 1], [0, side, 1], [side, side, 1]], np.float64)
+    src = corners @ inverse.T
+    h, w = image.shape[:2]
+    x0 = int(max(0, np.floor(src[:, 0].min()) - 2))
+    y0 = int(max(0, np.floor(src[:, 1].min()) - 2))
+    x1 = int(min(w, np.ceil(src[:, 0].max()) + 3))
+    y1 = int(min(h, np.ceil(src[:, 1].max()) + 3))
+    if x1 - x0 < 2 or y1 - y0 < 2:  # the crop lies wholly outside the photo: use the whole photo
+        x0, y0, x1, y1 = 0, 0, w, h
+    region = image_to_tensor(image[y0:y1, x0:x1].copy())
+    inverse = inverse.copy()
+    inverse[:, 2] -= [x0, y0]
+    scale = float(np.sqrt(abs(np.linalg.det(pixel_matrix[:, :2]))))  # crop pixels per photo pixel
+    if scale < 0.5:
+        factor = 2.0 * scale
+        new_h = max(2, int(round(region.shape[2] * factor)))
+        new_w = max(2, int(round(region.shape[3] * factor)))
+        fy, fx = new_h / region.shape[2], new_w / region.shape[3]
+        region = F.interpolate(region, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+        to_small = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5]])
+        inverse = to_small @ np.vstack([inverse, [0, 0, 1]])
+    grid = _grid_for(inverse, side, side, region.shape[2], region.shape[3])
+    crop = F.grid_sample(region, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return crop[0].clamp_(0, 1)
+
+
+def face_mask(side: int, feather: float = 0.25) -> torch.Tensor:
+    """A soft elliptical mask over the face and hair in a crop of `side` pixels, 1 inside, 0 at the edges."""
+    coords = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    # ellipse centred between the eyes and mouth, wide enough for the hair, ending below the chin
+    r = torch.sqrt(((xs - 0.5) / 0.40) ** 2 + ((ys - 0.50) / 0.46) ** 2)
+    t = ((1.0 - r) / feather).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def paste_back(image: np.ndarray, aligned: AlignedFace, change: torch.Tensor) -> np.ndarray:
+    """Add `change` (3 x S x S, in [−1, 1] units of the crop) to the face in the photo under a feathered mask.
+
+    Only the pixels under the face's mask are touched; everywhere else the photo is returned unchanged,
+    so a zero change returns the photo exactly.
+    """
+    side = change.shape[-1]
+    pixel_matrix = scaled(aligned.matrix, side)
+    inverse = invert_affine(pixel_matrix)
+    corners = np.array([[0, 0, 1], [side, 0, 1], [0, side, 1], [side, side, 1]], np.float64)
+    src = corners @ inverse.T
+    h, w = image.shape[:2]
+    x0 = int(max(0, np.floor(src[:, 0].min())))
+    y0 = int(max(0, np.floor(src[:, 1].min())))
+    x1 = int(min(w, np.ceil(src[:, 0].max()) + 1))
+    y1 = int(min(h, np.ceil(src[:, 1].max()) + 1))
+    if x1 <= x0 or y1 <= y0:
+        return image
+    to_crop = pixel_matrix.copy()
+    to_crop[:, 2] += pixel_matrix[:, :2] @ np.array([x0, y0], np.float64)
+    grid = _grid_for(to_crop, y1 - y0, x1 - x0, side, side)
+    payload = torch.cat([change.float(), face_mask(side)[None]], 0)[None]
+    sampled = F.grid_sample(payload, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    delta = (sampled[:3] * sampled[3:4]).permute(1, 2, 0).numpy() * 255.0
+    out = image.copy()
+    region = out[y0:y1, x0:x1].astype(np.float32) + delta
+    out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+    return out
+
+
+class FaceAligner:
+    """MTCNN detection (weights from the facenet-pytorch wheel) and similarity alignment.
+
+    `detect_max_side`: photos larger than this are detected on a downscaled copy, and the boxes and
+    landmarks are mapped back to full resolution. `min_face_size`: faces smaller than this many photo
+    pixels are reported as too small.
+    """
+
+    def __init__(
+        self,
+        detect_max_side: int = 640,
+        min_face_size: int = 40,
+        min_score: float = 0.9,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        from facenet_pytorch import MTCNN
+
+        self.detect_max_side = detect_max_side
+        self.min_face_size = min_face_size
+        self.min_score = min_score
+        self.mtcnn = MTCNN(keep_all=True, min_face_size=20, device=device, post_process=False)
+
+    def detect(self, image: np.ndarray, smallest: float = 20.0) -> list[DetectedFace]:
+        """All faces in an H x W x 3 uint8 photo, largest first (including ones below `min_face_size`).
+
+        `smallest`: the smallest face searched for, in pixels of the image detection runs on; a larger
+        value skips the finest levels of the detector's image pyramid.
+        """
+        h, w = image.shape[:2]
+        factor = 1.0
+        small = image
+        if max(h, w) > self.detect_max_side:
+            from PIL import Image
+
+            factor = self.detect_max_side / max(h, w)
+            size = (max(1, round(w * factor)), max(1, round(h * factor)))
+            small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        self.mtcnn.min_face_size = smallest
+        with torch.inference_mode():
+            boxes, scores, points = self.mtcnn.detect(small, landmarks=True)
+        if boxes is None:
+            return []
+        faces = [
+            DetectedFace(box=np.asarray(b, np.float64) / factor, landmarks=np.asarray(p, np.float64) / factor,
+                         score=float(s))
+            for b, s, p in zip(boxes, scores, points)
+            if s is not None and s >= self.min_score
+        ]
+        faces.sort(key=lambda f: f.size, reverse=True)
+        return faces
+
+    def is_too_small(self, face: DetectedFace) -> bool:
+        return face.size < self.min_face_size
+
+    @staticmethod
+    def alignment(face: DetectedFace) -> np.ndarray:
+        return similarity_transform(face.landmarks, CANONICAL_LANDMARKS)
+
+    def align(self, image: np.ndarray, face: DetectedFace, sides: tuple[int, ...] = (64, 256)) -> AlignedFace:
+        matrix = self.alignment(face)
+        aligned = AlignedFace(face=face, matrix=matrix)
+        for side in sides:
+            aligned.crops[side] = warp_to_crop(image, matrix, side)
+        return aligned

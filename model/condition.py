@@ -1,0 +1,47 @@
+"""The condition vector of the flow's priors: age as piecewise-linear weights over the age knots, then
+gender and ethnicity as one-hot blocks. An unknown gender or ethnicity is the uniform mixture."""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from model.config import GENDERS, RACES, FlowConfig
+
+
+def age_weights(ages: torch.Tensor, knots: tuple[float, ...]) -> torch.Tensor:
+    """N ages -> N x len(knots) hat-function weights that sum to 1 (ages beyond the knots are clamped)."""
+    knots_t = torch.tensor(knots, dtype=torch.float32, device=ages.device)
+    a = ages.float().clamp(knots[0], knots[-1])[:, None]
+    upper = torch.searchsorted(knots_t, a.squeeze(1).contiguous(), right=True).clamp(1, len(knots) - 1)
+    lo, hi = knots_t[upper - 1], knots_t[upper]
+    t = ((a.squeeze(1) - lo) / (hi - lo)).clamp(0, 1)
+    weights = torch.zeros(len(ages), len(knots), device=ages.device)
+    weights.scatter_(1, (upper - 1)[:, None], (1 - t)[:, None])
+    weights.scatter_add_(1, upper[:, None], t[:, None])
+    return weights
+
+
+def one_hot(values: list[str | None], names: tuple[str, ...]) -> torch.Tensor:
+    out = torch.full((len(values), len(names)), 1.0 / len(names))
+    for i, v in enumerate(values):
+        if v in names:
+            out[i] = 0.0
+            out[i, names.index(v)] = 1.0
+    return out
+
+
+def condition_vector(config: FlowConfig, ages, genders=None, races=None) -> torch.Tensor:
+    """Condition vectors for N faces. `genders`/`races` are lists of names, None entries for unknown."""
+    ages = torch.as_tensor(ages, dtype=torch.float32).reshape(-1)
+    n = len(ages)
+    genders = list(genders) if genders is not None else [None] * n
+    races = list(races) if races is not None else [None] * n
+    return torch.cat([age_weights(ages, config.age_knots), one_hot(genders, GENDERS), one_hot(races, RACES)], 1)
+
+
+def condition_grid(config: FlowConfig, ages) -> tuple[torch.Tensor, list[tuple[float, str, str]]]:
+    """Every combination of the given ages with each gender and ethnicity, and what each row means."""
+    combos = list(itertools.product([float(a) for a in ages], GENDERS, RACES))
+    vectors = condition_vector(config, [c[0] for c in combos], [c[1] for c in combos], [c[2] for c in combos])
+    return vectors, combos

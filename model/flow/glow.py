@@ -1,0 +1,183 @@
+"""The multi-scale flow (Glow, or RealNVP as a configuration).
+
+Images are floats in [0, 1], N x 3 x H x W. `encode` returns the raw latents of every level, finest
+split first and the top latent last; `decode` inverts them exactly. The edit space is the *standardized*
+latents (`standardize`): each latent minus its prior's mean, divided by its prior's scale, where the prior
+depends on the coarser latents and on the condition (age, gender, ethnicity). `generate` maps
+standardized latents under any condition back to an image.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from model.condition import condition_grid
+from model.config import FlowConfig
+from model.flow.layers import ConditionalGaussianPrior, FlowStep, squeeze, unsqueeze
+
+
+class Glow(nn.Module):
+    def __init__(self, config: FlowConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.gradient_checkpointing = False
+        self.levels = nn.ModuleList()
+        self.priors = nn.ModuleList()
+        channels, side = config.channels, config.resolution
+        for level in range(config.levels):
+            channels, side = channels * 4, side // 2
+            steps = nn.ModuleList()
+            for k in range(config.steps):
+                if config.mask == "realnvp":
+                    mask = "checkerboard" if k < config.steps // 2 else "channel"
+                else:
+                    mask = config.mask
+                steps.append(FlowStep(channels, config.width, config.coupling == "affine", config.mixing,
+                                      mask, parity=k % 2, seed=1000 * level + k))
+            self.levels.append(steps)
+            if level < config.levels - 1:
+                self.priors.append(ConditionalGaussianPrior((channels // 2, side, side), channels // 2,
+                                                            config.condition_dim))
+                channels //= 2
+        self.priors.append(ConditionalGaussianPrior((channels, side, side), 0, config.condition_dim))
+
+    # ---- the bijection ------------------------------------------------------------------------------
+    def _run_step(self, step: FlowStep, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(step, h, use_reentrant=False)
+        return step(h)
+
+    def flow_forward(self, x: torch.Tensor):
+        """x (centred, in [-0.5, 0.5]) -> latents, the contexts of their priors, and log|det J| per sample."""
+        latents, contexts = [], []
+        logdet = x.new_zeros(x.shape[0])
+        h = x
+        for level, steps in enumerate(self.levels):
+            h = squeeze(h)
+            for step in steps:
+                h, ld = self._run_step(step, h)
+                logdet = logdet + ld
+            if level < len(self.levels) - 1:
+                h, z = h.chunk(2, 1)
+                latents.append(z)
+                contexts.append(h)
+        latents.append(h)
+        contexts.append(None)
+        return latents, contexts, logdet
+
+    def _invert_levels(self, latents: list[torch.Tensor] | None, draw=None) -> torch.Tensor:
+        """Top-down inverse. Each latent is taken from `latents`, or, where that is None, from
+        `draw(index, context)`, which may use the context made by the coarser levels."""
+        index = len(self.levels) - 1
+        h = latents[index] if latents is not None and latents[index] is not None else draw(index, None)
+        for level in reversed(range(len(self.levels))):
+            if level < len(self.levels) - 1:
+                z = latents[level] if latents is not None and latents[level] is not None else draw(level, h)
+                h = torch.cat([h, z], 1)
+            for step in reversed(self.levels[level]):
+                h, _ = step.inverse(h)
+            h = unsqueeze(h)
+        return h
+
+    def encode(self, x01: torch.Tensor) -> list[torch.Tensor]:
+        """Images in [0, 1] -> raw latents of every level (finest split first, top last)."""
+        return self.flow_forward(x01 - 0.5)[0]
+
+    def decode(self, latents: list[torch.Tensor]) -> torch.Tensor:
+        """Raw latents -> images. Exact inverse of `encode`; not clamped, so the round trip is exact."""
+        return self._invert_levels(latents) + 0.5
+
+    # ---- likelihood ---------------------------------------------------------------------------------
+    def prior_log_prob(self, latents, contexts, condition: torch.Tensor | None) -> torch.Tensor:
+        total = 0.0
+        for prior, z, ctx in zip(self.priors, latents, contexts):
+            mean, logs = prior.params(ctx, condition, z.shape[0])
+            total = total + prior.log_density(z, mean, logs)
+        return total
+
+    def quantize(self, x01: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [0, 1] -> the flow's input: n_bits levels, centred, plus the bin offset in [0, 1)
+        (`noise`, uniform for training; the bin centre when None)."""
+        n_bins = 2**self.config.n_bits
+        x = torch.floor(x01.clamp(0, 1) * 255.0 / 2 ** (8 - self.config.n_bits) + 1e-4).clamp(max=n_bins - 1)
+        return (x + (0.5 if noise is None else noise)) / n_bins - 0.5
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """The training objective: bits/dim of each flow input `x` (from `quantize`) under `condition`."""
+        latents, contexts, logdet = self.flow_forward(x)
+        log_p = self.prior_log_prob(latents, contexts, condition) + logdet + self._discretization()
+        return -log_p / (self.config.dimensions * math.log(2.0))
+
+    def _discretization(self) -> float:
+        return -self.config.dimensions * math.log(2**self.config.n_bits)
+
+    def log_prob(self, x01: torch.Tensor, condition: torch.Tensor | None = None,
+                 dequantize: bool = False) -> torch.Tensor:
+        """Log-likelihood in nats of each image's discretized pixels (Glow's objective, per sample).
+
+        Without a condition, a conditional model gives the likelihood averaged over a uniform grid of
+        ages (1 to 88), genders and ethnicities; with `dequantize` the bin offset is uniform noise (for
+        training), otherwise the bin centre.
+        """
+        x = self.quantize(x01, torch.rand_like(x01) if dequantize else None)
+        latents, contexts, logdet = self.flow_forward(x)
+        if condition is None and self.config.conditional:
+            grid, _ = condition_grid(self.config, range(1, 91, 3))
+            prior = self.condition_log_likelihoods(latents, contexts, grid.to(x.device))
+            prior = torch.logsumexp(prior, 1) - math.log(grid.shape[0])
+        else:
+            prior = self.prior_log_prob(latents, contexts, condition)
+        return prior + logdet + self._discretization()
+
+    def bits_per_dim(self, x01: torch.Tensor, condition: torch.Tensor | None = None,
+                     dequantize: bool = False) -> torch.Tensor:
+        return -self.log_prob(x01, condition, dequantize) / (self.config.dimensions * math.log(2.0))
+
+    def condition_log_likelihoods(self, latents, contexts, conditions: torch.Tensor) -> torch.Tensor:
+        """Prior log-density of N encoded faces under each of M conditions: N x M (the flow is shared)."""
+        total = 0.0
+        for prior, z, ctx in zip(self.priors, latents, contexts):
+            base = prior.context_params(ctx, z.shape[0])[:, None]  # N x 1 x 2C x H x W
+            cond = prior.condition_params(conditions)
+            params = base + (cond[None] if torch.is_tensor(cond) else cond)
+            total = total + prior.log_density(z[:, None], params[:, :, 0::2], params[:, :, 1::2])
+        return total
+
+    # ---- the edit space and sampling ---------------------------------------------------------------
+    def standardize(self, x01: torch.Tensor, condition: torch.Tensor | None) -> list[torch.Tensor]:
+        """Images -> standardized latents under `condition`: (z - mean) / scale at every level."""
+        latents, contexts, _ = self.flow_forward(x01 - 0.5)
+        eps = []
+        for prior, z, ctx in zip(self.priors, latents, contexts):
+            mean, logs = prior.params(ctx, condition, z.shape[0])
+            eps.append((z - mean) * torch.exp(-logs))
+        return eps
+
+    def generate(self, eps: list[torch.Tensor], condition: torch.Tensor | None,
+                 temperature: float = 1.0) -> torch.Tensor:
+        """Standardized latents -> images under `condition`: z = mean + scale * temperature * eps."""
+
+        def draw(index: int, context: torch.Tensor | None) -> torch.Tensor:
+            e = eps[index]
+            mean, logs = self.priors[index].params(context, condition, e.shape[0])
+            return mean + torch.exp(logs) * e * temperature
+
+        return self._invert_levels(None, draw) + 0.5
+
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        return [p.shape for p in self.priors]
+
+    def sample(self, n: int, temperature: float = 0.7, seed: int = 0,
+               condition: torch.Tensor | None = None) -> torch.Tensor:
+        """n new faces, the same for the same seed. Without a condition, a conditional model draws each
+        face's age (5 to 80), gender and ethnicity from the same seed."""
+        generator = torch.Generator().manual_seed(seed)
+        device = next(self.parameters()).device
+        eps = [torch.randn((n, *shape), generator=generator).to(device) for shape in self.latent_shapes()]
+        if condition is None and self.config.conditional:
+            grid, _ = condition_grid(self.config, range(5, 81))
+            condition = grid[torch.randint(len(grid), (n,), generator=generator)].to(device)
+        return self.generate(eps, condition, temperature)

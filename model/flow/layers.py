@@ -1,0 +1,267 @@
+"""Invertible layers. Each one maps `forward(x) -> (y, logdet)` and `inverse(y) -> (x, logdet)`, with
+logdet per sample (shape N), and the two logdets cancel."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ActNorm(nn.Module):
+    """Per-channel affine map, initialized from the first batch to zero mean and unit variance."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.logs = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+        self.bias.copy_(-mean)
+        self.logs.copy_(-torch.log(std + 1e-6))
+        self.initialized.fill_(1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.initialized and self.training:
+            self.initialize(x)
+        y = (x + self.bias) * torch.exp(self.logs)
+        logdet = self.logs.sum() * x.shape[2] * x.shape[3]
+        return y, logdet.expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = y * torch.exp(-self.logs) - self.bias
+        logdet = -self.logs.sum() * y.shape[2] * y.shape[3]
+        return x, logdet.expand(y.shape[0])
+
+
+class InvertibleConv1x1(nn.Module):
+    """1x1 convolution W = P L (U + diag(sign * exp(log_s))), with its determinant and inverse in float64.
+
+    In eval mode the inverse weight is cached; any change of the parameters in training clears the cache.
+    """
+
+    def __init__(self, channels: int, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        w = torch.linalg.qr(torch.randn(channels, channels, generator=generator, dtype=torch.float64))[0]
+        p, lower, upper = torch.linalg.lu(w)
+        s = torch.diagonal(upper)
+        self.register_buffer("p", p)
+        self.register_buffer("sign_s", torch.sign(s))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels, dtype=torch.float64), -1))
+        self.lower = nn.Parameter(lower.float())
+        self.upper = nn.Parameter(torch.triu(upper, 1).float())
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)).float())
+        self._inverse_cache: torch.Tensor | None = None
+
+    def weight64(self) -> torch.Tensor:
+        eye = torch.eye(self.p.shape[0], dtype=torch.float64, device=self.p.device)
+        lower = self.lower.double() * self.lower_mask + eye
+        upper = self.upper.double() * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s.double()))
+        return self.p @ lower @ upper
+
+    def train(self, mode: bool = True) -> "InvertibleConv1x1":
+        self._inverse_cache = None
+        return super().train(mode)
+
+    def _inverse_weight(self) -> torch.Tensor:
+        if self.training or self._inverse_cache is None or self._inverse_cache.device != self.p.device:
+            inverse = torch.linalg.inv(self.weight64()).float()
+            if self.training:
+                return inverse
+            self._inverse_cache = inverse.detach()
+        return self._inverse_cache
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.weight64().to(x.dtype)
+        logdet = self.log_s.sum() * x.shape[2] * x.shape[3]
+        return F.conv2d(x, w[:, :, None, None]), logdet.expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self._inverse_weight().to(y.dtype)
+        logdet = -self.log_s.sum() * y.shape[2] * y.shape[3]
+        return F.conv2d(y, w[:, :, None, None]), logdet.expand(y.shape[0])
+
+
+class ChannelReverse(nn.Module):
+    """RealNVP's fixed permutation: reverse the channel order (volume preserving)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.flip(1), x.new_zeros(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return y.flip(1), y.new_zeros(y.shape[0])
+
+
+class ZeroConv2d(nn.Module):
+    """3x3 convolution that starts at zero, with a learned output scale (Glow's Conv2dZeros)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.logs = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * torch.exp(self.logs * 3)
+
+
+def coupling_network(in_channels: int, out_channels: int, width: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 1),
+        nn.ReLU(),
+        ZeroConv2d(width, out_channels),
+    )
+
+
+class Coupling(nn.Module):
+    """Affine or additive coupling. The mask is either the channel halves (Glow) or a checkerboard (RealNVP).
+
+    Affine scales are sigmoid(h + 2), so they lie in (0, 1) and start near 0.88: the forward map never
+    explodes, and the additive variant has an inverse that is exactly as stable as its forward map.
+    """
+
+    def __init__(self, channels: int, width: int, affine: bool = True, mask: str = "channel", parity: int = 0):
+        super().__init__()
+        self.affine = affine
+        self.mask = mask
+        self.parity = parity
+        if mask == "channel":
+            n_in, n_out = channels // 2, channels - channels // 2
+        else:
+            n_in, n_out = channels, channels
+        self.net = coupling_network(n_in, n_out * (2 if affine else 1), width)
+
+    def _checkerboard(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        grid = (torch.arange(h, device=x.device)[:, None] + torch.arange(w, device=x.device)[None, :]) % 2
+        return (grid == self.parity).to(x.dtype)[None, None]
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if self.mask == "channel":
+            a, b = x.chunk(2, 1) if self.parity == 0 else x.chunk(2, 1)[::-1]
+            return a, b, None
+        m = self._checkerboard(x)
+        return x * m, x, m
+
+    def _join(self, a: torch.Tensor, b: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        if m is None:
+            return torch.cat([a, b], 1) if self.parity == 0 else torch.cat([b, a], 1)
+        return a + b * (1 - m)
+
+    def _shift_scale(self, a: torch.Tensor, m: torch.Tensor | None):
+        h = self.net(a)
+        if not self.affine:
+            return h if m is None else h * (1 - m), None
+        shift, raw = h[:, 0::2], h[:, 1::2]
+        log_scale = F.logsigmoid(raw + 2.0)
+        if m is not None:
+            shift, log_scale = shift * (1 - m), log_scale * (1 - m)
+        return shift, log_scale
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b, m = self._split(x)
+        shift, log_scale = self._shift_scale(a, m)
+        if log_scale is None:
+            b = b + shift
+            logdet = x.new_zeros(x.shape[0])
+        else:
+            b = (b + shift) * torch.exp(log_scale)
+            logdet = log_scale.flatten(1).sum(1)
+        return self._join(a, b, m), logdet
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b, m = self._split(y)
+        shift, log_scale = self._shift_scale(a, m)
+        if log_scale is None:
+            b = b - shift
+            logdet = y.new_zeros(y.shape[0])
+        else:
+            b = b * torch.exp(-log_scale) - shift
+            logdet = -log_scale.flatten(1).sum(1)
+        return self._join(a, b, m), logdet
+
+
+def squeeze(x: torch.Tensor) -> torch.Tensor:
+    """Space to depth: N x C x H x W -> N x 4C x H/2 x W/2."""
+    n, c, h, w = x.shape
+    x = x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(n, c * 4, h // 2, w // 2)
+
+
+def unsqueeze(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    x = x.view(n, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(n, c // 4, h * 2, w * 2)
+
+
+class FlowStep(nn.Module):
+    """ActNorm -> channel mixing (1x1 convolution, or a fixed reversal) -> coupling."""
+
+    def __init__(self, channels: int, width: int, affine: bool, mixing: str, mask: str, parity: int, seed: int):
+        super().__init__()
+        self.layers = nn.ModuleList([
+            ActNorm(channels),
+            InvertibleConv1x1(channels, seed) if mixing == "conv1x1" else ChannelReverse(),
+            Coupling(channels, width, affine, mask, parity),
+        ])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, ld = layer(x)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = y.new_zeros(y.shape[0])
+        for layer in reversed(self.layers):
+            y, ld = layer.inverse(y)
+            logdet = logdet + ld
+        return y, logdet
+
+
+class ConditionalGaussianPrior(nn.Module):
+    """Diagonal Gaussian over a latent of shape C x H x W, whose mean and log-std come from an optional
+    context tensor (the other half of a split, through a zero-initialized convolution) plus a linear map of
+    the condition vector (age, gender, ethnicity), in the way Glow conditions its prior on a class."""
+
+    def __init__(self, shape: tuple[int, int, int], context_channels: int, condition_dim: int) -> None:
+        super().__init__()
+        c, h, w = shape
+        self.shape = shape
+        self.context = ZeroConv2d(context_channels, 2 * c) if context_channels else None
+        self.base = nn.Parameter(torch.zeros(1, 2 * c, h, w))
+        self.condition = nn.Linear(condition_dim, 2 * c * h * w) if condition_dim else None
+        if self.condition is not None:
+            nn.init.zeros_(self.condition.weight)
+            nn.init.zeros_(self.condition.bias)
+
+    def context_params(self, context: torch.Tensor | None, n: int) -> torch.Tensor:
+        """The part of (mean, log-std) that does not depend on the condition: N x 2C x H x W."""
+        params = self.base.expand(n, -1, -1, -1)
+        if self.context is not None:
+            params = params + self.context(context)
+        return params
+
+    def condition_params(self, condition: torch.Tensor | None) -> torch.Tensor | int:
+        if self.condition is None or condition is None:
+            return 0
+        return self.condition(condition).view(-1, 2 * self.shape[0], self.shape[1], self.shape[2])
+
+    def params(self, context: torch.Tensor | None, condition: torch.Tensor | None, n: int):
+        params = self.context_params(context, n) + self.condition_params(condition)
+        return params[:, 0::2], params[:, 1::2]
+
+    @staticmethod
+    def log_density(z: torch.Tensor, mean: torch.Tensor, logs: torch.Tensor) -> torch.Tensor:
+        """Sum over all but the leading dimensions of the Gaussian log-density."""
+        d = -0.5 * (np.log(2 * np.pi) + 2.0 * logs + (z - mean) ** 2 * torch.exp(-2.0 * logs))
+        return d.flatten(d.dim() - 3).sum(-1)

@@ -1,0 +1,241 @@
+"""Train the flow: `python -m model.train --data data/faces --run runs/glow64`.
+
+Runs on the CPU or one GPU, or on several GPUs with `torchrun --nproc_per_node N -m model.train ...`
+(DistributedDataParallel, one DistributedSampler shard per process). The run folder holds
+`train_state.pt` (model, optimizer, step, position in the epoch, random states; written every
+`--checkpoint-every` seconds and on Ctrl-C or SIGTERM, loaded with weights_only=True), the exported model
+(`flow.safetensors` + `flow_config.json`), `log.jsonl` and sample grids. `--resume` continues exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from model.checkpoint import save_flow
+from model.config import FlowConfig
+from model.data import FaceSet, load_faces
+from model.flow.glow import Glow
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("data/faces"))
+    p.add_argument("--run", type=Path, default=Path("runs/glow64"))
+    p.add_argument("--resume", action="store_true", help="continue the run in --run exactly where it stopped")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--levels", type=int, default=3)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--width", type=int, default=96)
+    p.add_argument("--coupling", default="additive", choices=["additive", "affine"])
+    p.add_argument("--mixing", default="conv1x1", choices=["conv1x1", "reverse"])
+    p.add_argument("--mask", default="channel", choices=["channel", "checkerboard", "realnvp"])
+    p.add_argument("--n-bits", type=int, default=5)
+    p.add_argument("--unconditional", action="store_true", help="priors not conditioned on age/gender/race")
+    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=500, help="steps of linear learning-rate warm-up")
+    p.add_argument("--clip", type=float, default=50.0, help="gradient norm clip")
+    p.add_argument("--epochs", type=float, default=100.0)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this much wall time")
+    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
+    p.add_argument("--eval-every", type=int, default=0, help="steps between held-out evaluations (0: per epoch)")
+    p.add_argument("--eval-limit", type=int, default=1000, help="held-out faces per evaluation (0: all)")
+    p.add_argument("--train-limit", type=int, default=0, help="use only the first N training faces")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only; slower on CPUs here)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    return p.parse_args(argv)
+
+
+def config_from(args) -> FlowConfig:
+    return FlowConfig(resolution=args.resolution, levels=args.levels, steps=args.steps, width=args.width,
+                      coupling=args.coupling, mixing=args.mixing, mask=args.mask, n_bits=args.n_bits,
+                      conditional=not args.unconditional)
+
+
+@torch.no_grad()
+def evaluate(model: Glow, faces: FaceSet, device, limit: int = 0, batch: int = 100) -> float:
+    """Mean held-out bits/dim, conditioned on each face's labels (bin centres, no noise)."""
+    model.eval()
+    n = len(faces) if not limit else min(limit, len(faces))
+    total = 0.0
+    for start in range(0, n, batch):
+        idx = np.arange(start, min(n, start + batch))
+        cond = faces.conditions(model.config, idx).to(device) if model.config.conditional else None
+        total += model.bits_per_dim(faces.batch(idx, device), cond).sum().item()
+    model.train()
+    return total / n
+
+
+def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
+    from PIL import Image
+
+    images = images.clamp(0, 1).mul(255).round().byte().cpu().permute(0, 2, 3, 1).numpy()
+    n, h, w, c = images.shape
+    rows = math.ceil(n / columns)
+    grid = np.zeros((rows * h, columns * w, c), np.uint8)
+    for i, im in enumerate(images):
+        grid[(i // columns) * h:(i // columns + 1) * h, (i % columns) * w:(i % columns + 1) * w] = im
+    Image.fromarray(grid).save(path)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    rank, world = 0, 1
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals make the first steps 10-20 times slower on CPUs
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    main_process = rank == 0
+    args.run.mkdir(parents=True, exist_ok=True)
+    state_path = args.run / "train_state.pt"
+
+    config = config_from(args)
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        config = FlowConfig(**json.loads(state["config"]))
+    else:
+        state = None
+    torch.manual_seed(args.seed)
+    model = Glow(config).to(device)
+    model.gradient_checkpointing = args.gradient_checkpointing
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+
+    train = load_faces(args.data, config.resolution, "train", args.train_limit)
+    heldout = load_faces(args.data, config.resolution, "heldout")
+    sampler = DistributedSampler(range(len(train)), num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
+                                 drop_last=True)
+    steps_per_epoch = len(sampler) // args.batch_size
+    generator = torch.Generator().manual_seed(args.seed * 1000 + rank)
+
+    step, epoch, position, elapsed = 0, 0, 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, position, elapsed = state["step"], state["epoch"], state["position"], state["elapsed"]
+        generator.set_state(state["generator"][rank])
+        torch.set_rng_state(state["torch_rng"])
+    elif main_process:
+        (args.run / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
+
+    # data-dependent ActNorm initialization on one large batch, before the model is wrapped
+    if state is None:
+        init_idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:256].numpy()
+        with torch.no_grad():
+            model.log_prob(train.batch(init_idx, device), train.conditions(config, init_idx).to(device)
+                           if config.conditional else None, dequantize=True)
+    wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if distributed else model
+
+    stop = {"now": False}
+
+    def request_stop(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    def checkpoint() -> None:
+        if not main_process:
+            return
+        gens = [generator.get_state()] * world  # every rank restarts from the same kind of state
+        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                   "epoch": epoch, "position": position, "elapsed": elapsed, "generator": gens,
+                   "torch_rng": torch.get_rng_state(), "config": config.to_json()}
+        tmp = state_path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(state_path)
+        save_flow(model, args.run)
+
+    def log(record: dict) -> None:
+        if main_process:
+            with open(args.run / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    max_steps = args.max_steps or int(args.epochs * steps_per_epoch)
+    last_checkpoint = time.time()
+    started = time.time() - elapsed
+    progress = tqdm(total=max_steps, initial=step, unit="step", disable=not main_process, smoothing=0.05)
+    model.train()
+    while step < max_steps and not stop["now"]:
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        while position < steps_per_epoch and step < max_steps and not stop["now"]:
+            t0 = time.time()
+            idx = np.array(order[position * args.batch_size:(position + 1) * args.batch_size])
+            x = train.batch(idx, device)
+            flip = torch.rand(len(idx), generator=generator) < 0.5
+            x[flip] = x[flip].flip(3)
+            cond = train.conditions(config, idx).to(device) if config.conditional else None
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+            noise = torch.rand(x.shape, generator=generator).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda"):
+                loss = wrapped(model.quantize(x, noise), cond).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+            step += 1
+            position += 1
+            elapsed = time.time() - started
+            rate = len(idx) * world / max(time.time() - t0, 1e-9)
+            progress.set_postfix(bpd=f"{loss.item():.3f}", img_s=f"{rate:.1f}")
+            progress.update(1)
+            if step % 50 == 0:
+                log({"step": step, "epoch": epoch, "bpd": loss.item(), "grad_norm": float(grad_norm),
+                     "img_s": rate, "elapsed_min": elapsed / 60})
+            if args.eval_every and step % args.eval_every == 0 and main_process:
+                log({"step": step, "heldout_bpd": evaluate(model, heldout, device, args.eval_limit)})
+            if time.time() - last_checkpoint > args.checkpoint_every:
+                checkpoint()
+                last_checkpoint = time.time()
+            if args.max_minutes and elapsed > args.max_minutes * 60:
+                stop["now"] = True
+        if position >= steps_per_epoch:
+            epoch, position = epoch + 1, 0
+            if main_process:
+                held = evaluate(model, heldout, device, args.eval_limit)
+                log({"step": step, "epoch": epoch, "heldout_bpd": held})
+                model.eval()
+                with torch.no_grad():
+                    save_grid(model.sample(32, temperature=0.7, seed=0), args.run / f"samples_epoch{epoch:03d}.png")
+                model.train()
+    progress.close()
+    checkpoint()
+    if main_process:
+        print(json.dumps({"step": step, "epoch": epoch, "elapsed_min": round(elapsed / 60, 1),
+                          "config": asdict(config)}))
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
