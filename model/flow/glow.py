@@ -147,22 +147,30 @@ class Glow(nn.Module):
         return total
 
     # ---- the edit space and sampling ---------------------------------------------------------------
-    def standardize(self, x01: torch.Tensor, condition: torch.Tensor | None) -> list[torch.Tensor]:
+    @staticmethod
+    def _at_level(condition, index: int):
+        """A condition is one tensor for every level, or a list with one per level (finest first)."""
+        return condition[index] if isinstance(condition, (list, tuple)) else condition
+
+    def standardize(self, x01: torch.Tensor, condition) -> list[torch.Tensor]:
         """Images -> standardized latents under `condition`: (z - mean) / scale at every level."""
         latents, contexts, _ = self.flow_forward(x01 - 0.5)
+        return self.standardize_latents(latents, contexts, condition)
+
+    def standardize_latents(self, latents, contexts, condition) -> list[torch.Tensor]:
+        """`standardize` for latents and contexts that `flow_forward` already gave."""
         eps = []
-        for prior, z, ctx in zip(self.priors, latents, contexts):
-            mean, logs = prior.params(ctx, condition, z.shape[0])
+        for index, (prior, z, ctx) in enumerate(zip(self.priors, latents, contexts)):
+            mean, logs = prior.params(ctx, self._at_level(condition, index), z.shape[0])
             eps.append((z - mean) * torch.exp(-logs))
         return eps
 
-    def generate(self, eps: list[torch.Tensor], condition: torch.Tensor | None,
-                 temperature: float = 1.0) -> torch.Tensor:
+    def generate(self, eps: list[torch.Tensor], condition, temperature: float = 1.0) -> torch.Tensor:
         """Standardized latents -> images under `condition`: z = mean + scale * temperature * eps."""
 
         def draw(index: int, context: torch.Tensor | None) -> torch.Tensor:
             e = eps[index]
-            mean, logs = self.priors[index].params(context, condition, e.shape[0])
+            mean, logs = self.priors[index].params(context, self._at_level(condition, index), e.shape[0])
             return mean + torch.exp(logs) * e * temperature
 
         return self._invert_levels(None, draw) + 0.5

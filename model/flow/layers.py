@@ -41,7 +41,8 @@ class ActNorm(nn.Module):
 class InvertibleConv1x1(nn.Module):
     """1x1 convolution W = P L (U + diag(sign * exp(log_s))), with its determinant and inverse in float64.
 
-    In eval mode the inverse weight is cached; any change of the parameters in training clears the cache.
+    In eval mode the float64 inverse weight is cached, keyed on the parameters' versions and device, so that
+    optimizer steps and `load_state_dict` (which change the parameters in place) invalidate it.
     """
 
     def __init__(self, channels: int, seed: int = 0) -> None:
@@ -56,7 +57,7 @@ class InvertibleConv1x1(nn.Module):
         self.lower = nn.Parameter(lower.float())
         self.upper = nn.Parameter(torch.triu(upper, 1).float())
         self.log_s = nn.Parameter(torch.log(torch.abs(s)).float())
-        self._inverse_cache: torch.Tensor | None = None
+        self._inverse_cache: tuple[tuple, torch.Tensor] | None = None
 
     def weight64(self) -> torch.Tensor:
         eye = torch.eye(self.p.shape[0], dtype=torch.float64, device=self.p.device)
@@ -64,17 +65,13 @@ class InvertibleConv1x1(nn.Module):
         upper = self.upper.double() * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s.double()))
         return self.p @ lower @ upper
 
-    def train(self, mode: bool = True) -> "InvertibleConv1x1":
-        self._inverse_cache = None
-        return super().train(mode)
-
     def _inverse_weight(self) -> torch.Tensor:
-        if self.training or self._inverse_cache is None or self._inverse_cache.device != self.p.device:
-            inverse = torch.linalg.inv(self.weight64()).float()
-            if self.training:
-                return inverse
-            self._inverse_cache = inverse.detach()
-        return self._inverse_cache
+        if self.training:
+            return torch.linalg.inv(self.weight64())
+        key = (self.p.device, self.lower._version, self.upper._version, self.log_s._version)
+        if self._inverse_cache is None or self._inverse_cache[0] != key:
+            self._inverse_cache = (key, torch.linalg.inv(self.weight64()).detach())
+        return self._inverse_cache[1]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.weight64().to(x.dtype)

@@ -1,0 +1,213 @@
+"""AgeEditor: the one object that the service, the CLI, the benchmarks and the tests hold.
+
+It owns the flow, the age trajectory and the face aligner, and runs the whole pipeline:
+detect -> align -> encode -> read the current age -> move along the age trajectory -> decode ->
+apply the change to the larger work crop -> paste back into the photo.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.age import AgeTrajectory, load_trajectory
+from model.align import AlignedFace, DetectedFace, FaceAligner, paste_back
+from model.checkpoint import load_flow
+
+EDITOR_CONFIG = "editor.json"
+
+
+class EditError(ValueError):
+    """A photo that cannot be edited, with a message meant for the person who sent it."""
+
+
+class NoFaceError(EditError):
+    pass
+
+
+class FaceTooSmallError(EditError):
+    pass
+
+
+@dataclass
+class FaceEdit:
+    """One aligned face before and after an edit, at the flow's resolution."""
+
+    before: torch.Tensor  # 3 x S x S in [0, 1]
+    after: torch.Tensor  # 3 x S x S in [0, 1]
+    age_before: float
+    age_after: float
+
+    @property
+    def change(self) -> torch.Tensor:
+        return self.after - self.before
+
+    @property
+    def shift(self) -> float:
+        return self.age_after - self.age_before
+
+
+@dataclass
+class FaceResult:
+    box: list[float]
+    landmarks: list[list[float]]
+    score: float
+    age_before: float
+    age_after: float
+    aligned_before: torch.Tensor
+    aligned_after: torch.Tensor
+
+    @property
+    def shift(self) -> float:
+        return self.age_after - self.age_before
+
+
+@dataclass
+class PhotoResult:
+    image: np.ndarray  # H x W x 3 uint8, the photo with every edited face pasted back
+    faces: list[FaceResult]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+class _Stopwatch:
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
+        self.last = now
+
+
+class AgeEditor:
+    def __init__(self, trajectory: AgeTrajectory, settings: dict, aligner: FaceAligner | None = None,
+                 work_size: int = 256) -> None:
+        self.trajectory = trajectory
+        self.flow = trajectory.flow
+        self.settings = settings
+        self.work_size = work_size
+        self._aligner = aligner
+
+    @classmethod
+    def from_dir(cls, folder: str | Path = "weights", device: str | torch.device = "cpu",
+                 aligner: FaceAligner | None = None) -> "AgeEditor":
+        folder = Path(folder)
+        flow = load_flow(folder, device)
+        settings = json.loads((folder / EDITOR_CONFIG).read_text()) if (folder / EDITOR_CONFIG).exists() else {}
+        return cls(load_trajectory(folder, flow, settings), settings, aligner)
+
+    @property
+    def aligner(self) -> FaceAligner:
+        if self._aligner is None:
+            self._aligner = FaceAligner(device=self.device)
+        return self._aligner
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.flow.parameters()).device
+
+    @property
+    def resolution(self) -> int:
+        return self.flow.config.resolution
+
+    @property
+    def age_range(self) -> tuple[float, float]:
+        return self.trajectory.age_range
+
+    def info(self) -> dict:
+        return {"resolution": self.resolution, "age_range": list(self.age_range),
+                "trajectory": self.trajectory.name, **self.settings.get("model", {})}
+
+    # ---- aligned faces ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def estimate_age(self, faces: torch.Tensor) -> np.ndarray:
+        """Ages in years of N aligned faces (N x 3 x S x S in [0, 1]), read from their latents."""
+        return self.trajectory.estimate(faces.to(self.device)).ages
+
+    @torch.no_grad()
+    def edit(self, faces: torch.Tensor, years=None, target_age=None) -> list[FaceEdit]:
+        """Age N aligned faces by `years` (a number or one per face) or to `target_age` (likewise)."""
+        if (years is None) == (target_age is None):
+            raise ValueError("give exactly one of years and target_age")
+        faces = faces.to(self.device)
+        reading = self.trajectory.estimate(faces)
+        low, high = self.age_range
+        if target_age is None:
+            target = reading.ages + np.broadcast_to(np.asarray(years, np.float64), reading.ages.shape)
+        else:
+            target = np.broadcast_to(np.asarray(target_age, np.float64), reading.ages.shape).copy()
+        target = np.clip(target, low, high)
+        after = self.trajectory.move(faces, reading, target).clamp(0, 1)
+        return [FaceEdit(before=f.cpu(), after=a.cpu(), age_before=float(b), age_after=float(t))
+                for f, a, b, t in zip(faces, after, reading.ages, target)]
+
+    @torch.no_grad()
+    def bits_per_dim(self, faces: torch.Tensor) -> np.ndarray:
+        return self.flow.bits_per_dim(faces.to(self.device)).cpu().numpy()
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 0.7, seed: int = 0) -> torch.Tensor:
+        return self.flow.sample(n, temperature, seed).clamp(0, 1).cpu()
+
+    # ---- photos ------------------------------------------------------------------------------------
+    def find_faces(self, image: np.ndarray, faces: str = "all") -> list[DetectedFace]:
+        """Faces to edit, largest first. Raises NoFaceError or FaceTooSmallError with a reason."""
+        detected = self.aligner.detect(image)
+        if not detected:
+            raise NoFaceError("No face was found in the photo. Use a photo where a face is clearly visible.")
+        usable = [f for f in detected if not self.aligner.is_too_small(f)]
+        if not usable:
+            raise FaceTooSmallError(
+                f"The face is too small ({detected[0].size:.0f} px; at least {self.aligner.min_face_size} px "
+                "are needed). Use a closer or larger photo.")
+        return usable[:1] if faces == "largest" else usable
+
+    def align(self, image: np.ndarray, faces: list[DetectedFace]) -> list[AlignedFace]:
+        return [self.aligner.align(image, f, (self.resolution, self.work_size)) for f in faces]
+
+    def work_change(self, edit: FaceEdit) -> torch.Tensor:
+        """The edit's change, upsampled to the work crop and smoothed so that no 64 px grain shows."""
+        change = edit.change[None]
+        change = F.avg_pool2d(F.pad(change, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        return F.interpolate(change, size=self.work_size, mode="bicubic", align_corners=False)[0]
+
+    @torch.no_grad()
+    def age_photo(self, image: np.ndarray, years=None, target_age=None, faces: str = "all") -> PhotoResult:
+        """The photo with every chosen face aged; everything outside the faces stays as it was."""
+        return self.age_photo_series(image, [target_age] if target_age is not None else None,
+                                     years=years, faces=faces)[0]
+
+    @torch.no_grad()
+    def age_photo_series(self, image: np.ndarray, target_ages=None, years=None,
+                         faces: str = "all") -> list[PhotoResult]:
+        """One result per target age (or one for `years`), sharing detection, alignment and encoding."""
+        timings: dict[str, float] = {}
+        watch = _Stopwatch(timings)
+        detected = self.find_faces(image, faces)
+        watch.lap("detect")
+        aligned = self.align(image, detected)
+        watch.lap("align")
+        crops = torch.stack([a.crops[self.resolution] for a in aligned])
+        steps = [dict(years=years)] if target_ages is None else [dict(target_age=t) for t in target_ages]
+        results = []
+        for step in steps:
+            edits = self.edit(crops, **step)
+            watch.lap("edit")
+            out = image
+            for a, e in zip(aligned, edits):
+                out = paste_back(out, a, self.work_change(e))
+            watch.lap("paste_back")
+            face_results = [
+                FaceResult(box=[float(v) for v in a.face.box], landmarks=a.face.landmarks.tolist(),
+                           score=a.face.score, age_before=e.age_before, age_after=e.age_after,
+                           aligned_before=e.before, aligned_after=e.after)
+                for a, e in zip(aligned, edits)
+            ]
+            results.append(PhotoResult(image=out, faces=face_results, timings=dict(timings)))
+        return results
