@@ -194,8 +194,8 @@ class FaceAligner:
     def detect(self, image: np.ndarray, smallest: float = 20.0) -> list[DetectedFace]:
         """All faces in an H x W x 3 uint8 photo, largest first (including ones below `min_face_size`).
 
-        `smallest`: the smallest face searched for, in pixels of the image detection runs on; a larger
-        value skips the finest levels of the detector's image pyramid.
+        `smallest`: the smallest face searched for, in photo pixels (never below 20 pixels of the image
+        detection runs on); a larger value skips the finest levels of the detector's image pyramid.
         """
         h, w = image.shape[:2]
         factor = 1.0
@@ -206,7 +206,11 @@ class FaceAligner:
             factor = self.detect_max_side / max(h, w)
             size = (max(1, round(w * factor)), max(1, round(h * factor)))
             small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-        self.mtcnn.min_face_size = smallest
+        shortest = min(small.shape[:2])
+        if shortest < 12:  # smaller than the detector's 12-pixel window
+            return []
+        # a smallest face larger than the image would leave MTCNN's pyramid empty, which it cannot handle
+        self.mtcnn.min_face_size = min(max(20.0, smallest * factor), shortest - 1.0)
         with torch.inference_mode():
             boxes, scores, points = self.mtcnn.detect(small, landmarks=True)
         if boxes is None:

@@ -64,7 +64,7 @@ def align_one(task: tuple[str, tuple[int, ...], float]) -> tuple[str, dict[int, 
     # tight crops leave no room around the face for the detector: pad with the border's own colours
     padded = np.pad(image, ((p, p), (p, p), (0, 0)), mode="edge") if p else image
     # a labelled photo shows one large face: skip the detector's search for small ones
-    faces = _aligner.detect(padded, smallest=max(20.0, 0.25 * min(h, w)))
+    faces = _aligner.detect(padded, smallest=0.25 * min(h, w))
     if not faces:
         return "no face", None
     if len(faces) > 1 and faces[1].size > 0.5 * faces[0].size:
@@ -107,21 +107,22 @@ def main(argv: list[str] | None = None) -> None:
     n_shards = (len(items) + SHARD - 1) // SHARD
     todo = [i for i in range(n_shards) if not (shard_dir / f"{i:05d}.npz").exists()]
     progress = tqdm(total=len(items), initial=(n_shards - len(todo)) * SHARD, unit="img", desc="aligning")
-    with mp.Pool(args.workers, initializer=_init_worker, initargs=(640,)) as pool:
-        for i in todo:
-            chunk = items[i * SHARD : (i + 1) * SHARD]
-            tasks = [(r["path"], sides, args.pad if args.tight in r["source"] else 0.0) for r in chunk]
-            results = pool.map(align_one, tasks, chunksize=8)
-            status = np.array([s for s, _ in results])
-            arrays = {
-                f"faces_{s}": np.stack([c[s] for _, c in results if c is not None]) if (status == "ok").any()
-                else np.zeros((0, s, s, 3), np.uint8)
-                for s in sides
-            }
-            tmp = shard_dir / f"{i:05d}.tmp.npz"
-            np.savez(tmp, status=status, **arrays)
-            tmp.rename(shard_dir / f"{i:05d}.npz")
-            progress.update(len(chunk))
+    if todo:  # a finished run only merges its shards, without starting the detector
+        with mp.Pool(args.workers, initializer=_init_worker, initargs=(640,)) as pool:
+            for i in todo:
+                chunk = items[i * SHARD : (i + 1) * SHARD]
+                tasks = [(r["path"], sides, args.pad if args.tight in r["source"] else 0.0) for r in chunk]
+                results = pool.map(align_one, tasks, chunksize=8)
+                status = np.array([s for s, _ in results])
+                arrays = {
+                    f"faces_{s}": np.stack([c[s] for _, c in results if c is not None]) if (status == "ok").any()
+                    else np.zeros((0, s, s, 3), np.uint8)
+                    for s in sides
+                }
+                tmp = shard_dir / f"{i:05d}.tmp.npz"
+                np.savez(tmp, status=status, **arrays)
+                tmp.rename(shard_dir / f"{i:05d}.npz")
+                progress.update(len(chunk))
     progress.close()
 
     kept, dropped = [], {}

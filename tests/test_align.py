@@ -1,0 +1,155 @@
+"""Detection, alignment to the template, and paste-back, on real public-domain photos."""
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.align import CANONICAL_LANDMARKS, FaceAligner, paste_back, scaled
+
+
+def to_uint8(crop: torch.Tensor) -> np.ndarray:
+    return (crop.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def template_in_pixels(side: int) -> np.ndarray:
+    return CANONICAL_LANDMARKS * side - 0.5
+
+
+def mapped(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+@pytest.fixture(scope="module")
+def astronaut(photo, aligner):
+    image = photo("skimage_astronaut.png")
+    face, = aligner.detect(image)
+    return image, aligner.align(image, face, (64, 256))
+
+
+def test_aligned_crop_shows_each_landmark_where_the_alignment_maps_it(astronaut, aligner):
+    image, aligned = astronaut
+    redetected, = aligner.detect(to_uint8(aligned.crops[256]))
+    expected = mapped(aligned.face.landmarks, scaled(aligned.matrix, 256))
+    assert np.abs(redetected.landmarks - expected).max() < 2.5
+
+
+def test_aligned_crop_centres_the_landmarks_on_the_template_centre(astronaut, aligner):
+    _, aligned = astronaut
+    redetected, = aligner.detect(to_uint8(aligned.crops[256]))
+    offset = redetected.landmarks.mean(0) - template_in_pixels(256).mean(0)
+    assert np.hypot(*offset) < 2.0
+
+
+def test_aligned_astronaut_has_its_eyes_at_the_template_positions(astronaut, aligner):
+    _, aligned = astronaut
+    redetected, = aligner.detect(to_uint8(aligned.crops[256]))
+    eye_errors = np.hypot(*(redetected.landmarks[:2] - template_in_pixels(256)[:2]).T)
+    assert eye_errors.max() < 0.025 * 256
+
+
+def test_paste_back_with_zero_change_returns_the_original_photo(astronaut):
+    image, aligned = astronaut
+    assert np.array_equal(paste_back(image, aligned, torch.zeros(3, 256, 256)), image)
+
+
+def test_paste_back_alters_only_pixels_inside_the_face_region(astronaut):
+    image, aligned = astronaut
+    out = paste_back(image, aligned, torch.full((3, 256, 256), 0.3))
+    changed = np.abs(out.astype(int) - image.astype(int)).max(2) > 0
+    ys, xs = np.nonzero(changed)
+    crop_positions = mapped(np.stack([xs, ys], 1).astype(np.float64), aligned.matrix)
+    assert changed.sum() > 0.5 * aligned.face.size ** 2
+    assert np.all((crop_positions > 0) & (crop_positions < 1))
+    x1, y1, x2, y2 = aligned.face.box
+    margin = aligned.face.size
+    far = np.ones_like(changed)
+    far[int(max(0, y1 - margin)):int(y2 + margin), int(max(0, x1 - margin)):int(x2 + margin)] = False
+    assert not changed[far].any()
+
+
+def test_two_person_photo_yields_two_faces_largest_first(photo, aligner):
+    faces = aligner.detect(photo("frrepo_two_people.jpg"))
+    assert len(faces) == 2
+    assert faces[0].size >= faces[1].size
+    assert abs(faces[0].box[0] - faces[1].box[0]) > faces[0].size
+
+
+def test_photo_without_a_face_yields_none(photo, aligner):
+    assert aligner.detect(photo("skimage_coffee_noface.png")) == []
+
+
+def test_tiny_photo_yields_no_face_instead_of_failing(aligner):
+    for side in (8, 12, 16):
+        assert aligner.detect(np.full((side, side + 5, 3), 128, np.uint8)) == []
+
+
+def test_rgba_photo_yields_its_main_face(photo, aligner):
+    image = photo("fr_32bit_rgba.png")
+    faces = aligner.detect(image)
+    assert faces and faces[0].size > 0.25 * min(image.shape[:2])
+    assert aligner.align(image, faces[0], (64,)).crops[64].shape == (3, 64, 64)
+
+
+def test_grayscale_photo_gives_the_landmarks_of_the_colour_photo(astronaut, aligner):
+    image, aligned = astronaut
+    gray = np.asarray(Image.fromarray(image).convert("L").convert("RGB"))
+    face, = aligner.detect(gray)
+    assert np.abs(face.landmarks - aligned.face.landmarks).max() < 3.0
+
+
+def test_grayscale_camera_photo_yields_its_face(photo, aligner):
+    faces = aligner.detect(photo("skimage_camera.png"))
+    assert len(faces) == 1 and not aligner.is_too_small(faces[0])
+
+
+def test_rotated_photo_gives_the_same_aligned_crop(astronaut, aligner):
+    image, aligned = astronaut
+    rotated = np.asarray(Image.fromarray(image).rotate(20, resample=Image.BICUBIC, expand=True))
+    face, = aligner.detect(rotated)
+    crop = aligner.align(rotated, face, (64,)).crops[64]
+    assert (crop - aligned.crops[64]).abs().mean().item() < 0.03
+
+
+def test_aligned_crops_of_different_people_differ(astronaut, photo, aligner):
+    _, aligned = astronaut
+    obama = photo("fr_obama.jpg")
+    other = aligner.align(obama, aligner.detect(obama)[0], (64,)).crops[64]
+    assert (other - aligned.crops[64]).abs().mean().item() > 0.1
+
+
+def test_detection_on_a_large_photo_maps_faces_back_to_full_resolution(astronaut, aligner):
+    image, aligned = astronaut
+    scale = 5
+    large = np.asarray(Image.fromarray(image).resize((512 * scale, 512 * scale), Image.BICUBIC))
+    face, = aligner.detect(large)
+    assert np.abs(face.landmarks - aligned.face.landmarks * scale).max() < 3 * scale
+    assert face.size == pytest.approx(aligned.face.size * scale, rel=0.1)
+
+
+def test_smallest_face_is_measured_in_photo_pixels_on_a_large_photo(astronaut, aligner):
+    image, _ = astronaut
+    large = np.asarray(Image.fromarray(image).resize((2560, 2560), Image.BICUBIC))
+    assert len(aligner.detect(large, smallest=0.25 * 2560)) == 1
+    assert aligner.detect(large, smallest=0.9 * 2560) == []
+
+
+def test_detector_weights_load_without_network(photo, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    faces = FaceAligner().detect(photo("fr_obama.jpg"))
+    assert len(faces) == 1
+
+
+def test_torch_torchvision_and_facenet_pytorch_work_together():
+    import facenet_pytorch
+    import torchvision
+
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [20.0, 20.0, 30.0, 30.0]])
+    keep = torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5)
+    assert keep.tolist() == [0, 2]
+    assert hasattr(facenet_pytorch, "MTCNN")

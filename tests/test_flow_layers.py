@@ -1,0 +1,146 @@
+"""Every invertible layer: exact inverse, cancelling log-determinants, and log-determinants equal to the
+log|det J| of the numerical Jacobian, all checked after training has moved the layer off its identity init."""
+import copy
+
+import pytest
+import torch
+
+from model.flow.layers import (ActNorm, ChannelReverse, Coupling, FlowStep, InvertibleConv1x1, ZeroConv2d, squeeze,
+                               unsqueeze)
+
+CHANNELS = 4
+
+LAYERS = {
+    "actnorm": lambda: ActNorm(CHANNELS),
+    "conv1x1": lambda: InvertibleConv1x1(CHANNELS, seed=3),
+    "reverse": lambda: ChannelReverse(),
+    "affine-channel-even": lambda: Coupling(CHANNELS, 8, affine=True, mask="channel", parity=0),
+    "affine-channel-odd": lambda: Coupling(CHANNELS, 8, affine=True, mask="channel", parity=1),
+    "additive-channel": lambda: Coupling(CHANNELS, 8, affine=False, mask="channel", parity=0),
+    "affine-checkerboard-even": lambda: Coupling(CHANNELS, 8, affine=True, mask="checkerboard", parity=0),
+    "affine-checkerboard-odd": lambda: Coupling(CHANNELS, 8, affine=True, mask="checkerboard", parity=1),
+    "additive-checkerboard": lambda: Coupling(CHANNELS, 8, affine=False, mask="checkerboard", parity=1),
+    "step-glow": lambda: FlowStep(CHANNELS, 8, affine=False, mixing="conv1x1", mask="channel", parity=0, seed=1),
+    "step-realnvp": lambda: FlowStep(CHANNELS, 8, affine=True, mixing="reverse", mask="checkerboard", parity=1,
+                                     seed=0),
+}
+
+
+def trained(name: str) -> torch.nn.Module:
+    """The layer after a few maximum-likelihood steps on random data (standard normal target)."""
+    torch.manual_seed(0)
+    layer = LAYERS[name]()
+    data = torch.randn(16, CHANNELS, 4, 4) * 1.5 + 0.3
+    parameters = list(layer.parameters())
+    if parameters:
+        optimizer = torch.optim.Adam(parameters, lr=0.05)
+        for _ in range(5):
+            y, logdet = layer(data)
+            loss = (0.5 * y.pow(2).flatten(1).sum(1) - logdet).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    for module in layer.modules():
+        if isinstance(module, ZeroConv2d):
+            assert module.conv.weight.abs().max() > 0.01, "a zero-initialized convolution is still at zero"
+    return layer.eval()
+
+
+def log_abs_det_jacobian(layer: torch.nn.Module, x: torch.Tensor) -> float:
+    jacobian = torch.autograd.functional.jacobian(lambda v: layer(v.view_as(x))[0].flatten(), x.flatten())
+    return torch.linalg.slogdet(jacobian).logabsdet.item()
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_inverse_of_forward_reconstructs_input(name):
+    layer = trained(name)
+    x = torch.randn(8, CHANNELS, 6, 6)
+    with torch.no_grad():
+        y, _ = layer(x)
+        x_back, _ = layer.inverse(y)
+    assert (x_back - x).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_forward_and_inverse_logdets_cancel(name):
+    layer = trained(name)
+    x = torch.randn(8, CHANNELS, 6, 6)
+    with torch.no_grad():
+        y, forward_logdet = layer(x)
+        _, inverse_logdet = layer.inverse(y)
+    assert forward_logdet.shape == (8,)
+    torch.testing.assert_close(forward_logdet + inverse_logdet, torch.zeros(8), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_logdet_equals_log_abs_det_of_numerical_jacobian(name):
+    layer = copy.deepcopy(trained(name)).double()
+    x = torch.randn(1, CHANNELS, 2, 2, dtype=torch.float64)
+    _, logdet = layer(x)
+    assert logdet.item() == pytest.approx(log_abs_det_jacobian(layer, x), abs=1e-8)
+
+
+def test_trained_layers_are_not_volume_preserving_where_they_may_scale():
+    for name in ("actnorm", "conv1x1", "affine-channel-even", "affine-checkerboard-odd", "step-realnvp"):
+        _, logdet = trained(name)(torch.randn(1, CHANNELS, 2, 2))
+        assert abs(logdet.item()) > 1e-3, name
+
+
+def test_actnorm_initialization_gives_zero_mean_unit_variance():
+    x = torch.randn(64, CHANNELS, 5, 5) * torch.tensor([0.1, 1.0, 3.0, 10.0])[None, :, None, None] + 7.0
+    y, _ = ActNorm(CHANNELS).train()(x)
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(CHANNELS), atol=1e-4, rtol=0)
+    torch.testing.assert_close(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(CHANNELS), atol=1e-4, rtol=0)
+
+
+def test_actnorm_keeps_the_statistics_of_its_first_batch():
+    actnorm = ActNorm(CHANNELS).train()
+    actnorm(torch.randn(32, CHANNELS, 4, 4) * 2.0)
+    bias, logs = actnorm.bias.clone(), actnorm.logs.clone()
+    actnorm(torch.randn(32, CHANNELS, 4, 4) * 5.0 + 1.0)
+    assert torch.equal(actnorm.bias, bias) and torch.equal(actnorm.logs, logs)
+
+
+def test_conv1x1_inverse_follows_weights_loaded_in_eval_mode():
+    conv = InvertibleConv1x1(CHANNELS, seed=3).eval()
+    weights = trained("conv1x1").state_dict()
+    x = torch.randn(2, CHANNELS, 3, 3)
+    with torch.no_grad():
+        conv.inverse(conv(x)[0])
+        conv.load_state_dict(weights)
+        x_back, _ = conv.inverse(conv(x)[0])
+    assert (x_back - x).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("mask", ["channel", "checkerboard"])
+def test_coupling_passes_its_conditioning_half_through_unchanged(mask):
+    coupling = Coupling(CHANNELS, 8, affine=True, mask=mask, parity=1)
+    with torch.no_grad():
+        for p in coupling.parameters():
+            p.add_(torch.randn_like(p))
+        x = torch.randn(2, CHANNELS, 4, 4)
+        y, _ = coupling(x)
+    if mask == "channel":
+        kept = torch.zeros(1, CHANNELS, 1, 1, dtype=torch.bool)
+        kept[:, CHANNELS // 2:] = True
+    else:
+        kept = ((torch.arange(4)[:, None] + torch.arange(4)[None, :]) % 2 == 1)[None, None]
+    kept = kept.expand_as(x)
+    assert torch.equal(y[kept], x[kept])
+    assert (y[~kept] - x[~kept]).abs().min() > 0
+
+
+def test_unsqueeze_inverts_squeeze_exactly():
+    x = torch.randn(2, 3, 8, 6)
+    assert torch.equal(unsqueeze(squeeze(x)), x)
+
+
+def test_squeeze_moves_each_2x2_block_into_the_channels_of_one_pixel():
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).view(1, 2, 4, 4)
+    y = squeeze(x)
+    assert y.shape == (1, 8, 2, 2)
+    for c in range(2):
+        for i in range(2):
+            for j in range(2):
+                block = x[0, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2].flatten()
+                assert torch.equal(y[0, 4 * c:4 * c + 4, i, j], block)
