@@ -72,8 +72,10 @@ def config_from(args) -> FlowConfig:
 @torch.no_grad()
 def evaluate(model: Glow, faces: FaceSet, device, limit: int = 0, batch: int = 100) -> float:
     """Mean held-out bits/dim, conditioned on each face's labels (bin centres, no noise)."""
-    model.eval()
     n = len(faces) if not limit else min(limit, len(faces))
+    if n == 0:  # a data set prepared without a held-out split
+        return float("nan")
+    model.eval()
     total = 0.0
     for start in range(0, n, batch):
         idx = np.arange(start, min(n, start + batch))
@@ -132,6 +134,8 @@ def main(argv=None) -> None:
     sampler = DistributedSampler(range(len(train)), num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
     steps_per_epoch = len(sampler) // args.batch_size
+    if steps_per_epoch == 0:  # an epoch without a step would never end
+        raise SystemExit(f"{len(sampler)} training faces per process are fewer than one batch of {args.batch_size}")
     generator = torch.Generator().manual_seed(args.seed * 1000 + rank)
 
     step, epoch, position, elapsed = 0, 0, 0, 0.0
@@ -158,8 +162,7 @@ def main(argv=None) -> None:
     def request_stop(signum, frame):
         stop["now"] = True
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    previous_handlers = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def checkpoint() -> None:
         if not main_process:
@@ -229,6 +232,8 @@ def main(argv=None) -> None:
                     save_grid(model.sample(32, temperature=0.7, seed=0), args.run / f"samples_epoch{epoch:03d}.png")
                 model.train()
     progress.close()
+    for signum, handler in previous_handlers.items():  # main() may run inside another program, e.g. the tests
+        signal.signal(signum, handler)
     checkpoint()
     if main_process:
         print(json.dumps({"step": step, "epoch": epoch, "elapsed_min": round(elapsed / 60, 1),
