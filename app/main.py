@@ -1,0 +1,110 @@
+"""The service: `create_app()` builds it from the settings; `uvicorn app.main:app` serves it."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio.to_thread
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
+from starlette.formparsers import MultiPartParser
+
+from app import api
+from app.body_limit import BodyLimitMiddleware
+from app.errors import CatchAllMiddleware, install_error_handlers
+from app.gate import InferenceGate
+from app.imaging import megabytes, set_decompression_limit
+from app.metrics import Metrics, MetricsMiddleware
+from app.service import Service, load_editor
+from app.settings import Settings
+from model.editor import AgeEditor
+
+log = logging.getLogger("app")
+
+STATIC_DIR = Path(__file__).parent / "static"
+# room for the form fields and multipart boundaries around the photo
+FORM_OVERHEAD_BYTES = 64 * 1024
+DESCRIPTION = """
+Ages the faces in photos with a Glow normalizing flow.
+
+* **Photos**: upload as `multipart/form-data` with the photo in the field `image`: JPEG, PNG (also with
+  transparency, palette or 16-bit), WebP, grayscale, CMYK, or HEIC/HEIF from phones. EXIF orientation is
+  applied, and results come back upright, the same size as the upload.
+* **Results**: an image file with details in `X-` headers, or JSON with the image in base64 when the request
+  sends `Accept: application/json`.
+* **Errors**: always JSON, `{"error": {"code": "...", "message": "..."}}`; the message is written for people.
+* **Keys**: when the service runs with API keys, every `/v1` route needs `Authorization: Bearer <key>`.
+"""
+
+
+def _load_in_background(service: Service) -> None:
+    try:
+        service.editor = load_editor(service.settings)
+    except Exception as exc:  # the service stays up and /readyz says why
+        service.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("the model could not be loaded: %s", service.load_error)
+        return
+    service.metrics.model_ready.set(1)
+    log.info("model loaded from %s on %s", service.settings.weights_dir, service.editor.device)
+
+
+def _operation_id(route: APIRoute) -> str:
+    """Operation ids are the route names, so that generated clients get readable method names."""
+    return route.name
+
+
+def create_app(settings: Settings | None = None, editor: AgeEditor | None = None) -> FastAPI:
+    """The service. `editor`: an already loaded editor to serve instead of loading WEIGHTS_DIR."""
+    settings = settings or Settings.from_env()
+    set_decompression_limit(settings.max_pixels)
+    # Starlette spools uploads above 1 MB to a temporary file; with this they stay in memory
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size,
+                                         settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
+    service = Service(settings=settings, gate=InferenceGate(settings.max_concurrency, settings.max_queue),
+                      metrics=Metrics(), editor=editor)
+    service.metrics.in_flight.set_function(lambda: service.gate.admitted)
+    service.metrics.model_ready.set(editor is not None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        # requests waiting at the gate hold a worker thread: leave enough for the queue and the rest
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, settings.max_concurrency + settings.max_queue + 8)
+        loading = None if service.editor else asyncio.create_task(asyncio.to_thread(_load_in_background, service))
+        yield
+        if loading:
+            loading.cancel()
+
+    app = FastAPI(title="Face age API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
+                  generate_unique_id_function=_operation_id)
+    app.state.settings = settings
+    app.state.service = service
+    install_error_handlers(app)
+    app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+                       message=f"The upload is larger than the limit of {megabytes(settings.max_upload_bytes)}.")
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Accept"],
+                           expose_headers=[*api.AGE_HEADERS, *api.SERIES_HEADERS, "X-Seed", "Retry-After"])
+    app.include_router(api.router)
+    app.include_router(api.probes)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def web_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    return app
+
+
+app = create_app()

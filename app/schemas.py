@@ -1,0 +1,198 @@
+"""Request forms and response bodies of the API, with the examples shown on /docs."""
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import UploadFile
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from model.editor import EditError
+
+MAX_SERIES_AGES = 8
+
+FacesChoice = Literal["all", "largest"]
+OutputChoice = Literal["photo", "face"]
+FormatChoice = Literal["jpeg", "png", "webp"]
+Typicality = Literal["typical", "unusual", "very unusual"]
+
+IMAGE_DESCRIPTION = "The photo: JPEG, PNG, WebP or HEIC (any colour mode); EXIF orientation is applied."
+FACES_DESCRIPTION = "`all` edits every face found; `largest` only the largest one."
+FORMAT_DESCRIPTION = "Image format of the result. PNG and WebP keep the upload's transparency."
+
+
+class PhotoForm(BaseModel):
+    """A photo and which of its faces to use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: UploadFile = Field(description=IMAGE_DESCRIPTION)
+    faces: FacesChoice = Field("all", description=FACES_DESCRIPTION)
+
+
+class AgeForm(PhotoForm):
+    years: float | None = Field(None, ge=-100, le=100, allow_inf_nan=False, examples=[30],
+                                description="Years to add (negative: younger). Give this or `target_age`.")
+    target_age: float | None = Field(None, ge=0, le=120, allow_inf_nan=False, examples=[70],
+                                     description="Age in years to take every face to. Give this or `years`; "
+                                                 "it must lie within the model's age range (GET /v1/model).")
+    output: OutputChoice = Field("photo", description="`photo`: the whole photo with the aged faces pasted "
+                                                      "back, same size and orientation as the upload. `face`: "
+                                                      "the aligned face(s), several side by side.")
+    format: FormatChoice = Field("jpeg", description=FORMAT_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def one_kind_of_edit(self) -> "AgeForm":
+        if (self.years is None) == (self.target_age is None):
+            raise ValueError("give exactly one of years and target_age")
+        return self
+
+
+class SeriesForm(PhotoForm):
+    ages: str = Field(examples=["10,30,50,70"], description=f"Target ages in years, comma separated "
+                                                            f"(at most {MAX_SERIES_AGES}).")
+    output: OutputChoice = Field("face", description="`face`: the aligned faces at each age side by side "
+                                                     "(one row per face). `photo`: the whole photos side by side.")
+    format: FormatChoice = Field("jpeg", description=FORMAT_DESCRIPTION)
+
+    @field_validator("ages")
+    @classmethod
+    def ages_are_numbers(cls, ages: str) -> str:
+        values = [word.strip() for word in ages.split(",") if word.strip()]
+        if not values:
+            raise ValueError("give at least one age, e.g. 10,30,50,70")
+        if len(values) > MAX_SERIES_AGES:
+            raise ValueError(f"give at most {MAX_SERIES_AGES} ages")
+        try:
+            numbers = [float(v) for v in values]
+        except ValueError:
+            raise ValueError("ages must be numbers separated by commas, e.g. 10,30,50,70") from None
+        if not all(0 <= n <= 120 for n in numbers):
+            raise ValueError("ages must be between 0 and 120")
+        return ",".join(values)
+
+    @property
+    def target_ages(self) -> list[float]:
+        return [float(v) for v in self.ages.split(",")]
+
+
+class TargetAgeOutOfRange(EditError):
+    pass
+
+
+def check_target_ages(ages: list[float], age_range: tuple[float, float]) -> None:
+    """Target ages must lie in the model's range (the form only checks that they are plausible ages)."""
+    low, high = age_range
+    for age in ages:
+        if not low <= age <= high:
+            raise TargetAgeOutOfRange(f"The target age {age:g} is outside the model's range of {low:g} to "
+                                      f"{high:g} years.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable reason.", examples=["no_face"])
+    message: str = Field(description="What went wrong, for people.",
+                         examples=["No face was found in the photo. Use a photo where a face is clearly visible."])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class EncodedImage(BaseModel):
+    media_type: str = Field(examples=["image/jpeg"])
+    width: int = Field(examples=[640])
+    height: int = Field(examples=[480])
+    data: str = Field(description="The image file, base64 encoded.", examples=["/9j/4AAQSkZJRgABAQAAAQABAAD..."])
+
+
+class Face(BaseModel):
+    box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the upright photo.",
+                             examples=[[105.4, 37.6, 215.1, 189.0]])
+    landmarks: list[list[float]] = Field(description="(x, y) of the left eye, right eye, nose tip, left and "
+                                                     "right mouth corner.",
+                                         examples=[[[133.2, 97.4], [184.9, 96.1], [160.3, 124.8],
+                                                    [139.0, 153.2], [182.5, 152.0]]])
+    score: float = Field(description="Detector confidence, 0 to 1.", examples=[0.999])
+
+
+class AgedFace(Face):
+    age_before: float = Field(description="Estimated age of the face in the upload, years.", examples=[34.0])
+    age_after: float = Field(description="Age the face was taken to, years.", examples=[64.0])
+    shift: float = Field(description="age_after - age_before, years.", examples=[30.0])
+
+
+class AgeResponse(BaseModel):
+    faces: list[AgedFace]
+    image: EncodedImage = Field(description="The result: the photo, or the aligned face(s).")
+
+
+class SeriesFace(Face):
+    age_before: float = Field(description="Estimated age of the face in the upload, years.", examples=[34.0])
+
+
+class SeriesStep(BaseModel):
+    target_age: float = Field(examples=[70.0])
+    ages_after: list[float] = Field(description="Age each face was taken to (the target, within the model's "
+                                                "age range), in the order of `faces`.", examples=[[70.0]])
+    image: EncodedImage = Field(description="The photo or the aligned face(s) at this age.")
+
+
+class SeriesResponse(BaseModel):
+    faces: list[SeriesFace]
+    steps: list[SeriesStep]
+
+
+class DetectedFace(Face):
+    age: float | None = Field(description="Estimated age in years; null when the face is too small to use.",
+                              examples=[34.0])
+    too_small: bool = Field(description="Smaller than the service's minimum face size: it cannot be edited.",
+                            examples=[False])
+
+
+class FacesResponse(BaseModel):
+    width: int = Field(description="Width of the upright photo.", examples=[640])
+    height: int = Field(description="Height of the upright photo.", examples=[480])
+    min_face_size: int = Field(description="Smallest face side, in pixels, that can be edited.", examples=[40])
+    faces: list[DetectedFace] = Field(description="Largest first; empty when there is no face.")
+
+
+class LikelihoodFace(Face):
+    bits_per_dim: float = Field(description="Negative log-likelihood of the aligned face under the flow, in bits "
+                                            "per dimension: lower means more likely.", examples=[1.31])
+    difference_from_held_out: float | None = Field(
+        description="bits_per_dim minus the mean over held-out training faces; null when unknown.",
+        examples=[0.04])
+    typicality: Typicality | None = Field(
+        description="`typical` within 5% of the held-out mean (or below it), `unusual` within 15%, "
+                    "`very unusual` beyond; null when the held-out mean is unknown.", examples=["typical"])
+
+
+class LikelihoodResponse(BaseModel):
+    held_out_bits_per_dim: float | None = Field(description="Mean bits/dim of held-out faces.", examples=[1.27])
+    faces: list[LikelihoodFace]
+
+
+class SamplesResponse(BaseModel):
+    seed: int = Field(examples=[1234])
+    temperature: float = Field(examples=[0.7])
+    images: list[EncodedImage]
+
+
+class ModelInfo(BaseModel):
+    """What the model is; the weights folder's editor.json adds more (training data, held-out bits/dim...)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "resolution": 64, "age_range": [1.0, 90.0], "trajectory": "conditional_prior",
+        "training_data": "UTKFace and All-Age-Faces (research use only)", "held_out_bits_per_dim": 1.27}]})
+
+    resolution: int = Field(description="Side of the aligned face the flow works on, pixels.")
+    age_range: list[float] = Field(description="Youngest and oldest age, years, a face can be taken to.")
+    trajectory: str = Field(description="How ages move through the flow's latent space.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"

@@ -1,0 +1,74 @@
+"""Every setting of the service, read from environment variables in one place."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value the service cannot use."""
+
+
+def _integer(environ: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def checked_device(device: str) -> str:
+    device = device.strip().lower() or "auto"
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise SettingsError(f"DEVICE must be auto, cpu or cuda, got {device!r}")
+    return device
+
+
+def _words(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(word.strip() for word in environ.get(name, "").split(",") if word.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    weights_dir: Path = Path("weights")
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    device: str = "auto"  # auto | cpu | cuda (or cuda:N)
+    torch_threads: int = 0  # 0 keeps torch's default
+    max_concurrency: int = 2  # edits running at once
+    max_queue: int = 8  # requests waiting for a slot before the service answers 503
+    api_keys: tuple[str, ...] = ()  # when set, /v1 routes need `Authorization: Bearer <key>`
+    cors_origins: tuple[str, ...] = ()
+    min_face_size: int = 40  # faces smaller than this many photo pixels are refused
+    detect_max_side: int = 640  # larger photos are searched for faces on a copy this size
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        return cls(
+            weights_dir=Path(environ.get("WEIGHTS_DIR", "").strip() or cls.weights_dir),
+            max_upload_bytes=_integer(environ, "MAX_UPLOAD_BYTES", cls.max_upload_bytes, 1),
+            max_pixels=_integer(environ, "MAX_PIXELS", cls.max_pixels, 1),
+            device=checked_device(environ.get("DEVICE", "auto")),
+            torch_threads=_integer(environ, "TORCH_THREADS", cls.torch_threads, 0),
+            max_concurrency=_integer(environ, "MAX_CONCURRENCY", cls.max_concurrency, 1),
+            max_queue=_integer(environ, "MAX_QUEUE", cls.max_queue, 0),
+            api_keys=_words(environ, "API_KEYS"),
+            cors_origins=_words(environ, "CORS_ORIGINS"),
+            min_face_size=_integer(environ, "MIN_FACE_SIZE", cls.min_face_size, 1),
+            detect_max_side=_integer(environ, "DETECT_MAX_SIDE", cls.detect_max_side, 64),
+        )
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)

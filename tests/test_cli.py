@@ -1,0 +1,100 @@
+"""`python -m app.cli`: the service's pipeline and errors on files and folders."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import app.cli
+from app.cli import main
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(autouse=True)
+def shared_editor(age_editor, monkeypatch):
+    """The session's editor instead of loading the model again for every run."""
+    monkeypatch.setattr(app.cli, "load_editor", lambda settings: age_editor)
+
+
+@pytest.fixture
+def photos(tmp_path, fixtures_dir, upload_files) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("frrepo_obama_small.jpg", "skimage_coffee_noface.png"):
+        shutil.copy(fixtures_dir / name, folder / name)
+    (folder / "phone.heic").write_bytes(upload_files["heic"])
+    (folder / "notes.txt").write_text("not a photo")
+    return folder
+
+
+def test_one_photo_to_one_file(photos, tmp_path, capsys):
+    output = tmp_path / "older.jpg"
+    assert main([str(photos / "frrepo_obama_small.jpg"), "--years", "30", "-o", str(output)]) == 0
+    assert Image.open(output).size == (320, 240)
+    assert "1 face(s)" in capsys.readouterr().out
+
+
+def test_output_suffix_chooses_the_format(photos, tmp_path):
+    output = tmp_path / "older.png"
+    assert main([str(photos / "frrepo_obama_small.jpg"), "--target-age", "60", "-o", str(output)]) == 0
+    assert Image.open(output).format == "PNG"
+
+
+def test_largest_face_only(fixtures_dir, tmp_path, capsys):
+    output = tmp_path / "one.jpg"
+    assert main([str(fixtures_dir / "frrepo_two_people.jpg"), "--years", "-10", "--faces", "largest",
+                 "-o", str(output)]) == 0
+    assert "1 face(s)" in capsys.readouterr().out
+
+
+def test_folder_to_folder_reports_failures_and_ages_the_rest(photos, tmp_path, capsys):
+    output = tmp_path / "aged"
+    assert main([str(photos), "--years", "20", "-o", str(output)]) == 1
+    assert sorted(p.name for p in output.iterdir()) == ["frrepo_obama_small.jpg", "phone.jpg"]
+    error = capsys.readouterr().err
+    assert "skimage_coffee_noface.png: No face was found" in error
+    assert "notes.txt" not in error
+
+
+def test_several_files_go_to_a_folder(photos, tmp_path):
+    output = tmp_path / "aged"
+    assert main([str(photos / "frrepo_obama_small.jpg"), str(photos / "phone.heic"), "--years", "5",
+                 "-o", str(output)]) == 0
+    assert sorted(p.name for p in output.iterdir()) == ["frrepo_obama_small.jpg", "phone.jpg"]
+
+
+def test_a_file_that_is_not_a_photo_fails_with_the_services_message(photos, tmp_path, capsys):
+    assert main([str(photos / "notes.txt"), "--years", "5", "-o", str(tmp_path / "out.jpg")]) == 1
+    assert "not a photo in a supported format" in capsys.readouterr().err
+
+
+def test_missing_input_is_a_usage_error(tmp_path, capsys):
+    assert main([str(tmp_path / "absent.jpg"), "--years", "5", "-o", str(tmp_path / "out.jpg")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_target_age_outside_the_models_range_is_refused(photos, tmp_path, age_editor, capsys):
+    too_old = str(age_editor.age_range[1] + 5)
+    assert main([str(photos / "frrepo_obama_small.jpg"), "--target-age", too_old, "-o",
+                 str(tmp_path / "out.jpg")]) == 2
+    assert "outside the model's range" in capsys.readouterr().err
+
+
+def test_years_and_target_age_together_are_refused(photos, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(photos / "frrepo_obama_small.jpg"), "--years", "5", "--target-age", "50", "-o",
+              str(tmp_path / "out.jpg")])
+    assert exit_info.value.code == 2
+
+
+def test_runs_as_a_module(photos, tmp_path):
+    output = tmp_path / "older.jpg"
+    finished = subprocess.run([sys.executable, "-m", "app.cli", str(photos / "frrepo_obama_small.jpg"),
+                               "--years", "30", "-o", str(output)], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert Image.open(output).size == (320, 240)
