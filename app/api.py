@@ -257,12 +257,17 @@ def detect_faces(form: Annotated[PhotoForm, Form(media_type=MULTIPART)], service
         for f in detected])
 
 
-def typicality(bits_per_dim: float, held_out: float | None) -> tuple[float | None, str | None]:
+def heldout_bits_per_dim(editor: AgeEditor) -> float | None:
+    value = editor.info().get("heldout_bits_per_dim")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def typicality(bits_per_dim: float, heldout: float | None) -> tuple[float | None, str | None]:
     """The difference from the held-out mean and a plain-language label for it."""
-    if held_out is None:
+    if heldout is None:
         return None, None
-    excess = (bits_per_dim - held_out) / held_out
-    return bits_per_dim - held_out, "typical" if excess <= 0.05 else "unusual" if excess <= 0.15 else "very unusual"
+    excess = (bits_per_dim - heldout) / heldout
+    return bits_per_dim - heldout, "typical" if excess <= 0.05 else "unusual" if excess <= 0.15 else "very unusual"
 
 
 @router.post("/likelihood", name="face_likelihood", summary="How typical a face the model finds each face",
@@ -277,13 +282,13 @@ def face_likelihood(form: Annotated[PhotoForm, Form(media_type=MULTIPART)], serv
         crops = torch.stack([a.crops[editor.resolution] for a in editor.align(decoded.rgb, detected)])
         bits = editor.bits_per_dim(crops).tolist()
     service.metrics.faces.labels("likelihood").inc(len(detected))
-    held_out = editor.info().get("held_out_bits_per_dim")
+    heldout = heldout_bits_per_dim(editor)
     faces = []
     for face, face_bits in zip(detected, bits):
-        difference, label = typicality(face_bits, held_out)
+        difference, label = typicality(face_bits, heldout)
         faces.append(LikelihoodFace(box=face.box.tolist(), landmarks=face.landmarks.tolist(), score=face.score,
-                                    bits_per_dim=face_bits, difference_from_held_out=difference, typicality=label))
-    return LikelihoodResponse(held_out_bits_per_dim=held_out, faces=faces)
+                                    bits_per_dim=face_bits, difference_from_heldout=difference, typicality=label))
+    return LikelihoodResponse(heldout_bits_per_dim=heldout, faces=faces)
 
 
 @router.get("/samples", name="sample_faces", summary="New faces sampled from the flow", tags=["analysis"],
@@ -292,12 +297,12 @@ def face_likelihood(form: Annotated[PhotoForm, Form(media_type=MULTIPART)], serv
                                          {"X-Seed": "The seed used; the same seed gives the same faces."}),
                        **error_responses(422, 503)})
 def sample_faces(request: Request, service: ServiceDep, editor: EditorDep,
-                 n: Annotated[int, Query(ge=1, le=MAX_SAMPLES, description="How many faces.")] = 8,
-                 temperature: Annotated[float, Query(ge=0, le=1.5, allow_inf_nan=False,
+                 n: Annotated[int, Query(ge=1, le=MAX_SAMPLES, description="How many faces.", examples=[8])] = 8,
+                 temperature: Annotated[float, Query(ge=0, le=1.5, allow_inf_nan=False, examples=[0.7],
                                                      description="Lower gives smoother, more average faces.")] = 0.7,
-                 seed: Annotated[int | None, Query(ge=0, le=2**31 - 1,
+                 seed: Annotated[int | None, Query(ge=0, le=2**31 - 1, examples=[1234],
                                                    description="Random when not given.")] = None,
-                 format: Annotated[FormatChoice, Query(description="Image format.")] = "png",
+                 format: Annotated[FormatChoice, Query(description="Image format.", examples=["png"])] = "png",
                  ) -> Response | SamplesResponse:
     """Faces at the flow's resolution, with ages, genders and ethnicities drawn from the same seed."""
     seed = secrets.randbelow(2**31) if seed is None else seed

@@ -84,7 +84,7 @@ _pillow_pixel_limit = 0
 class DecodedImage:
     rgb: np.ndarray  # H x W x 3 uint8, upright
     alpha: np.ndarray | None  # H x W uint8 when the upload had an alpha channel
-    source_format: str  # JPEG, PNG, WEBP or HEIF
+    source_format: str  # JPEG (MPO for some phone JPEGs), PNG, WEBP or HEIF
     icc_profile: bytes | None  # kept so that wide-gamut phone photos keep their colours
 
 

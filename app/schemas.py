@@ -159,8 +159,8 @@ class FacesResponse(BaseModel):
 class LikelihoodFace(Face):
     bits_per_dim: float = Field(description="Negative log-likelihood of the aligned face under the flow, in bits "
                                             "per dimension: lower means more likely.", examples=[1.31])
-    difference_from_held_out: float | None = Field(
-        description="bits_per_dim minus the mean over held-out training faces; null when unknown.",
+    difference_from_heldout: float | None = Field(
+        description="bits_per_dim minus the model's mean over held-out faces; null when unknown.",
         examples=[0.04])
     typicality: Typicality | None = Field(
         description="`typical` within 5% of the held-out mean (or below it), `unusual` within 15%, "
@@ -168,7 +168,8 @@ class LikelihoodFace(Face):
 
 
 class LikelihoodResponse(BaseModel):
-    held_out_bits_per_dim: float | None = Field(description="Mean bits/dim of held-out faces.", examples=[1.27])
+    heldout_bits_per_dim: float | None = Field(description="Mean bits/dim of held-out faces (GET /v1/model).",
+                                               examples=[1.27])
     faces: list[LikelihoodFace]
 
 
@@ -179,15 +180,23 @@ class SamplesResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """What the model is; the weights folder's editor.json adds more (training data, held-out bits/dim...)."""
+    """What the model is, from the weights folder; editor.json may add more fields than these."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
         "resolution": 64, "age_range": [1.0, 90.0], "trajectory": "conditional_prior",
-        "training_data": "UTKFace and All-Age-Faces (research use only)", "held_out_bits_per_dim": 1.27}]})
+        "training_data": "UTKFace (64 and 200 px) and All-Age-Faces, aligned by model.prepare; research and "
+                         "demonstration use only",
+        "training_faces": 31000, "heldout_bits_per_dim": 1.27,
+        "bits_per_dim_definition": "held-out, 5-bit pixels, conditioned on each face's labels"}]})
 
     resolution: int = Field(description="Side of the aligned face the flow works on, pixels.")
     age_range: list[float] = Field(description="Youngest and oldest age, years, a face can be taken to.")
     trajectory: str = Field(description="How ages move through the flow's latent space.")
+    training_data: str | None = Field(None, description="What the model was trained on, and its terms of use.")
+    training_faces: int | None = Field(None, description="Number of training faces.")
+    heldout_bits_per_dim: float | None = Field(None, description="Negative log-likelihood of held-out faces, "
+                                                                 "bits per dimension: lower is better.")
+    bits_per_dim_definition: str | None = Field(None, description="How heldout_bits_per_dim was measured.")
 
 
 class Health(BaseModel):

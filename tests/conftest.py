@@ -90,6 +90,7 @@ def upload_files(photo) -> dict[str, bytes]:
         "grayscale_png": saved(portrait.convert("L"), "PNG"),
         "webp": saved(portrait, "WEBP", quality=95),
         "heic": saved(portrait, "HEIF", quality=95),
+        "mpo": saved(portrait, "MPO", save_all=True, append_images=[portrait.rotate(5)]),
         "exif_rotated_jpeg": saved(portrait.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95,
                                    exif=exif.tobytes()),
     }

@@ -1,19 +1,24 @@
 """The HTTP API: every route, every error a bad upload or parameter can cause, and real edits of real photos."""
 import base64
 import io
+import json
 import logging
+import shutil
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 import app.main
 from app.main import create_app
-from app.settings import Settings
+from app.settings import Settings, SettingsError
+from model.editor import AgeEditor
 
 SMALL_PHOTO = "frrepo_obama_small.jpg"
 
@@ -97,6 +102,22 @@ def test_model_info_describes_the_model(client, age_editor):
     assert info["resolution"] == age_editor.resolution
     assert info["age_range"] == list(age_editor.age_range)
     assert info["trajectory"]
+
+
+def test_model_info_reports_what_the_weights_folder_says(age_editor, tmp_path):
+    weights = Settings.from_env().weights_dir
+    for path in weights.iterdir():
+        if path.is_file():
+            shutil.copy(path, tmp_path / path.name)
+    settings = json.loads((weights / "editor.json").read_text()) if (weights / "editor.json").exists() else {}
+    settings["model"] = {"training_data": "licensed portraits", "heldout_bits_per_dim": 1.31, "hardware": "cpu"}
+    (tmp_path / "editor.json").write_text(json.dumps(settings))
+    editor = AgeEditor.from_dir(tmp_path, aligner=age_editor.aligner)
+    with TestClient(create_app(Settings(), editor=editor)) as client:
+        info = client.get("/v1/model").json()
+    assert info["training_data"] == "licensed portraits"
+    assert info["heldout_bits_per_dim"] == 1.31
+    assert info["hardware"] == "cpu"
 
 
 def test_metrics_count_requests_latency_and_faces(client, small_jpeg):
@@ -271,10 +292,21 @@ def test_likelihood_reports_bits_per_dim(client, small_jpeg):
     body = post(client, "/v1/likelihood", small_jpeg).json()
     face, = body["faces"]
     assert 0 < face["bits_per_dim"] < 10
-    if body["held_out_bits_per_dim"] is None:
+    if body["heldout_bits_per_dim"] is None:
         assert face["typicality"] is None
     else:
         assert face["typicality"] in ("typical", "unusual", "very unusual")
+
+
+def test_likelihood_says_how_typical_against_heldout_faces(client, small_jpeg, age_editor, monkeypatch):
+    bits = post(client, "/v1/likelihood", small_jpeg).json()["faces"][0]["bits_per_dim"]
+    info = age_editor.info()
+    monkeypatch.setattr(age_editor, "info", lambda: {**info, "heldout_bits_per_dim": bits / 1.1})
+    body = post(client, "/v1/likelihood", small_jpeg).json()
+    face, = body["faces"]
+    assert body["heldout_bits_per_dim"] == pytest.approx(bits / 1.1)
+    assert face["difference_from_heldout"] == pytest.approx(bits - bits / 1.1, abs=1e-4)
+    assert face["typicality"] == "unusual"
 
 
 def test_samples_grid_is_repeatable_with_a_seed(client, age_editor):
@@ -517,3 +549,34 @@ def test_unexpected_errors_are_a_generic_500_that_logs_only_the_type(client, sma
     assert "details" not in response.text
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "RuntimeError" in logged and "details that must not be logged" not in logged
+
+
+# ---- settings -------------------------------------------------------------------------------------------------
+
+def test_settings_come_from_the_environment():
+    settings = Settings.from_env({
+        "WEIGHTS_DIR": "/models/age", "MAX_UPLOAD_BYTES": "1000", "MAX_PIXELS": "2000", "DEVICE": "CPU",
+        "TORCH_THREADS": "3", "MAX_CONCURRENCY": "4", "MAX_QUEUE": "0", "API_KEYS": "one, two,,",
+        "CORS_ORIGINS": "https://a.example", "MIN_FACE_SIZE": "64", "DETECT_MAX_SIDE": "1024"})
+    assert settings == Settings(weights_dir=Path("/models/age"), max_upload_bytes=1000, max_pixels=2000,
+                                device="cpu", torch_threads=3, max_concurrency=4, max_queue=0,
+                                api_keys=("one", "two"), cors_origins=("https://a.example",), min_face_size=64,
+                                detect_max_side=1024)
+
+
+def test_settings_without_environment_are_the_defaults():
+    assert Settings.from_env({}) == Settings()
+
+
+@pytest.mark.parametrize("environ", [{"MAX_UPLOAD_BYTES": "lots"}, {"MAX_CONCURRENCY": "0"},
+                                     {"DEVICE": "gpu"}, {"MAX_QUEUE": "-1"}])
+def test_bad_settings_name_the_variable(environ):
+    with pytest.raises(SettingsError, match=next(iter(environ))):
+        Settings.from_env(environ)
+
+
+def test_auto_device_takes_the_gpu_when_there_is_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert Settings(device="auto").torch_device().type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert Settings(device="auto").torch_device().type == "cpu"

@@ -27,6 +27,7 @@ def photos(tmp_path, fixtures_dir, upload_files) -> Path:
     for name in ("frrepo_obama_small.jpg", "skimage_coffee_noface.png"):
         shutil.copy(fixtures_dir / name, folder / name)
     (folder / "phone.heic").write_bytes(upload_files["heic"])
+    (folder / "camera.jpg").write_bytes(upload_files["mpo"])
     (folder / "notes.txt").write_text("not a photo")
     return folder
 
@@ -54,7 +55,7 @@ def test_largest_face_only(fixtures_dir, tmp_path, capsys):
 def test_folder_to_folder_reports_failures_and_ages_the_rest(photos, tmp_path, capsys):
     output = tmp_path / "aged"
     assert main([str(photos), "--years", "20", "-o", str(output)]) == 1
-    assert sorted(p.name for p in output.iterdir()) == ["frrepo_obama_small.jpg", "phone.jpg"]
+    assert sorted(p.name for p in output.iterdir()) == ["camera.jpg", "frrepo_obama_small.jpg", "phone.jpg"]
     error = capsys.readouterr().err
     assert "skimage_coffee_noface.png: No face was found" in error
     assert "notes.txt" not in error

@@ -27,7 +27,8 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("name", ["jpeg", "cmyk_jpeg", "png16", "palette_png", "grayscale_png", "webp", "heic"])
+@pytest.mark.parametrize("name", ["jpeg", "cmyk_jpeg", "png16", "palette_png", "grayscale_png", "webp", "heic",
+                                  "mpo"])
 def test_supported_files_decode_to_upright_rgb(upload_files, name):
     decoded = decode(upload_files[name])
     assert decoded.rgb.shape == (240, 320, 3)
