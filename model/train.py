@@ -35,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=Path("data/faces"))
     p.add_argument("--run", type=Path, default=Path("runs/glow64"))
     p.add_argument("--resume", action="store_true", help="continue the run in --run exactly where it stopped")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from another run's model, optimizer and step count (e.g. on a larger data set)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--steps", type=int, default=8)
@@ -119,11 +121,15 @@ def main(argv=None) -> None:
     state_path = args.run / "train_state.pt"
 
     config = config_from(args)
+    state = None
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
+    elif args.init_from is not None:
+        state = torch.load(args.init_from / "train_state.pt", map_location="cpu", weights_only=True)
+        # a new data set: the position in the epoch and the random streams start afresh
+        state.update(epoch=0, position=0, generator=None, torch_rng=None)
+    if state is not None:
         config = FlowConfig(**json.loads(state["config"]))
-    else:
-        state = None
     torch.manual_seed(args.seed)
     model = Glow(config).to(device)
     model.gradient_checkpointing = args.gradient_checkpointing
@@ -143,9 +149,10 @@ def main(argv=None) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, position, elapsed = state["step"], state["epoch"], state["position"], state["elapsed"]
-        generator.set_state(state["generator"][rank])
-        torch.set_rng_state(state["torch_rng"])
-    elif main_process:
+        if state["generator"] is not None:
+            generator.set_state(state["generator"][rank])
+            torch.set_rng_state(state["torch_rng"])
+    if main_process and not args.resume:
         (args.run / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
 
     # data-dependent ActNorm initialization on one large batch, before the model is wrapped

@@ -1,0 +1,58 @@
+"""Copy a training run's model into a weights folder: `python -m model.export --run runs/glow64 --out weights`.
+
+Writes flow.safetensors and flow_config.json, and editor.json with what /v1/model reports: the training
+data, the latest held-out bits/dim, the training steps and time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+from pathlib import Path
+
+from model.checkpoint import CONFIG, WEIGHTS
+from model.editor import EDITOR_CONFIG
+
+
+def run_summary(run: Path) -> dict:
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    held = [r for r in records if "heldout_bpd" in r]
+    steps = [r for r in records if "bpd" in r]
+    summary = {"training_steps": steps[-1]["step"] if steps else 0,
+               "training_minutes": round(steps[-1]["elapsed_min"], 1) if steps else 0.0}
+    if held:
+        summary["heldout_bits_per_dim"] = round(held[-1]["heldout_bpd"], 4)
+        summary["heldout_bits_per_dim_step"] = held[-1]["step"]
+    return summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", type=Path, default=Path("runs/glow64"))
+    parser.add_argument("--out", type=Path, default=Path("weights"))
+    parser.add_argument("--data", type=Path, default=Path("data/faces"))
+    parser.add_argument("--hardware", default=f"{platform.processor() or platform.machine()} CPU")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS, CONFIG):
+        shutil.copyfile(args.run / name, args.out / name)
+    config = json.loads((args.out / CONFIG).read_text())
+    report = json.loads((args.data / "report.json").read_text()) if (args.data / "report.json").exists() else {}
+    model = {
+        "training_data": "UTKFace (64 and 200 px) and All-Age-Faces, aligned by model.prepare; "
+                         "research and demonstration use only",
+        "training_faces": report.get("kept"),
+        "bits_per_dim_definition": f"held-out, {config['n_bits']}-bit pixels, conditioned on each face's labels",
+        "hardware": args.hardware,
+        **run_summary(args.run),
+    }
+    path = args.out / EDITOR_CONFIG
+    settings = json.loads(path.read_text()) if path.exists() else {}
+    settings["model"] = model
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+    print(json.dumps(model, indent=2))
+
+
+if __name__ == "__main__":
+    main()
