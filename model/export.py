@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 from pathlib import Path
@@ -27,12 +28,22 @@ def run_summary(run: Path) -> dict:
     return summary
 
 
+def this_machine() -> str:
+    cpu = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores, no GPU"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", type=Path, default=Path("runs/glow64"))
     parser.add_argument("--out", type=Path, default=Path("weights"))
     parser.add_argument("--data", type=Path, default=Path("data/faces"))
-    parser.add_argument("--hardware", default=f"{platform.processor() or platform.machine()} CPU")
+    parser.add_argument("--hardware", default=this_machine())
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS, CONFIG):
