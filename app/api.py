@@ -47,7 +47,8 @@ _ERROR_EXAMPLES = {
           "output_too_large": "The result is 20000 x 3000 pixels, more than WEBP can hold (16383 pixels a "
                               "side). Ask for png instead."},
     503: {"busy": "The service is busy. Try again in a few seconds.",
-          "model_loading": "The model is still loading. Try again in a few seconds."},
+          "model_loading": "The model is still loading. Try again in a few seconds.",
+          "model_unavailable": "The model could not be loaded. Please try again later."},
 }
 _ERROR_DESCRIPTIONS = {
     400: "The photo or the request body cannot be read.",
@@ -103,7 +104,7 @@ async def get_editor(request: Request) -> AgeEditor:
     service = get_service(request)
     if service.editor is None:
         if service.load_error:
-            raise ApiError(503, "model_unavailable", "The model could not be loaded. Please try again later.")
+            raise ApiError(503, "model_unavailable", _ERROR_EXAMPLES[503]["model_unavailable"])
         raise ApiError(503, "model_loading", _ERROR_EXAMPLES[503]["model_loading"],
                        {"Retry-After": str(RETRY_AFTER_SECONDS)})
     return service.editor

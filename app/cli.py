@@ -13,6 +13,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from app.imaging import OUTPUT_FORMATS, DecodedImage, ImageError, decode_image, encode_image, \
     set_decompression_limit
 from app.schemas import check_target_ages
@@ -114,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     set_decompression_limit(settings.max_pixels)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     try:
         editor = load_editor(replace(settings, weights_dir=args.weights, device=args.device))
     except (OSError, ValueError) as exc:
