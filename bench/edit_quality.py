@@ -1,0 +1,642 @@
+"""Is an age edit good? Figures for one flow and one age trajectory, on held-out faces only.
+
+    python -m bench.edit_quality --weights weights --method conditional_prior --level-strengths 1,1,1 \\
+        --faces 200 --out edit_quality.json --figures docs/
+
+Needs the evaluation extras: `pip install -r requirements-eval.txt`. What it measures:
+
+1. Age, read by an independent judge: a small CNN age (and gender) regressor trained on the train split,
+   kept in --estimator and reused while the data set is the same. Each selected face is aged by +30 and
+   -25 years (where the target stays within 1..90 by its labelled age) and swept to fixed target ages;
+   the table gives the change in the judge's reading (goals: +30 read >= 20 years older, -25 read >= 15
+   years younger) and how often the judge's gender reading flips.
+2. Identity: dlib's face-recognition descriptors of the original vs. the edited face; baselines are the
+   unedited reconstruction and pairs of different held-out people of the same gender.
+3. Skin tone: the CIELab shift of the cheeks, per ethnicity label.
+4. Stability: NaN, black or saturated faces for edits at the ends of the API's range.
+5. The editor's own age reading (`estimate_age`) against always guessing the mean training age.
+
+Edited faces are judged the way the service shows them: the edit's change, upsampled as for the work
+crop, applied under the face mask to the 128 px aligned crop. A method of `posthoc` uses the weights
+folder's age_posthoc.safetensors, or fits one on train faces and keeps it in --posthoc-dir.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dlib
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from safetensors.torch import load_file, save_file
+
+from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory, fit_posthoc
+from model.align import face_mask
+from model.checkpoint import WEIGHTS, load_flow
+from model.data import FaceSet, load_faces
+from model.editor import AgeEditor
+from model.flow.glow import Glow
+
+METHODS = (ConditionalPriorTrajectory.name, PosthocTrajectory.name)
+OLDER, YOUNGER = 30.0, -25.0
+OLDER_GOAL, YOUNGER_GOAL = 20.0, -15.0
+TARGET_AGES = (5, 15, 30, 50, 70, 85)
+RANGE_ENDS = {"years -40": dict(years=-40.0), "years +50": dict(years=50.0),
+              "to age 1": dict(target_age=1.0), "to age 90": dict(target_age=90.0)}
+CROP_SIDE = 128
+DLIB_SIDE = 256
+MATCH_THRESHOLD = 0.6  # dlib's standard threshold for "same person"
+# the median box of dlib's own HOG face detector on aligned crops, as fractions of the crop
+DLIB_FACE_BOX = (0.25, 0.30, 0.74, 0.82)
+# the cheeks, level with the nose tip: below the eyes' shadows, beside the nose, above any moustache
+SKIN_PATCHES = ((0.33, 0.55, 0.44, 0.66), (0.56, 0.55, 0.67, 0.66))
+POSTHOC_FACES = 3000
+EDIT_BATCH = 16
+# figure rows: (youngest, oldest, gender, ethnicity), relaxed when no held-out face matches
+FIGURE_ROWS = ((1, 10, "female", "white"), (11, 20, "male", "black"), (21, 30, "female", "asian"),
+               (31, 40, "male", "indian"), (41, 50, "female", "black"), (51, 60, "male", "white"),
+               (61, 75, "female", "indian"), (76, 116, "male", "asian"))
+
+
+# ---- selection --------------------------------------------------------------------------------------
+def stratified(ages: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n indices spread evenly over age decades (80 and over in one), taken in turn from each decade."""
+    rng = np.random.default_rng(seed)
+    decades = np.minimum(ages // 10, 8).astype(int)
+    pools = [list(rng.permutation(np.flatnonzero(decades == d))) for d in np.unique(decades)]
+    chosen: list[int] = []
+    while len(chosen) < min(n, len(ages)):
+        for pool in pools:
+            if pool and len(chosen) < n:
+                chosen.append(int(pool.pop(0)))
+    return np.sort(np.array(chosen, np.int64))
+
+
+def figure_faces(faces: FaceSet, seed: int) -> list[int]:
+    order = np.random.default_rng(seed).permutation(len(faces))
+    chosen: list[int] = []
+    for low, high, gender, race in FIGURE_ROWS:
+        for strict in (2, 1, 0):  # drop the ethnicity, then the gender, when nobody fits
+            match = [int(i) for i in order if low <= faces.ages[i] <= high and i not in chosen
+                     and (strict < 1 or faces.genders[i] == gender) and (strict < 2 or faces.races[i] == race)]
+            if match:
+                chosen.append(match[0])
+                break
+    return chosen
+
+
+# ---- the independent age estimator ------------------------------------------------------------------
+def _conv(c_in: int, c_out: int, stride: int, kernel: int = 3) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True)]
+
+
+class AgeEstimator(nn.Module):
+    """Age in years and gender (logit of female) from an aligned face; it shares nothing with the flow."""
+
+    side = 64
+    age_scale = 20.0
+
+    def __init__(self, mean_age: float = 35.0) -> None:
+        super().__init__()
+        widths = (3, 24, 48, 96, 192)
+        layers = [m for c_in, c_out in zip(widths, widths[1:]) for m in _conv(c_in, c_out, 2)]
+        head = [*_conv(widths[-1], 256, 1, kernel=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 2)]
+        self.net = nn.Sequential(*layers, *head)
+        self.register_buffer("mean_age", torch.tensor(float(mean_age)))
+
+    def forward(self, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if faces.shape[-1] != self.side:
+            faces = F.interpolate(faces, size=self.side, mode="area")
+        out = self.net(((faces - 0.5) / 0.25).contiguous(memory_format=torch.channels_last))
+        return self.mean_age + self.age_scale * out[:, 0], out[:, 1]
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """N x S x S x 3 uint8 -> N x 3 x S x S floats in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def judge(estimator: AgeEstimator, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The estimator's ages and P(female) for N x S x S x 3 uint8 faces."""
+    ages, female = [], []
+    for start in range(0, len(images), batch):
+        age, logit = estimator(to_tensor(images[start:start + batch]))
+        ages.append(age.numpy())
+        female.append(torch.sigmoid(logit).numpy())
+    return np.concatenate(ages).astype(np.float64), np.concatenate(female).astype(np.float64)
+
+
+def train_estimator(train: FaceSet, epochs: int, seed: int, batch: int = 64) -> AgeEstimator:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = AgeEstimator(float(train.ages.mean())).to(memory_format=torch.channels_last)
+    ages = torch.from_numpy(train.ages).float()
+    female = torch.tensor([g == "female" for g in train.genders], dtype=torch.float32)
+    steps_per_epoch = len(train) // batch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=epochs * steps_per_epoch)
+    model.train()
+    for epoch in range(epochs):
+        order = rng.permutation(len(train))
+        for step in range(steps_per_epoch):
+            idx = np.sort(order[step * batch:(step + 1) * batch])
+            x = train.batch(idx)
+            x = torch.where(torch.rand(len(idx), 1, 1, 1) < 0.5, x.flip(3), x)
+            # a shift of a few pixels: the aligner's framing varies about that much between photos
+            dx, dy = (int(v) for v in rng.integers(0, 7, 2))
+            x = F.pad(x, (3, 3, 3, 3), mode="replicate")[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
+            age, logit = model(x)
+            loss = (F.smooth_l1_loss(age, ages[idx], beta=2.0) / 10
+                    + F.binary_cross_entropy_with_logits(logit, female[idx]))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        print(f"  estimator epoch {epoch + 1}/{epochs}: last batch loss {loss.item():.3f}", flush=True)
+    return model.eval()
+
+
+def data_fingerprint(data: Path) -> str:
+    return hashlib.sha256((data / "labels.csv").read_bytes()).hexdigest()[:16]
+
+
+def train_mean_age(data: Path) -> float:
+    with open(data / "labels.csv", newline="") as f:
+        return float(np.mean([float(r["age"]) for r in csv.DictReader(f) if r["split"] == "train"]))
+
+
+@functools.cache
+def train_faces(data: Path) -> FaceSet:
+    return load_faces(data, 64, "train")
+
+
+def load_or_train_estimator(folder: Path, data: Path, epochs: int) -> tuple[AgeEstimator, dict]:
+    """The estimator in `folder` when it has this architecture and was trained on this data set for as many
+    epochs; else a new one, trained and saved there."""
+    meta_path, weights_path = folder / "age_estimator.json", folder / "age_estimator.safetensors"
+    shapes = repr([(k, tuple(v.shape)) for k, v in AgeEstimator().state_dict().items()])
+    wanted = {"data": data_fingerprint(data), "epochs": epochs, "seed": 0,
+              "architecture": hashlib.sha256(shapes.encode()).hexdigest()[:16]}
+    if meta_path.exists() and weights_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if all(meta.get(k) == v for k, v in wanted.items()):
+            model = AgeEstimator()
+            model.load_state_dict(load_file(str(weights_path)))
+            return model.to(memory_format=torch.channels_last).eval(), meta
+    train = train_faces(data)
+    print(f"training the age estimator on {len(train)} train faces, {epochs} epochs", flush=True)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    model = train_estimator(train, epochs, seed=0)
+    meta = {**wanted, "train_faces": len(train), "train_seconds": round(time.perf_counter() - start, 1),
+            "train_cpu_seconds": round(time.process_time() - cpu_start, 1)}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights_path))
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return model, meta
+
+
+# ---- the editor under test --------------------------------------------------------------------------
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def posthoc_tensors(flow: Glow, weights: Path, data: Path, cache: Path) -> dict[str, torch.Tensor]:
+    """The weights folder's post-hoc trajectory, or one fitted on train faces and kept in `cache`."""
+    if (weights / POSTHOC_WEIGHTS).exists():
+        return load_file(str(weights / POSTHOC_WEIGHTS))
+    path = cache / f"age_posthoc-{file_digest(weights / WEIGHTS)}.safetensors"
+    if not path.exists():
+        train = train_faces(data)
+        idx = np.sort(np.random.default_rng(0).permutation(len(train))[:POSTHOC_FACES])
+        print(f"fitting the post-hoc trajectory on {len(idx)} train faces into {path}", flush=True)
+        tensors = fit_posthoc(flow, train.batch(idx), train.ages[idx], [train.genders[i] for i in idx],
+                              [train.races[i] for i in idx])
+        cache.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return load_file(str(path))
+
+
+def build_editor(flow: Glow, method: str, strengths, weights: Path, data: Path, cache: Path) -> AgeEditor:
+    if method == PosthocTrajectory.name:
+        trajectory = PosthocTrajectory(flow, posthoc_tensors(flow, weights, data, cache), strengths)
+    else:
+        trajectory = ConditionalPriorTrajectory(flow, strengths)
+    # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
+    return AgeEditor(ReadingOnce(trajectory), {}, work_size=CROP_SIDE)
+
+
+class ReadingOnce:
+    """A trajectory that reads the ages of a batch once and reuses that reading for every edit of the same
+    batch: the editor reads them on each call, and the conditional prior's reading is the slow part."""
+
+    def __init__(self, trajectory) -> None:
+        self.trajectory = trajectory
+        self._faces: torch.Tensor | None = None
+        self._reading = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.trajectory, name)
+
+    def estimate(self, faces: torch.Tensor):
+        if faces is not self._faces:
+            self._faces, self._reading = faces, self.trajectory.estimate(faces)
+        return self._reading
+
+
+@dataclass
+class EditRun:
+    after: torch.Tensor  # N x 3 x 64 x 64, the flow's output
+    shown: np.ndarray  # N x 128 x 128 x 3 uint8, the change applied to the 128 px crop under the face mask
+    age_before: np.ndarray
+    age_after: np.ndarray
+
+
+@torch.no_grad()
+def run_edits(editor: AgeEditor, faces: torch.Tensor, crops: np.ndarray,
+              steps: dict[str, dict]) -> tuple[dict[str, EditRun], np.ndarray]:
+    """Every named edit (keyword arguments of `AgeEditor.edit`) of every face, and the editor's age readings."""
+    mask = face_mask(CROP_SIDE)
+    parts: dict[str, list[EditRun]] = {name: [] for name in steps}
+    readings = []
+    for start in range(0, len(faces), EDIT_BATCH):
+        batch, batch_crops = faces[start:start + EDIT_BATCH], crops[start:start + EDIT_BATCH].astype(np.float32)
+        readings.append(editor.estimate_age(batch))
+        for name, step in steps.items():
+            edits = editor.edit(batch, **step)
+            change = torch.stack([editor.work_change(e) * mask for e in edits]).permute(0, 2, 3, 1).numpy()
+            shown = np.clip(np.rint(batch_crops + 255.0 * change), 0, 255).astype(np.uint8)
+            parts[name].append(EditRun(torch.stack([e.after for e in edits]), shown,
+                                       np.array([e.age_before for e in edits]),
+                                       np.array([e.age_after for e in edits])))
+    runs = {name: EditRun(torch.cat([p.after for p in pieces]), np.concatenate([p.shown for p in pieces]),
+                          np.concatenate([p.age_before for p in pieces]),
+                          np.concatenate([p.age_after for p in pieces]))
+            for name, pieces in parts.items()}
+    return runs, np.concatenate(readings)
+
+
+# ---- identity, skin tone, stability -----------------------------------------------------------------
+class FaceDescriptors:
+    """dlib's 128-d face-recognition descriptors of aligned crops."""
+
+    def __init__(self) -> None:
+        # located without importing the package, whose __init__ needs pkg_resources (gone from setuptools)
+        models = Path(importlib.util.find_spec("face_recognition_models").submodule_search_locations[0]) / "models"
+        self.landmarks = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self.network = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+        self.box = dlib.rectangle(*(int(round(v * DLIB_SIDE)) for v in DLIB_FACE_BOX))
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        out = []
+        for crop in crops:
+            image = np.asarray(Image.fromarray(crop).resize((DLIB_SIDE, DLIB_SIDE), Image.BICUBIC))
+            shape = self.landmarks(image, self.box)
+            out.append(np.asarray(self.network.compute_face_descriptor(image, shape)))
+        return np.stack(out)
+
+
+def identity(a: np.ndarray, b: np.ndarray) -> dict:
+    distance = np.linalg.norm(a - b, axis=1)
+    return {"pairs": len(distance), "distance": float(distance.mean()),
+            "match_rate": float((distance < MATCH_THRESHOLD).mean())}
+
+
+def different_people(genders: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j) of different faces of the same gender: each face once as i, partners shuffled."""
+    rng = np.random.default_rng(seed)
+    firsts, seconds = [], []
+    for gender in sorted(set(genders)):
+        members = rng.permutation([i for i, g in enumerate(genders) if g == gender])
+        if len(members) > 1:
+            firsts.append(members)
+            seconds.append(np.roll(members, 1))
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                        [0.2126729, 0.7151522, 0.0721750],
+                        [0.0193339, 0.1191920, 0.9503041]])
+D65_WHITE = np.array([0.95047, 1.0, 1.08883])
+
+
+def cielab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB in [0, 1] (... x 3) -> CIELab under D65 (... x 3: L*, a*, b*)."""
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ SRGB_TO_XYZ.T / D65_WHITE
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def skin_colour(crops: np.ndarray) -> np.ndarray:
+    """Mean CIELab of the cheek patches of N x S x S x 3 uint8 crops: N x 3."""
+    side = crops.shape[1]
+    pixels = []
+    for patch in SKIN_PATCHES:
+        x0, y0, x1, y1 = (int(round(v * side)) for v in patch)
+        pixels.append(crops[:, y0:y1, x0:x1].reshape(len(crops), -1, 3))
+    return cielab(np.concatenate(pixels, 1).astype(np.float64) / 255.0).mean(1)
+
+
+def broken(images: torch.Tensor) -> dict:
+    """NaN, black (mean < 0.05) and saturated (> 30 % of values at 0 or 1) faces among N x 3 x S x S."""
+    nan = ~torch.isfinite(images).flatten(1).all(1)
+    clean = torch.nan_to_num(images, 0.5)
+    black = clean.flatten(1).mean(1) < 0.05
+    clipped = ((clean <= 0.5 / 255) | (clean >= 1 - 0.5 / 255)).flatten(1).float().mean(1)
+    return {"faces": len(images), "nan": int(nan.sum()), "black": int((black & ~nan).sum()),
+            "saturated": int(((clipped > 0.3) & ~nan & ~black).sum())}
+
+
+# ---- figures ----------------------------------------------------------------------------------------
+def sweep_strip(editor: AgeEditor, faces: torch.Tensor, crops: np.ndarray) -> list[np.ndarray]:
+    """For each target age, the faces at that age as the service shows them."""
+    runs, _ = run_edits(editor, faces, crops, {f"to {t}": dict(target_age=float(t)) for t in TARGET_AGES})
+    return [run.shown for run in runs.values()]
+
+
+def grid_image(blocks: list[tuple[str, list[str], list[np.ndarray]]], row_labels: list[str]) -> Image.Image:
+    """Blocks of columns side by side, each with a title and column labels; rows are faces."""
+    side, gap, head = CROP_SIDE, 8, 36
+    n_rows = len(row_labels)
+    n_cols = sum(len(columns) for _, columns, _ in blocks)
+    canvas = Image.new("RGB", (n_cols * side + gap * (len(blocks) - 1), head + n_rows * side), "white")
+    draw = ImageDraw.Draw(canvas)
+    title_font, label_font = ImageFont.load_default(size=13), ImageFont.load_default(size=12)
+    x = 0
+    for title, labels, columns in blocks:
+        draw.text((x + 4, 2), title, fill="black", font=title_font)
+        for label, column in zip(labels, columns):
+            draw.text((x + 4, 19), label, fill="black", font=label_font)
+            for row, crop in enumerate(column):
+                canvas.paste(Image.fromarray(crop), (x, head + row * side))
+            x += side
+        x += gap
+    for row, label in enumerate(row_labels):
+        top = head + row * side
+        draw.rectangle((0, top, draw.textlength(label, font=label_font) + 6, top + 15), fill="black")
+        draw.text((3, top + 1), label, fill="white", font=label_font)
+    return canvas
+
+
+def write_figures(folder: Path, editors: list[tuple[str, AgeEditor]], faces: FaceSet, crops: FaceSet,
+                  seed: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = figure_faces(faces, seed)
+    faces64, crops128 = faces.batch(rows), crops.images[rows]
+    row_labels = [f"{faces.ages[i]:.0f} {faces.genders[i][0].upper()} {faces.races[i] or ''}".strip()
+                  for i in rows]
+    targets = [f"to {t}" for t in TARGET_AGES]
+    strips = [(label, sweep_strip(editor, faces64, crops128)) for label, editor in editors]
+    original = ("held-out", ["photo"], [list(crops128)])
+    main_label, main_strip = strips[0]
+    sweep = grid_image([original, (main_label, targets, main_strip)], row_labels)
+    paths = [(folder / f"age_sweep_{slug(main_label)}.png", sweep)]
+    if len(strips) > 1:
+        other_label, other_strip = strips[1]
+        both = grid_image([original, (main_label, targets, main_strip), (other_label, targets, other_strip)],
+                          row_labels)
+        paths.append((folder / f"age_compare_{slug(main_label)}_vs_{slug(other_label)}.png", both))
+    for path, image in paths:
+        image.save(path, optimize=True)
+    return [str(path) for path, _ in paths]
+
+
+def slug(label: str) -> str:
+    return label.replace(" ", "_").replace(",", "-").replace("[", "").replace("]", "")
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+def strengths_arg(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def config_label(method: str, strengths) -> str:
+    return f"{method} [{','.join(f'{s:g}' for s in strengths)}]"
+
+
+def summary(values: np.ndarray) -> dict:
+    return {"mean": float(np.mean(values)), "median": float(np.median(values)),
+            "p10": float(np.percentile(values, 10)), "p90": float(np.percentile(values, 90))}
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    timings: dict[str, float] = {}
+    clock, cpu_start = [time.perf_counter()], time.process_time()
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        timings[stage] = round(now - clock[0], 1)
+        clock[0] = now
+
+    estimator, estimator_meta = load_or_train_estimator(args.estimator, args.data, args.estimator_epochs)
+    heldout, heldout128 = load_faces(args.data, 64, "heldout"), load_faces(args.data, CROP_SIDE, "heldout")
+    mean_age = train_mean_age(args.data)
+    all_ages, all_female = judge(estimator, heldout.images)
+    is_female = np.array([g == "female" for g in heldout.genders])
+    lap("estimator")
+
+    flow = load_flow(args.weights)
+    strengths = args.level_strengths or [1.0] * len(flow.priors)
+    editor = build_editor(flow, args.method, strengths, args.weights, args.data, args.posthoc_dir)
+    lap("editor")
+
+    chosen = stratified(heldout.ages, args.faces, args.seed)
+    faces = heldout.batch(chosen)
+    crops = heldout128.images[chosen]
+    ages = heldout.ages[chosen].astype(np.float64)
+    genders = [heldout.genders[i] for i in chosen]
+    groups = [heldout.races[i] or "unlabelled" for i in chosen]
+
+    read_before, female_before = judge(estimator, crops)
+    describe = FaceDescriptors()
+    descriptors_before = describe(crops)
+    colour_before = skin_colour(crops)
+    firsts, seconds = different_people(genders, args.seed)
+    lap("originals")
+
+    shift_edits = (("reconstruction", 0.0, np.ones(len(chosen), bool)),
+                   (f"{OLDER:+g} years", OLDER, ages + OLDER <= 90),
+                   (f"{YOUNGER:+g} years", YOUNGER, ages + YOUNGER >= 1))
+    steps = {name: dict(years=years) for name, years, _ in shift_edits}
+    steps.update({f"to {t}": dict(target_age=float(t)) for t in TARGET_AGES})
+    steps.update(RANGE_ENDS)
+    runs, latent_ages = run_edits(editor, faces, crops, steps)
+    lap("edits")
+
+    edits: dict[str, dict] = {}
+    colour: dict[str, dict] = {}
+    for name, years, eligible in shift_edits:
+        idx = np.flatnonzero(eligible)
+        if not len(idx):
+            edits[name] = {"faces": 0}
+            continue
+        shown = runs[name].shown[idx]
+        read_after, female_after = judge(estimator, shown)
+        change = read_after - read_before[idx]
+        row = {"faces": len(idx), "asked": float(np.mean(runs[name].age_after[idx] - runs[name].age_before[idx])),
+               "read_change": summary(change),
+               "gender_flips": float(np.mean((female_after > 0.5) != (female_before[idx] > 0.5))),
+               "identity": identity(descriptors_before[idx], describe(shown))}
+        if years:
+            goal = OLDER_GOAL if years > 0 else YOUNGER_GOAL
+            row["goal"] = goal
+            reached = change >= goal if goal > 0 else change <= goal
+            row["goal_met"] = bool(np.mean(change) >= goal if goal > 0 else np.mean(change) <= goal)
+            row["share_reaching_goal"] = float(np.mean(reached))
+        edits[name] = row
+        shift = skin_colour(shown) - colour_before[idx]
+        colour[name] = {group: {"faces": int(np.sum(members)), "dL": float(shift[members, 0].mean()),
+                                "da": float(shift[members, 1].mean()), "db": float(shift[members, 2].mean())}
+                        for group in sorted(set(groups))
+                        for members in [np.array([groups[i] == group for i in idx])] if members.any()}
+
+    sweep = {}
+    for target in TARGET_AGES:
+        read_after, female_after = judge(estimator, runs[f"to {target}"].shown)
+        sweep[f"to {target}"] = {"faces": len(chosen), "read_age": summary(read_after),
+                                 "read_error": float(np.mean(np.abs(read_after - target))),
+                                 "gender_flips": float(np.mean((female_after > 0.5) != (female_before > 0.5)))}
+    stability = {"originals": broken(faces), **{name: broken(runs[name].after) for name in RANGE_ENDS}}
+    lap("judging")
+
+    label = config_label(args.method, strengths)
+    figures = []
+    if args.figures:
+        editors = [(label, editor)]
+        if args.compare:
+            method, _, text = args.compare.partition(":")
+            other = strengths_arg(text) if text else strengths
+            editors.append((config_label(method, other),
+                            build_editor(flow, method, other, args.weights, args.data, args.posthoc_dir)))
+        figures = write_figures(args.figures, editors, heldout, heldout128, args.seed)
+        lap("figures")
+
+    return {
+        "config": {"weights": str(args.weights), "flow_sha256": file_digest(args.weights / WEIGHTS),
+                   "flow": json.loads(flow.config.to_json()), "method": args.method,
+                   "level_strengths": strengths, "data": str(args.data), "data_sha256": data_fingerprint(args.data),
+                   "seed": args.seed, "heldout_faces": len(heldout), "faces": len(chosen),
+                   "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "estimator": {**estimator_meta, "folder": str(args.estimator),
+                      "heldout_mae": float(np.mean(np.abs(all_ages - heldout.ages))),
+                      "mean_guess_mae": float(np.mean(np.abs(mean_age - heldout.ages))),
+                      "gender_accuracy": float(np.mean((all_female > 0.5) == is_female)),
+                      "selected_mae": float(np.mean(np.abs(read_before - ages))),
+                      "selected_mean_guess_mae": float(np.mean(np.abs(mean_age - ages)))},
+        "latent_age": {"faces": len(chosen), "mae": float(np.mean(np.abs(latent_ages - ages))),
+                       "mean_guess_mae": float(np.mean(np.abs(mean_age - ages))), "train_mean_age": mean_age},
+        "edits": edits,
+        "different_people": identity(descriptors_before[firsts], descriptors_before[seconds]),
+        "target_sweep": sweep,
+        "skin_colour": colour,
+        "stability": stability,
+        "figures": figures,
+        "seconds": timings,
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),
+    }
+
+
+def print_report(report: dict) -> None:
+    c, e, lat = report["config"], report["estimator"], report["latent_age"]
+    flow = c["flow"]
+    print(f"\nedit quality: {c['weights']} (flow {c['flow_sha256']}: {flow['levels']} levels x {flow['steps']} "
+          f"steps, width {flow['width']}), {config_label(c['method'], c['level_strengths'])}")
+    print(f"{c['faces']} of {c['heldout_faces']} held-out faces, stratified by decade, seed {c['seed']}; "
+          f"cores {c['cores']}, torch threads {c['torch_threads']}")
+    print(f"age estimator   held-out MAE {e['heldout_mae']:5.1f} y (mean guess {e['mean_guess_mae']:5.1f} y), "
+          f"on the selected 128 px crops {e['selected_mae']:5.1f} y "
+          f"(mean guess {e['selected_mean_guess_mae']:5.1f} y), gender accuracy {e['gender_accuracy']:.3f}")
+    print(f"latent age      estimate_age MAE {lat['mae']:5.1f} y (mean guess {lat['mean_guess_mae']:5.1f} y) "
+          f"on the selected faces")
+    print(f"\n{'edit':<16}{'faces':>6}{'asked':>8}{'read change':>13}{'p10..p90':>14}{'goal':>7}{'met':>5}"
+          f"{'reach':>7}{'gender flip':>12}{'id dist':>9}{'match':>7}")
+    for name, row in report["edits"].items():
+        if not row["faces"]:
+            print(f"{name:<16}{0:>6}")
+            continue
+        rc = row["read_change"]
+        goal = f"{row['goal']:+.0f}" if "goal" in row else ""
+        met = ("yes" if row["goal_met"] else "no") if "goal" in row else ""
+        reach = f"{row['share_reaching_goal']:.2f}" if "goal" in row else ""
+        print(f"{name:<16}{row['faces']:>6}{row['asked']:>+8.1f}{rc['mean']:>+13.1f}"
+              f"{rc['p10']:>+7.1f}..{rc['p90']:>+5.1f}{goal:>7}{met:>5}{reach:>7}{row['gender_flips']:>12.2f}"
+              f"{row['identity']['distance']:>9.3f}{row['identity']['match_rate']:>7.2f}")
+    people = report["different_people"]
+    print(f"{'different people':<16}{people['pairs']:>6}{'':>66}{people['distance']:>9.3f}"
+          f"{people['match_rate']:>7.2f}")
+    print(f"\n{'target':<10}{'read age':>9}{'p10..p90':>14}{'|read - target|':>17}{'gender flip':>12}")
+    for name, row in report["target_sweep"].items():
+        ra = row["read_age"]
+        print(f"{name:<10}{ra['mean']:>9.1f}{ra['p10']:>7.1f}..{ra['p90']:>5.1f}{row['read_error']:>17.1f}"
+              f"{row['gender_flips']:>12.2f}")
+    print("\ncheek colour shift, dL* (da*, db*) per ethnicity label")
+    names = list(report["skin_colour"])
+    groups = sorted({g for per in report["skin_colour"].values() for g in per})
+    print(f"{'group':<12}" + "".join(f"{n:>26}" for n in names))
+    for group in groups:
+        cells = []
+        for name in names:
+            s = report["skin_colour"][name].get(group)
+            cells.append(f"{s['dL']:+6.2f} ({s['da']:+5.2f},{s['db']:+5.2f}) n={s['faces']:<3d}" if s else "")
+        print(f"{group:<12}" + "".join(f"{cell:>26}" for cell in cells))
+    print(f"\n{'stability':<12}{'faces':>6}{'nan':>6}{'black':>7}{'saturated':>11}")
+    for name, row in report["stability"].items():
+        print(f"{name:<12}{row['faces']:>6}{row['nan']:>6}{row['black']:>7}{row['saturated']:>11}")
+    print("\nseconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items())
+          + f"; {report['cpu_seconds']:.0f} s of CPU time in all")
+    for path in report["figures"]:
+        print(f"figure: {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, default=Path("weights"), help="flow.safetensors + flow_config.json")
+    parser.add_argument("--data", type=Path, default=Path("data/faces"), help="written by `python -m model.prepare`")
+    parser.add_argument("--method", choices=METHODS, default=ConditionalPriorTrajectory.name)
+    parser.add_argument("--level-strengths", type=strengths_arg, default=None,
+                        help="how far each level moves, finest first, e.g. 1,1,1 (default: all 1)")
+    parser.add_argument("--faces", type=int, default=200, help="held-out faces to edit, stratified by decade")
+    parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
+    parser.add_argument("--figures", type=Path, default=None, help="write the age sweep PNGs into this folder")
+    parser.add_argument("--compare", default=None, metavar="METHOD[:STRENGTHS]",
+                        help="a second configuration for the side-by-side figure, e.g. posthoc:1,1,0.5")
+    parser.add_argument("--seed", type=int, default=0, help="chooses the faces")
+    parser.add_argument("--estimator", type=Path, default=Path("runs/age_estimator"),
+                        help="where the independent age estimator is kept (trained there when missing)")
+    parser.add_argument("--estimator-epochs", type=int, default=3)
+    parser.add_argument("--posthoc-dir", type=Path, default=Path("runs/posthoc"),
+                        help="where a post-hoc trajectory fitted here is kept, one file per flow")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.compare and args.compare.partition(":")[0] not in METHODS:
+        parser.error(f"--compare: the method must be one of {', '.join(METHODS)}")
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(args.seed)
+    report = evaluate(args)
+    print_report(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"report: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
