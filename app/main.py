@@ -46,7 +46,7 @@ Ages the faces in photos with a Glow normalizing flow.
 def _load_in_background(service: Service) -> None:
     try:
         service.editor = load_editor(service.settings)
-    except Exception as exc:  # the service stays up and /readyz says why
+    except Exception as exc:  # the service stays up, and /readyz answers 503 model_unavailable
         service.load_error = f"{type(exc).__name__}: {exc}"
         log.error("the model could not be loaded: %s", service.load_error)
         return

@@ -28,4 +28,4 @@ class Service:
     gate: InferenceGate
     metrics: Metrics
     editor: AgeEditor | None = None
-    load_error: str | None = None  # why the editor could not be loaded, for /readyz
+    load_error: str | None = None  # set when loading failed: /readyz then answers model_unavailable
