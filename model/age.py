@@ -16,6 +16,7 @@ detail, which carries identity, more or less alone.
 """
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.condition import age_weights, condition_grid, condition_vector
+from model.condition import age_weights, condition_parts, condition_vector
 from model.config import GENDERS, RACES
 from model.flow.glow import Glow
 
@@ -65,24 +66,22 @@ class ConditionalPriorTrajectory(AgeTrajectory):
 
     @torch.no_grad()
     def estimate(self, faces: torch.Tensor) -> AgeReading:
+        """Gender and ethnicity: the pair under which the face is most likely, summed over the coarse ages;
+        then the age: the most likely of the whole years in the age range under that pair."""
         flow = self.flow
         device = faces.device
         latents, contexts, _ = flow.flow_forward(faces - 0.5)
-        grid, _ = condition_grid(flow.config, self.coarse_ages)
-        coarse = flow.condition_log_likelihoods(latents, contexts, grid.to(device))
-        coarse = coarse.view(len(faces), len(self.coarse_ages), len(GENDERS), len(RACES))
-        best = torch.logsumexp(coarse, 1).flatten(1).argmax(1).tolist()
-        genders = [GENDERS[b // len(RACES)] for b in best]
-        races = [RACES[b % len(RACES)] for b in best]
         fine_ages = np.arange(self.age_range[0], self.age_range[1] + 0.5, 1.0)
-        ages = []
-        for i in range(len(faces)):
-            cond = condition_vector(flow.config, fine_ages, [genders[i]] * len(fine_ages),
-                                    [races[i]] * len(fine_ages)).to(device)
-            ll = flow.condition_log_likelihoods([z[i:i + 1] for z in latents],
-                                                [c if c is None else c[i:i + 1] for c in contexts], cond)[0]
-            ages.append(float(fine_ages[int(ll.argmax())]))
-        return AgeReading(np.array(ages), genders, races, latents, contexts)
+        ages = np.concatenate([np.asarray(self.coarse_ages, np.float64), fine_ages])
+        combos = list(itertools.product(GENDERS, RACES))
+        age_rows, other_rows = condition_parts(flow.config, ages, combos)
+        table = flow.condition_grid_log_likelihoods(latents, contexts, age_rows.to(device), other_rows.to(device))
+        coarse, fine = table[:, :, :len(self.coarse_ages)], table[:, :, len(self.coarse_ages):]
+        best = torch.logsumexp(coarse, 2).argmax(1)
+        found = fine[torch.arange(len(faces), device=device), best].argmax(1)
+        genders = [combos[b][0] for b in best.tolist()]
+        races = [combos[b][1] for b in best.tolist()]
+        return AgeReading(fine_ages[found.cpu().numpy()], genders, races, latents, contexts)
 
     def _conditions(self, ages, reading: AgeReading) -> torch.Tensor:
         return condition_vector(self.flow.config, ages, reading.genders, reading.races)
@@ -141,8 +140,11 @@ def fit_posthoc(flow: Glow, faces: torch.Tensor, ages: np.ndarray, genders, race
     features = condition_vector(config, ages, genders, races).double()
     tensors: dict[str, torch.Tensor] = {}
     n_knots = len(config.age_knots)
+    # the age weights, gender and ethnicity blocks each sum to one, so the plain least-squares problem is
+    # singular; a small ridge term picks the well-conditioned solution
+    normal = features.T @ features + 1e-2 * len(features) * torch.eye(features.shape[1], dtype=torch.float64)
     for level, z in enumerate(latents):
-        coef = torch.linalg.lstsq(features, z.flatten(1), driver="gelsd").solution
+        coef = torch.linalg.solve(normal, features.T @ z.flatten(1))
         tensors[f"level{level}_age"] = coef[:n_knots].reshape(n_knots, *z.shape[1:]).float()
     flat = torch.cat([z.flatten(1) for z in latents], 1)
     mean, std = flat.mean(0), flat.std(0) + 1e-6
