@@ -1,0 +1,76 @@
+"""The model in weights/: it loads, reconstructs faces it never saw, reads their age, and ages them.
+
+The faces are the public-domain fixture photos, none of which is in the training data. Their ages are the
+people's ages when the photos were taken (to within a year or two).
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.age import POSTHOC_WEIGHTS
+from model.editor import AgeEditor
+
+WEIGHTS = Path(__file__).parent.parent / "weights"
+KNOWN_AGES = {  # photo -> ages of its faces, largest first
+    "skimage_astronaut.png": [39.0],  # Eileen Collins, NASA portrait, about 1995
+    "fr_obama.jpg": [47.0],  # official portrait, 2009
+    "frrepo_two_people.jpg": [47.0, 66.0],  # White House, 2009
+}
+
+
+@pytest.fixture(scope="module")
+def editor() -> AgeEditor:
+    return AgeEditor.from_dir(WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def known_faces(editor, photo) -> tuple[torch.Tensor, np.ndarray]:
+    crops, ages = [], []
+    for name, face_ages in KNOWN_AGES.items():
+        image = photo(name)
+        faces = editor.find_faces(image)
+        assert len(faces) == len(face_ages)
+        crops += [a.crops[editor.resolution] for a in editor.align(image, faces)]
+        ages += face_ages
+    return torch.stack(crops), np.array(ages)
+
+
+def test_shipped_weights_round_trip_an_unseen_face_exactly(editor, known_faces):
+    faces, _ = known_faces
+    with torch.no_grad():
+        reconstructed = editor.flow.decode(editor.flow.encode(faces))
+    assert (reconstructed - faces).abs().max().item() < 1e-4
+
+
+def test_latent_age_estimate_beats_always_guessing_the_mean_training_age(editor, known_faces):
+    faces, ages = known_faces
+    mean_training_age = float(load_file(str(WEIGHTS / POSTHOC_WEIGHTS))["age_bias"])
+    estimate_error = np.abs(editor.estimate_age(faces) - ages).mean()
+    mean_guess_error = np.abs(mean_training_age - ages).mean()
+    print(f"latent age error {estimate_error:.1f} years; always guessing {mean_training_age:.1f}: "
+          f"{mean_guess_error:.1f} years")
+    assert estimate_error < mean_guess_error
+
+
+def test_thirty_years_older_raises_the_latent_age_by_at_least_twenty(editor, known_faces):
+    faces, _ = known_faces
+    before = editor.estimate_age(faces)
+    young = before <= editor.age_range[1] - 30
+    edits = editor.edit(faces[young], years=30)
+    after = editor.estimate_age(torch.stack([e.after for e in edits]))
+    assert young.any()
+    assert (after - before[young]).min() >= 20.0
+
+
+@pytest.mark.parametrize("change", [dict(years=-40), dict(years=50), dict(target_age=1), dict(target_age=90)])
+def test_edits_at_the_ends_of_the_range_give_sound_faces(editor, known_faces, change):
+    faces, _ = known_faces
+    for edit in editor.edit(faces, **change):
+        after = edit.after
+        assert torch.isfinite(after).all()
+        assert after.mean().item() > 0.05
+        saturated = ((after <= 0.0) | (after >= 1.0)).float().mean().item()
+        assert saturated < 0.3
