@@ -11,7 +11,8 @@
 #         from PyPI alone: PyPI has no CPU-only torchvision, and PyPI's torchvision links against
 #         CUDA torch, so it cannot be paired with a CPU-only torch wheel found elsewhere.
 #   cpu:  torch and torchvision, same versions, from the PyTorch CPU index (TORCH_CPU_INDEX, which
-#         can point at a mirror); the rest from PyPI. No CUDA libraries: roughly a fifth of the size.
+#         can point at a mirror); the rest from PyPI. No CUDA libraries: about 1 GB (estimated; the
+#         default measures 5.1 GB).
 # Build settings for pip that must not end up in a layer are passed as BuildKit secrets, both optional:
 #   --secret id=pip_conf,src=pip.conf   (index-url / extra-index-url of a mirror, credentials)
 #   --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt   (a proxy's CA)
