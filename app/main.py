@@ -73,8 +73,7 @@ def create_app(settings: Settings | None = None, editor: AgeEditor | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(settings.threads_per_edit())
         # requests waiting at the gate hold a worker thread: leave enough for the queue and the rest
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, settings.max_concurrency + settings.max_queue + 8)

@@ -43,7 +43,7 @@ class Settings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     device: str = "auto"  # auto | cpu | cuda (or cuda:N)
-    torch_threads: int = 0  # 0 keeps torch's default
+    torch_threads: int = 0  # 0: the cores divided among the edits that run at once (threads_per_edit)
     max_concurrency: int = 2  # edits running at once
     max_queue: int = 8  # requests waiting for a slot before the service answers 503
     api_keys: tuple[str, ...] = ()  # when set, /v1 routes need `Authorization: Bearer <key>`
@@ -67,6 +67,11 @@ class Settings:
             min_face_size=_integer(environ, "MIN_FACE_SIZE", cls.min_face_size, 1),
             detect_max_side=_integer(environ, "DETECT_MAX_SIDE", cls.detect_max_side, 64),
         )
+
+    def threads_per_edit(self) -> int:
+        """TORCH_THREADS, or the cores divided among the MAX_CONCURRENCY edits that run at once: edits that
+        together ask for more threads than there are cores spend most of their time waiting on each other."""
+        return self.torch_threads or max(1, len(os.sched_getaffinity(0)) // self.max_concurrency)
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

@@ -16,7 +16,6 @@ detail, which carries identity, more or less alone.
 """
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.condition import age_weights, condition_parts, condition_vector
-from model.config import GENDERS, RACES
+from model.condition import PAIRS, age_weights, condition_parts, condition_vector
 from model.flow.glow import Glow
 
 TRAJECTORY = "age_trajectory.json"
@@ -73,14 +71,13 @@ class ConditionalPriorTrajectory(AgeTrajectory):
         latents, contexts, _ = flow.flow_forward(faces - 0.5)
         fine_ages = np.arange(self.age_range[0], self.age_range[1] + 0.5, 1.0)
         ages = np.concatenate([np.asarray(self.coarse_ages, np.float64), fine_ages])
-        combos = list(itertools.product(GENDERS, RACES))
-        age_rows, other_rows = condition_parts(flow.config, ages, combos)
+        age_rows, other_rows = condition_parts(flow.config, ages)
         table = flow.condition_grid_log_likelihoods(latents, contexts, age_rows.to(device), other_rows.to(device))
         coarse, fine = table[:, :, :len(self.coarse_ages)], table[:, :, len(self.coarse_ages):]
         best = torch.logsumexp(coarse, 2).argmax(1)
         found = fine[torch.arange(len(faces), device=device), best].argmax(1)
-        genders = [combos[b][0] for b in best.tolist()]
-        races = [combos[b][1] for b in best.tolist()]
+        genders = [PAIRS[b][0] for b in best.tolist()]
+        races = [PAIRS[b][1] for b in best.tolist()]
         return AgeReading(fine_ages[found.cpu().numpy()], genders, races, latents, contexts)
 
     def _conditions(self, ages, reading: AgeReading) -> torch.Tensor:

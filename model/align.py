@@ -190,6 +190,8 @@ class FaceAligner:
         self.min_face_size = min_face_size
         self.min_score = min_score
         self.mtcnn = MTCNN(keep_all=True, min_face_size=20, device=device, post_process=False)
+        for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet):
+            net.to(memory_format=torch.channels_last)  # same results, faster convolutions and pooling on CPUs
 
     def detect(self, image: np.ndarray, smallest: float = 20.0) -> list[DetectedFace]:
         """All faces in an H x W x 3 uint8 photo, largest first (including ones below `min_face_size`).

@@ -8,6 +8,9 @@ import torch
 
 from model.config import GENDERS, RACES, FlowConfig
 
+# every (gender, ethnicity) pair, in the order of `condition_grid`
+PAIRS = tuple(itertools.product(GENDERS, RACES))
+
 
 def age_weights(ages: torch.Tensor, knots: tuple[float, ...]) -> torch.Tensor:
     """N ages -> N x len(knots) hat-function weights that sum to 1 (ages beyond the knots are clamped)."""
@@ -45,3 +48,15 @@ def condition_grid(config: FlowConfig, ages) -> tuple[torch.Tensor, list[tuple[f
     combos = list(itertools.product([float(a) for a in ages], GENDERS, RACES))
     vectors = condition_vector(config, [c[0] for c in combos], [c[1] for c in combos], [c[2] for c in combos])
     return vectors, combos
+
+
+def condition_parts(config: FlowConfig, ages, pairs=PAIRS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Condition vectors split in two: one per age (the age block; A x K) and one per (gender, ethnicity)
+    pair (the other blocks; J x K). Every condition_vector(age, gender, ethnicity) is a row of the first
+    plus a row of the second, which `Glow.condition_grid_log_likelihoods` evaluates without forming them."""
+    n_ages = len(config.age_knots)
+    age_rows = condition_vector(config, ages)
+    age_rows[:, n_ages:] = 0.0
+    other_rows = condition_vector(config, [0.0] * len(pairs), [g for g, _ in pairs], [r for _, r in pairs])
+    other_rows[:, :n_ages] = 0.0
+    return age_rows, other_rows

@@ -568,6 +568,13 @@ def test_settings_without_environment_are_the_defaults():
     assert Settings.from_env({}) == Settings()
 
 
+def test_threads_per_edit_divide_the_cores_among_the_edits_that_run_at_once(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    assert Settings(max_concurrency=2).threads_per_edit() == 4
+    assert Settings(max_concurrency=16).threads_per_edit() == 1
+    assert Settings(torch_threads=3, max_concurrency=2).threads_per_edit() == 3
+
+
 @pytest.mark.parametrize("environ", [{"MAX_UPLOAD_BYTES": "lots"}, {"MAX_CONCURRENCY": "0"},
                                      {"DEVICE": "gpu"}, {"MAX_QUEUE": "-1"}])
 def test_bad_settings_name_the_variable(environ):

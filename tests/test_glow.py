@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.checkpoint import WEIGHTS, load_flow, save_flow
-from model.condition import condition_grid, condition_vector
+from model.condition import condition_grid, condition_parts, condition_vector
 from model.config import FlowConfig
 from model.flow.glow import Glow
 from model.flow.layers import ZeroConv2d
@@ -139,6 +139,23 @@ def test_condition_log_likelihoods_equal_prior_log_prob_under_each_condition(con
             prior = model.prior_log_prob(latents, contexts, grid[j].expand(3, -1))
             torch.testing.assert_close(table[:, j], prior, atol=1e-3, rtol=1e-6)
     assert table.shape == (3, 4)
+
+
+def test_condition_grid_log_likelihoods_equal_each_age_gender_and_ethnicity_combination(conditional_glow):
+    model = conditional_glow
+    x = model.quantize(images(2, seed=9))
+    ages = [3.0, 30.0, 71.5]
+    combos = [("male", "white"), ("female", "asian"), (None, "black")]
+    age_rows, other_rows = condition_parts(model.config, ages, combos)
+    with torch.no_grad():
+        latents, contexts, _ = model.flow_forward(x)
+        table = model.condition_grid_log_likelihoods(latents, contexts, age_rows, other_rows)
+        for j, (gender, race) in enumerate(combos):
+            for m, age in enumerate(ages):
+                cond = condition_vector(model.config, [age] * 2, [gender] * 2, [race] * 2)
+                torch.testing.assert_close(table[:, j, m], model.prior_log_prob(latents, contexts, cond),
+                                           atol=1e-3, rtol=1e-6)
+    assert table.shape == (2, len(combos), len(ages))
 
 
 def test_log_prob_under_a_condition_adds_the_prior_to_the_flow_terms(conditional_glow):

@@ -12,9 +12,10 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from model.condition import condition_grid
+from model.condition import condition_grid, condition_parts
 from model.config import FlowConfig
 from model.flow.layers import ConditionalGaussianPrior, FlowStep, squeeze, unsqueeze
 
@@ -125,9 +126,9 @@ class Glow(nn.Module):
         x = self.quantize(x01, torch.rand_like(x01) if dequantize else None)
         latents, contexts, logdet = self.flow_forward(x)
         if condition is None and self.config.conditional:
-            grid, _ = condition_grid(self.config, range(1, 91, 3))
-            prior = self.condition_log_likelihoods(latents, contexts, grid.to(x.device))
-            prior = torch.logsumexp(prior, 1) - math.log(grid.shape[0])
+            ages, pairs = condition_parts(self.config, range(1, 91, 3))
+            prior = self.condition_grid_log_likelihoods(latents, contexts, ages.to(x.device), pairs.to(x.device))
+            prior = torch.logsumexp(prior.flatten(1), 1) - math.log(prior[0].numel())
         else:
             prior = self.prior_log_prob(latents, contexts, condition)
         return prior + logdet + self._discretization()
@@ -138,12 +139,39 @@ class Glow(nn.Module):
 
     def condition_log_likelihoods(self, latents, contexts, conditions: torch.Tensor) -> torch.Tensor:
         """Prior log-density of N encoded faces under each of M conditions: N x M (the flow is shared)."""
+        return self.condition_grid_log_likelihoods(latents, contexts, conditions,
+                                                   conditions.new_zeros(1, conditions.shape[1]))[:, 0]
+
+    def condition_grid_log_likelihoods(self, latents, contexts, first: torch.Tensor,
+                                       second: torch.Tensor) -> torch.Tensor:
+        """Prior log-density of N encoded faces under every condition `first[m] + second[j]`: N x J x M.
+
+        The priors map conditions affinely, and a Gaussian's quadratic term with log-scale s_nj + t_m,
+        sum_d exp(-2 s_njd) exp(-2 t_md) (r_njd - c_md)^2, expands into one matrix product of per-face
+        features (J per face) and per-condition features (M), so the elementwise work grows with N * J + M
+        rather than N * J * M: an age grid (first) crossed with genders and ethnicities (second) is cheap.
+        """
+        n, j = latents[0].shape[0], second.shape[0]
         total = 0.0
         for prior, z, ctx in zip(self.priors, latents, contexts):
-            base = prior.context_params(ctx, z.shape[0])[:, None]  # N x 1 x 2C x H x W
-            cond = prior.condition_params(conditions)
-            params = base + (cond[None] if torch.is_tensor(cond) else cond)
-            total = total + prior.log_density(z[:, None], params[:, :, 0::2], params[:, :, 1::2])
+            face = prior.context_params(ctx, n)  # N x 2C x H x W
+            if prior.condition is None:
+                cond = face.new_zeros(first.shape[0], *face.shape[1:])
+                other = face.new_zeros(j, *face.shape[1:])
+            else:
+                cond = prior.condition_params(first)  # M x 2C x H x W, with the bias
+                other = F.linear(second, prior.condition.weight).view(j, *face.shape[1:])
+            face = (face[:, None] + other[None]).flatten(0, 1)  # N*J x 2C x H x W
+            face_mean, face_logs = face[:, 0::2].flatten(1), face[:, 1::2].flatten(1)
+            cond_mean, cond_logs = cond[:, 0::2].flatten(1), cond[:, 1::2].flatten(1)
+            centre = cond_mean.mean(0)  # centring both sides keeps the expanded square's cancellation small
+            r = z.flatten(1).repeat_interleave(j, 0) - face_mean - centre
+            c = cond_mean - centre
+            u, v = torch.exp(-2.0 * face_logs), torch.exp(-2.0 * cond_logs)
+            square = torch.cat([u * r * r, -2.0 * u * r, u], 1) @ torch.cat([v, c * v, c * c * v], 1).T
+            level = (-0.5 * r.shape[1] * math.log(2 * math.pi) - face_logs.sum(1, keepdim=True)
+                     - cond_logs.sum(1)[None] - 0.5 * square)
+            total = total + level.view(n, j, -1)
         return total
 
     # ---- the edit space and sampling ---------------------------------------------------------------

@@ -1,0 +1,268 @@
+"""End to end through HTTP: latency, throughput, errors and the server's memory.
+
+    python -m bench.http_load [--weights weights] [--requests 30] [--rounds 10] [--memory-requests 1000]
+
+Starts the service (`uvicorn app.main:app`) as a subprocess on a free port of 127.0.0.1 with WEIGHTS_DIR
+set, waits until /readyz answers, and sends `POST /v1/age` (the photo as multipart `image`, `years=20`)
+for a 1-megapixel selfie and a 12-megapixel phone photo: one request at a time, then 4 and 16 clients
+at once (each sending `--rounds` requests back to back). Every answer's status code is counted. The
+server's resident memory (RSS, and its peak) is read from /proc, and sampled every 100 requests of a
+long run to see whether it grows.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.common import Table, TestPhoto, machine_line, percentile, print_tables, process_cpu_seconds, \
+    test_photos
+
+REPO = Path(__file__).resolve().parent.parent
+YEARS = "20"
+REQUEST_TIMEOUT_S = 600.0  # generous: on a busy machine one 12 MP request can take long
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (resident now) and VmHWM (peak resident) of a process, in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_mb(self) -> float:
+        return memory_kib(self.pid)["VmRSS"] / 1024
+
+    def peak_rss_mb(self) -> float:
+        return memory_kib(self.pid)["VmHWM"] / 1024
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.pid)
+
+
+@contextmanager
+def running_server(weights: Path, env: dict[str, str], ready_timeout: float):
+    """The service in a subprocess, ready to answer. Its output (warnings only) goes to an anonymous
+    temporary file, shown when it fails to start."""
+    port = free_port()
+    environ = {**os.environ, "WEIGHTS_DIR": str(weights), **env}
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+               "--no-access-log", "--log-level", "warning"]
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT)
+        server = Server(process, f"http://127.0.0.1:{port}")
+        try:
+            deadline = time.monotonic() + ready_timeout
+            while True:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"the service did not become ready:\n{log.read().decode(errors='replace')}")
+                try:
+                    if httpx.get(server.url + "/readyz", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            yield server
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@dataclass
+class Load:
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    wall: float = 0.0
+    server_cpu: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get(200, 0)
+
+    @property
+    def errors(self) -> str:
+        bad = {code: n for code, n in sorted(self.statuses.items(), key=lambda kv: str(kv[0])) if code != 200}
+        return ", ".join(f"{n} x {code}" for code, n in bad.items()) or "none"
+
+
+def post_photo(client: httpx.Client, url: str, photo: TestPhoto) -> int | str:
+    try:
+        response = client.post(url + "/v1/age", files={"image": ("photo.jpg", photo.data, "image/jpeg")},
+                               data={"years": YEARS})
+        return response.status_code
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+def load(server: Server, photo: TestPhoto, concurrency: int, requests: int) -> Load:
+    """`requests` POSTs from `concurrency` clients, each sending its next request when its last returns."""
+    result = Load(concurrency)
+    remaining = [requests]
+    lock = threading.Lock()
+
+    def client_loop() -> None:
+        with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
+            while True:
+                with lock:
+                    if remaining[0] == 0:
+                        return
+                    remaining[0] -= 1
+                start = time.perf_counter()
+                status = post_photo(client, server.url, photo)
+                elapsed = time.perf_counter() - start
+                with lock:
+                    result.latencies.append(elapsed)
+                    result.statuses[status] += 1
+
+    cpu = server.cpu_seconds()
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client_loop) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result.wall = time.perf_counter() - start
+    result.server_cpu = server.cpu_seconds() - cpu
+    return result
+
+
+def latency_table() -> Table:
+    table = Table("End to end through HTTP: POST /v1/age, years=20",
+                  ["photo", "clients", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "requests/s",
+                   "server CPU ms per request"])
+    table.notes.append("Latencies include every answer, errors too; requests/s counts all answers over the "
+                       "wall-clock time of the level. Server CPU: the uvicorn process's user + system time.")
+    return table
+
+
+def latency_rows(table: Table, server: Server, photo: TestPhoto, requests: int, rounds: int,
+                 levels: tuple[int, ...], warmup: int) -> dict:
+    with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
+        for _ in range(warmup):
+            post_photo(client, server.url, photo)
+    figures = {}
+    for concurrency in levels:
+        n = requests if concurrency == 1 else concurrency * rounds
+        result = load(server, photo, concurrency, n)
+        figures[(photo.name, concurrency)] = result
+        lat = result.latencies
+        table.add(photo.label if concurrency == levels[0] else "", concurrency, n, result.errors,
+                  f"{percentile(lat, 50) * 1000:.0f}", f"{percentile(lat, 95) * 1000:.0f}",
+                  f"{percentile(lat, 99) * 1000:.0f}", f"{len(lat) / result.wall:.2f}",
+                  f"{result.server_cpu / n * 1000:.0f}")
+    return figures
+
+
+def memory_table(server: Server, photo: TestPhoto, requests: int, every: int) -> tuple[Table, dict]:
+    """RSS sampled every `every` requests of a run of `requests` (after the selfie's latency runs)."""
+    series = [(0, server.rss_mb())]
+    statuses: Counter = Counter()
+    with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
+        for i in range(1, requests + 1):
+            statuses[post_photo(client, server.url, photo)] += 1
+            if i % every == 0 or i == requests:
+                series.append((i, server.rss_mb()))
+    counts, rss = np.array([s[0] for s in series], float), np.array([s[1] for s in series])
+    slope = float(np.polyfit(counts, rss, 1)[0]) if len(series) > 2 else float("nan")
+    growth = slope * requests
+    table = Table(f"Server memory over {requests} requests ({photo.label}, one client)",
+                  ["requests", *[str(c) for c, _ in series]])
+    table.add("RSS MB", *[f"{r:.0f}" for _, r in series])
+    peak = server.peak_rss_mb()
+    table.notes.append(f"Peak RSS of the server process (VmHWM) so far: {peak:.0f} MB. Least-squares slope: "
+                       f"{slope * 1000:+.2f} MB per 1000 requests ({growth:+.1f} MB over the run, "
+                       f"{100 * growth / rss.mean():+.1f}% of the mean RSS). Answers: "
+                       f"{', '.join(f'{n} x {code}' for code, n in statuses.items())}.")
+    return table, {"series": series, "slope_mb_per_request": slope, "growth_mb": growth, "peak_mb": peak,
+                   "mean_mb": float(rss.mean()), "statuses": statuses}
+
+
+def http_tables(weights: Path, requests: int, rounds: int, levels: tuple[int, ...], memory_requests: int,
+                memory_every: int, warmup: int, env: dict[str, str], ready_timeout: float):
+    """Latency for the selfie, the memory run with it, then latency for the 12 MP photo, whose large buffers
+    would otherwise blur the start of the memory series."""
+    selfie, *others = test_photos()
+    latency, tables = latency_table(), []
+    with running_server(weights, env, ready_timeout) as server:
+        latency.notes.append(f"Server RSS when ready: {server.rss_mb():.0f} MB.")
+        figures = latency_rows(latency, server, selfie, requests, rounds, levels, warmup)
+        memory = None
+        if memory_requests:
+            table, memory = memory_table(server, selfie, memory_requests, memory_every)
+            tables.append(table)
+        for photo in others:
+            figures.update(latency_rows(latency, server, photo, requests, rounds, levels, warmup))
+        latency.notes.append(f"Peak RSS of the server after all runs (VmHWM): {server.peak_rss_mb():.0f} MB.")
+        cpu = server.cpu_seconds()
+    return [latency, *tables], {"latency": figures, "memory": memory, "server_cpu": cpu}
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--requests", type=int, default=30, help="requests per photo at one client")
+    parser.add_argument("--rounds", type=int, default=10, help="requests per client at 4 and 16 clients")
+    parser.add_argument("--clients", default="1,4,16", help="concurrency levels, comma separated")
+    parser.add_argument("--memory-requests", type=int, default=1000, help="0 skips the memory run")
+    parser.add_argument("--memory-every", type=int, default=100, help="RSS sample interval, in requests")
+    parser.add_argument("--http-warmup", type=int, default=2, help="unmeasured requests per photo first")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the service, e.g. TORCH_THREADS=1 (repeatable)")
+    parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for /readyz")
+
+
+def run(args) -> tuple[list[Table], dict]:
+    levels = tuple(int(c) for c in args.clients.split(","))
+    return http_tables(args.weights, args.requests, args.rounds, levels, args.memory_requests, args.memory_every,
+                       args.http_warmup, parse_env(args.server_env), args.ready_timeout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, default=Path("weights"))
+    add_arguments(parser)
+    args = parser.parse_args()
+    print(machine_line())
+    print_tables(run(args)[0])
+
+
+if __name__ == "__main__":
+    main()
