@@ -169,6 +169,13 @@ def train_estimator(train: FaceSet, epochs: int, seed: int, batch: int = 64) -> 
     return model.eval()
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Written beside, then renamed: an evaluation running at the same time never reads half a file."""
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)
+
+
 def data_fingerprint(data: Path) -> str:
     return hashlib.sha256((data / "labels.csv").read_bytes()).hexdigest()[:16]
 
@@ -203,7 +210,7 @@ def load_or_train_estimator(folder: Path, data: Path, epochs: int) -> tuple[AgeE
     meta = {**wanted, "train_faces": len(train), "train_seconds": round(time.perf_counter() - start, 1),
             "train_cpu_seconds": round(time.process_time() - cpu_start, 1)}
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights_path))
+    save_tensors(model.state_dict(), weights_path)
     meta_path.write_text(json.dumps(meta, indent=2))
     return model, meta
 
@@ -229,7 +236,7 @@ def posthoc_tensors(flow: Glow, weights: Path, data: Path, cache: Path) -> dict[
         tensors = fit_posthoc(flow, train.batch(idx), train.ages[idx], [train.genders[i] for i in idx],
                               [train.races[i] for i in idx])
         cache.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+        save_tensors(tensors, path)
     return load_file(str(path))
 
 
