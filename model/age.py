@@ -43,8 +43,9 @@ class AgeReading:
 class AgeTrajectory:
     name = "base"
 
-    def __init__(self, flow: Glow, level_strengths=None, age_range=(1.0, 90.0)) -> None:
+    def __init__(self, flow: Glow, level_strengths=None, age_range=(1.0, 90.0), keep_skin_tone=True) -> None:
         self.flow = flow
+        self.keep_skin_tone = bool(keep_skin_tone)
         n_levels = len(flow.priors)
         self.level_strengths = [float(s) for s in (level_strengths or [1.0] * n_levels)]
         if len(self.level_strengths) != n_levels:
@@ -97,8 +98,8 @@ class PosthocTrajectory(AgeTrajectory):
     name = "posthoc"
 
     def __init__(self, flow: Glow, tensors: dict[str, torch.Tensor], level_strengths=None,
-                 age_range=(1.0, 90.0)) -> None:
-        super().__init__(flow, level_strengths, age_range)
+                 age_range=(1.0, 90.0), keep_skin_tone=True) -> None:
+        super().__init__(flow, level_strengths, age_range, keep_skin_tone)
         self.tensors = tensors
 
     @staticmethod
@@ -157,7 +158,7 @@ def fit_posthoc(flow: Glow, faces: torch.Tensor, ages: np.ndarray, genders, race
 def save_trajectory(folder: Path, trajectory: AgeTrajectory) -> None:
     folder = Path(folder)
     meta = {"method": trajectory.name, "level_strengths": trajectory.level_strengths,
-            "age_range": list(trajectory.age_range)}
+            "age_range": list(trajectory.age_range), "keep_skin_tone": trajectory.keep_skin_tone}
     (folder / TRAJECTORY).write_text(json.dumps(meta, indent=2))
     if isinstance(trajectory, PosthocTrajectory):
         save_file({k: v.contiguous() for k, v in trajectory.tensors.items()}, str(folder / POSTHOC_WEIGHTS))
@@ -168,7 +169,8 @@ def load_trajectory(folder: Path, flow: Glow, settings: dict | None = None) -> A
     folder = Path(folder)
     path = folder / TRAJECTORY
     meta = json.loads(path.read_text()) if path.exists() else {"method": ConditionalPriorTrajectory.name}
-    kwargs = {"level_strengths": meta.get("level_strengths"), "age_range": meta.get("age_range", (1.0, 90.0))}
+    kwargs = {"level_strengths": meta.get("level_strengths"), "age_range": meta.get("age_range", (1.0, 90.0)),
+              "keep_skin_tone": meta.get("keep_skin_tone", True)}
     if meta["method"] == PosthocTrajectory.name:
         tensors = load_file(str(folder / POSTHOC_WEIGHTS), device=str(next(flow.parameters()).device))
         return PosthocTrajectory(flow, tensors, **kwargs)

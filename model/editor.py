@@ -85,6 +85,21 @@ class _Stopwatch:
         self.last = now
 
 
+def skin_region(side: int) -> torch.Tensor:
+    """Cheeks and nose of an aligned crop (the canonical framing of model.align): side x side, 0 or 1."""
+    coords = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    return ((((xs - 0.5) / 0.17) ** 2 + ((ys - 0.6) / 0.1) ** 2) <= 1.0).float()
+
+
+def keep_skin_tone(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """`after` less the average colour change over the skin: in this data older faces are also darker and
+    redder, and an age edit must not change skin tone."""
+    region = skin_region(before.shape[-1]).to(before.device)
+    shift = ((after - before) * region).sum((2, 3), keepdim=True) / region.sum()
+    return after - shift
+
+
 class AgeEditor:
     def __init__(self, trajectory: AgeTrajectory, settings: dict, aligner: FaceAligner | None = None,
                  work_size: int = 256) -> None:
@@ -143,7 +158,10 @@ class AgeEditor:
         else:
             target = np.broadcast_to(np.asarray(target_age, np.float64), reading.ages.shape).copy()
         target = np.clip(target, low, high)
-        after = self.trajectory.move(faces, reading, target).clamp(0, 1)
+        after = self.trajectory.move(faces, reading, target)
+        if self.trajectory.keep_skin_tone:
+            after = keep_skin_tone(faces, after)
+        after = after.clamp(0, 1)
         return [FaceEdit(before=f.cpu(), after=a.cpu(), age_before=float(b), age_after=float(t))
                 for f, a, b, t in zip(faces, after, reading.ages, target)]
 

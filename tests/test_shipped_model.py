@@ -74,3 +74,13 @@ def test_edits_at_the_ends_of_the_range_give_sound_faces(editor, known_faces, ch
         assert after.mean().item() > 0.05
         saturated = ((after <= 0.0) | (after >= 1.0)).float().mean().item()
         assert saturated < 0.3
+
+
+def test_an_age_edit_keeps_the_average_skin_colour(editor, known_faces):
+    from model.editor import skin_region
+
+    faces, _ = known_faces
+    region = skin_region(faces.shape[-1])
+    for edit in editor.edit(faces, years=30):
+        shift = (edit.change * region).sum((1, 2)) / region.sum()
+        assert shift.abs().max().item() < 0.01
