@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.age import AgeTrajectory, load_trajectory
+from model.age import AgeReading, AgeTrajectory, load_trajectory
 from model.align import AlignedFace, DetectedFace, FaceAligner, paste_back
 from model.checkpoint import load_flow
 
@@ -146,12 +146,14 @@ class AgeEditor:
         return self.trajectory.estimate(faces.to(self.device)).ages
 
     @torch.no_grad()
-    def edit(self, faces: torch.Tensor, years=None, target_age=None) -> list[FaceEdit]:
-        """Age N aligned faces by `years` (a number or one per face) or to `target_age` (likewise)."""
+    def edit(self, faces: torch.Tensor, years=None, target_age=None, reading: AgeReading | None = None
+             ) -> list[FaceEdit]:
+        """Age N aligned faces by `years` (a number or one per face) or to `target_age` (likewise).
+        `reading`: the faces' ages as `trajectory.estimate` read them, when already known."""
         if (years is None) == (target_age is None):
             raise ValueError("give exactly one of years and target_age")
         faces = faces.to(self.device)
-        reading = self.trajectory.estimate(faces)
+        reading = reading if reading is not None else self.trajectory.estimate(faces)
         low, high = self.age_range
         if target_age is None:
             target = reading.ages + np.broadcast_to(np.asarray(years, np.float64), reading.ages.shape)
@@ -213,9 +215,10 @@ class AgeEditor:
         watch.lap("align")
         crops = torch.stack([a.crops[self.resolution] for a in aligned])
         steps = [dict(years=years)] if target_ages is None else [dict(target_age=t) for t in target_ages]
+        reading = self.trajectory.estimate(crops.to(self.device))
         results = []
         for step in steps:
-            edits = self.edit(crops, **step)
+            edits = self.edit(crops, reading=reading, **step)
             watch.lap("edit")
             out = image
             for a, e in zip(aligned, edits):
