@@ -100,6 +100,18 @@ def keep_skin_tone(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     return after - shift
 
 
+def within_gamut(before: torch.Tensor, after: torch.Tensor, max_outside: float = 0.1) -> torch.Tensor:
+    """`after` with each face's change scaled down, in steps, until at most `max_outside` of its pixels
+    leave [0, 1], so that no edit burns out into flat black or white."""
+    change = after - before
+    factors = torch.linspace(1.0, 0.1, 10, device=before.device)
+    trial = before[None] + factors[:, None, None, None, None] * change[None]  # F x N x 3 x S x S
+    outside = ((trial < 0) | (trial > 1)).float().flatten(2).mean(2)  # F x N
+    first_fit = (outside <= max_outside).float().argmax(0)  # F - 1 (0.1) when none fits
+    first_fit[~(outside <= max_outside).any(0)] = len(factors) - 1
+    return before + factors[first_fit][:, None, None, None] * change
+
+
 class AgeEditor:
     def __init__(self, trajectory: AgeTrajectory, settings: dict, aligner: FaceAligner | None = None,
                  work_size: int = 256) -> None:
@@ -163,7 +175,7 @@ class AgeEditor:
         after = self.trajectory.move(faces, reading, target)
         if self.trajectory.keep_skin_tone:
             after = keep_skin_tone(faces, after)
-        after = after.clamp(0, 1)
+        after = within_gamut(faces, after).clamp(0, 1)
         return [FaceEdit(before=f.cpu(), after=a.cpu(), age_before=float(b), age_after=float(t))
                 for f, a, b, t in zip(faces, after, reading.ages, target)]
 

@@ -84,3 +84,16 @@ def test_an_age_edit_keeps_the_average_skin_colour(editor, known_faces):
     for edit in editor.edit(faces, years=30):
         shift = (edit.change * region).sum((1, 2)) / region.sum()
         assert shift.abs().max().item() < 0.01
+
+
+def test_within_gamut_scales_down_only_changes_that_leave_the_pixel_range():
+    from model.editor import within_gamut
+
+    before = torch.full((2, 3, 8, 8), 0.5)
+    after = before.clone()
+    after[0] += 0.2
+    after[1] += 0.8
+    limited = within_gamut(before, after)
+    assert torch.equal(limited[0], after[0])
+    assert limited[1].max().item() <= 1.0
+    assert limited[1].min().item() > 0.5
