@@ -45,7 +45,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda (or cuda:N)
     torch_threads: int = 0  # 0: the cores divided among the edits that run at once (threads_per_edit)
     max_concurrency: int = 2  # edits running at once
-    max_queue: int = 8  # requests waiting for a slot before the service answers 503
+    max_queue: int = 32  # requests waiting for a slot before the service answers 503 (16 clients fit)
     api_keys: tuple[str, ...] = ()  # when set, /v1 routes need `Authorization: Bearer <key>`
     cors_origins: tuple[str, ...] = ()
     min_face_size: int = 40  # faces smaller than this many photo pixels are refused
