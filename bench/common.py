@@ -115,8 +115,8 @@ def machine() -> dict:
 
 def machine_line() -> str:
     m = machine()
-    return (f"cores: {m['cores']} ({m['usable cores']} usable)   cpu: {m['cpu']}   torch {m['torch']}, "
-            f"{m['torch threads']} threads   load average: {m['load average (1 min)']}")
+    return (f"cores: {m['cores']} ({m['usable cores']} usable)   cpu: {m['cpu']}   torch {m['torch']}   "
+            f"torch threads: {m['torch threads']}   load average: {m['load average (1 min)']}")
 
 
 def _busy_seconds() -> float:
@@ -127,19 +127,40 @@ def _busy_seconds() -> float:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its waited-for children."""
+    """User + system CPU seconds of a process (all its threads, not its children)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _process_times() -> dict[int, float]:
+    times = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                times[int(entry.name)] = process_cpu_seconds(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                pass  # the process ended meanwhile
+    return times
+
+
+def _command(pid: int) -> str:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    words = [w for w in words if w]
+    return " ".join([Path(words[0]).name, *words[1:4]]) if words else "?"
 
 
 class MachineLoad:
     """How busy the machine was with other work while a benchmark ran: all cores' busy time minus what
-    the benchmark's own processes used."""
+    the benchmark's own processes used, and the processes that used the most."""
 
     def __init__(self) -> None:
         self.start_wall = time.perf_counter()
         self.start_busy = _busy_seconds()
         self.start_own = process_cpu_seconds(os.getpid())
+        self.start_processes = _process_times()
 
     def other_cores(self, extra_own_seconds: float = 0.0) -> tuple[float, float]:
         """(cores busy with other work on average, cores used by the benchmark on average)."""
@@ -147,6 +168,15 @@ class MachineLoad:
         own = process_cpu_seconds(os.getpid()) - self.start_own + extra_own_seconds
         busy = _busy_seconds() - self.start_busy
         return max(0.0, busy - own) / wall, own / wall
+
+    def busiest_others(self, count: int = 3) -> list[tuple[str, float]]:
+        """The other processes that used the most CPU during the run: (command, cores on average)."""
+        wall = time.perf_counter() - self.start_wall
+        now = _process_times()
+        used = {pid: now[pid] - start for pid, start in self.start_processes.items()
+                if pid in now and pid != os.getpid()}
+        top = sorted(used, key=used.get, reverse=True)[:count]
+        return [(_command(pid), used[pid] / wall) for pid in top if used[pid] > 0.1 * wall]
 
 
 # ---- test photos -----------------------------------------------------------------------------------

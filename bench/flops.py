@@ -41,7 +41,7 @@ def flops_table(editor: AgeEditor, selfie: TestPhoto, repeats: int) -> Table:
     batch = crops.repeat(8, 1, 1, 1)
     flow = editor.flow
     peak_wall, peak_cpu = peak(repeats)
-    table = Table(f"Arithmetic: FLOPs and achieved rate, {torch.get_num_threads()} torch threads",
+    table = Table(f"Arithmetic: FLOPs and achieved rate (torch threads: {torch.get_num_threads()})",
                   ["work", "GFLOP", "median ms", "GFLOP/s", "GFLOP per CPU-s", "of peak per CPU-s"])
     table.add(f"peak: torch.mm {PEAK_SIDE}x{PEAK_SIDE} float32", f"{2 * PEAK_SIDE**3 / 1e9:.2f}", "",
               f"{peak_wall:.1f}", f"{peak_cpu:.1f}", "100%")

@@ -1,13 +1,14 @@
 """End to end through HTTP: latency, throughput, errors and the server's memory.
 
-    python -m bench.http_load [--weights weights] [--requests 30] [--rounds 10] [--memory-requests 1000]
+    python -m bench.http_load [--weights weights] [--requests 30] [--rounds 5] [--memory-requests 1000]
 
 Starts the service (`uvicorn app.main:app`) as a subprocess on a free port of 127.0.0.1 with WEIGHTS_DIR
 set, waits until /readyz answers, and sends `POST /v1/age` (the photo as multipart `image`, `years=20`)
 for a 1-megapixel selfie and a 12-megapixel phone photo: one request at a time, then 4 and 16 clients
 at once (each sending `--rounds` requests back to back). Every answer's status code is counted. The
 server's resident memory (RSS, and its peak) is read from /proc, and sampled every 100 requests of a
-long run to see whether it grows.
+long run to see whether it grows. With the default queue (MAX_QUEUE=8) 16 clients get some 503s by
+design; a second server with `--crowd-queue` places in its queue takes the 16 clients again.
 """
 from __future__ import annotations
 
@@ -106,14 +107,18 @@ def running_server(weights: Path, env: dict[str, str], ready_timeout: float):
 @dataclass
 class Load:
     concurrency: int
-    latencies: list[float] = field(default_factory=list)
-    statuses: Counter = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)  # seconds, of the answers with status 200
+    statuses: Counter = field(default_factory=Counter)  # status code (or exception name) -> answers
     wall: float = 0.0
     server_cpu: float = 0.0
 
     @property
     def ok(self) -> int:
         return self.statuses.get(200, 0)
+
+    @property
+    def sent(self) -> int:
+        return sum(self.statuses.values())
 
     @property
     def errors(self) -> str:
@@ -147,7 +152,8 @@ def load(server: Server, photo: TestPhoto, concurrency: int, requests: int) -> L
                 status = post_photo(client, server.url, photo)
                 elapsed = time.perf_counter() - start
                 with lock:
-                    result.latencies.append(elapsed)
+                    if status == 200:
+                        result.latencies.append(elapsed)
                     result.statuses[status] += 1
 
     cpu = server.cpu_seconds()
@@ -164,29 +170,37 @@ def load(server: Server, photo: TestPhoto, concurrency: int, requests: int) -> L
 
 def latency_table() -> Table:
     table = Table("End to end through HTTP: POST /v1/age, years=20",
-                  ["photo", "clients", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "requests/s",
+                  ["photo", "clients", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "edits/s",
                    "server CPU ms per request"])
-    table.notes.append("Latencies include every answer, errors too; requests/s counts all answers over the "
-                       "wall-clock time of the level. Server CPU: the uvicorn process's user + system time.")
+    table.notes.append("Latency percentiles and edits/s are of the answers with status 200 (a 503 comes back at "
+                       "once and its client sends its next request). Server CPU: the uvicorn process's user + "
+                       "system time over the level, per request sent.")
     return table
+
+
+def warm_up(server: Server, photo: TestPhoto, requests: int) -> None:
+    with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
+        for _ in range(requests):
+            post_photo(client, server.url, photo)
 
 
 def latency_rows(table: Table, server: Server, photo: TestPhoto, requests: int, rounds: int,
                  levels: tuple[int, ...], warmup: int) -> dict:
-    with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
-        for _ in range(warmup):
-            post_photo(client, server.url, photo)
+    warm_up(server, photo, warmup)
     figures = {}
     for concurrency in levels:
         n = requests if concurrency == 1 else concurrency * rounds
         result = load(server, photo, concurrency, n)
         figures[(photo.name, concurrency)] = result
-        lat = result.latencies
-        table.add(photo.label if concurrency == levels[0] else "", concurrency, n, result.errors,
-                  f"{percentile(lat, 50) * 1000:.0f}", f"{percentile(lat, 95) * 1000:.0f}",
-                  f"{percentile(lat, 99) * 1000:.0f}", f"{len(lat) / result.wall:.2f}",
-                  f"{result.server_cpu / n * 1000:.0f}")
+        add_row(table, photo.label if concurrency == levels[0] else "", result, n)
     return figures
+
+
+def add_row(table: Table, label: str, result: Load, requests: int) -> None:
+    lat = result.latencies
+    cells = [f"{percentile(lat, q) * 1000:.0f}" for q in (50, 95, 99)] if lat else ["-"] * 3
+    table.add(label, result.concurrency, requests, result.errors, *cells, f"{len(lat) / result.wall:.2f}",
+              f"{result.server_cpu / requests * 1000:.0f}")
 
 
 def memory_table(server: Server, photo: TestPhoto, requests: int, every: int) -> tuple[Table, dict]:
@@ -199,24 +213,29 @@ def memory_table(server: Server, photo: TestPhoto, requests: int, every: int) ->
             if i % every == 0 or i == requests:
                 series.append((i, server.rss_mb()))
     counts, rss = np.array([s[0] for s in series], float), np.array([s[1] for s in series])
-    slope = float(np.polyfit(counts, rss, 1)[0]) if len(series) > 2 else float("nan")
-    growth = slope * requests
+    slope = slope_mb_per_request(counts, rss)
+    later = slope_mb_per_request(counts[len(counts) // 2:], rss[len(rss) // 2:])
     table = Table(f"Server memory over {requests} requests ({photo.label}, one client)",
                   ["requests", *[str(c) for c, _ in series]])
     table.add("RSS MB", *[f"{r:.0f}" for _, r in series])
     peak = server.peak_rss_mb()
-    table.notes.append(f"Peak RSS of the server process (VmHWM) so far: {peak:.0f} MB. Least-squares slope: "
-                       f"{slope * 1000:+.2f} MB per 1000 requests ({growth:+.1f} MB over the run, "
-                       f"{100 * growth / rss.mean():+.1f}% of the mean RSS). Answers: "
+    table.notes.append(f"Least-squares slope of RSS: {slope * 1000:+.1f} MB per 1000 requests over the whole run, "
+                       f"{later * 1000:+.1f} over its second half (after the allocator settles). Peak RSS of the "
+                       f"server so far (VmHWM): {peak:.0f} MB. Answers: "
                        f"{', '.join(f'{n} x {code}' for code, n in statuses.items())}.")
-    return table, {"series": series, "slope_mb_per_request": slope, "growth_mb": growth, "peak_mb": peak,
-                   "mean_mb": float(rss.mean()), "statuses": statuses}
+    return table, {"series": series, "slope": slope, "later_slope": later, "peak_mb": peak,
+                   "mean_mb": float(rss.mean()), "requests": requests}
+
+
+def slope_mb_per_request(counts: np.ndarray, rss: np.ndarray) -> float:
+    return float(np.polyfit(counts, rss, 1)[0]) if len(counts) > 2 else float("nan")
 
 
 def http_tables(weights: Path, requests: int, rounds: int, levels: tuple[int, ...], memory_requests: int,
-                memory_every: int, warmup: int, env: dict[str, str], ready_timeout: float):
+                memory_every: int, warmup: int, env: dict[str, str], ready_timeout: float, crowd_queue: int):
     """Latency for the selfie, the memory run with it, then latency for the 12 MP photo, whose large buffers
-    would otherwise blur the start of the memory series."""
+    would otherwise blur the start of the memory series; then, on a second server whose queue holds every
+    client (`crowd_queue`), the selfie at the most clients again."""
     selfie, *others = test_photos()
     latency, tables = latency_table(), []
     with running_server(weights, env, ready_timeout) as server:
@@ -230,6 +249,14 @@ def http_tables(weights: Path, requests: int, rounds: int, levels: tuple[int, ..
             figures.update(latency_rows(latency, server, photo, requests, rounds, levels, warmup))
         latency.notes.append(f"Peak RSS of the server after all runs (VmHWM): {server.peak_rss_mb():.0f} MB.")
         cpu = server.cpu_seconds()
+    crowd = max(levels)
+    if crowd_queue:
+        with running_server(weights, {**env, "MAX_QUEUE": str(crowd_queue)}, ready_timeout) as server:
+            warm_up(server, selfie, warmup)
+            result = load(server, selfie, crowd, crowd * rounds)
+            add_row(latency, f"{selfie.name}, MAX_QUEUE={crowd_queue}", result, crowd * rounds)
+            figures[(selfie.name, crowd, "queue")] = result
+            cpu += server.cpu_seconds()
     return [latency, *tables], {"latency": figures, "memory": memory, "server_cpu": cpu}
 
 
@@ -239,7 +266,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=30, help="requests per photo at one client")
-    parser.add_argument("--rounds", type=int, default=10, help="requests per client at 4 and 16 clients")
+    parser.add_argument("--rounds", type=int, default=5, help="requests per client at 4 and 16 clients")
     parser.add_argument("--clients", default="1,4,16", help="concurrency levels, comma separated")
     parser.add_argument("--memory-requests", type=int, default=1000, help="0 skips the memory run")
     parser.add_argument("--memory-every", type=int, default=100, help="RSS sample interval, in requests")
@@ -247,12 +274,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the service, e.g. TORCH_THREADS=1 (repeatable)")
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for /readyz")
+    parser.add_argument("--crowd-queue", type=int, default=14,
+                        help="MAX_QUEUE of a second server for the most clients again (0 skips it)")
 
 
 def run(args) -> tuple[list[Table], dict]:
     levels = tuple(int(c) for c in args.clients.split(","))
     return http_tables(args.weights, args.requests, args.rounds, levels, args.memory_requests, args.memory_every,
-                       args.http_warmup, parse_env(args.server_env), args.ready_timeout)
+                       args.http_warmup, parse_env(args.server_env), args.ready_timeout, args.crowd_queue)
 
 
 def main() -> None:
