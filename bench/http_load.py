@@ -7,8 +7,9 @@ set, waits until /readyz answers, and sends `POST /v1/age` (the photo as multipa
 for a 1-megapixel selfie and a 12-megapixel phone photo: one request at a time, then 4 and 16 clients
 at once (each sending `--rounds` requests back to back). Every answer's status code is counted. The
 server's resident memory (RSS, and its peak) is read from /proc, and sampled every 100 requests of a
-long run to see whether it grows. With the default queue (MAX_QUEUE=8) 16 clients get some 503s by
-design; a second server with `--crowd-queue` places in its queue takes the 16 clients again.
+long run to see whether it grows. When the service's queue (MAX_CONCURRENCY + MAX_QUEUE) cannot hold
+every client, some get 503s by design, and a second server whose queue holds them all takes the most
+clients again.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from app.settings import Settings
 from bench.common import Table, TestPhoto, machine_line, percentile, print_tables, process_cpu_seconds, \
     test_photos
 
@@ -232,10 +234,11 @@ def slope_mb_per_request(counts: np.ndarray, rss: np.ndarray) -> float:
 
 
 def http_tables(weights: Path, requests: int, rounds: int, levels: tuple[int, ...], memory_requests: int,
-                memory_every: int, warmup: int, env: dict[str, str], ready_timeout: float, crowd_queue: int):
+                memory_every: int, warmup: int, env: dict[str, str], ready_timeout: float):
     """Latency for the selfie, the memory run with it, then latency for the 12 MP photo, whose large buffers
-    would otherwise blur the start of the memory series; then, on a second server whose queue holds every
-    client (`crowd_queue`), the selfie at the most clients again."""
+    would otherwise blur the start of the memory series; then, when the service's queue cannot hold every
+    client, the selfie at the most clients again on a second server whose queue can."""
+    served = Settings.from_env({**os.environ, **env})
     selfie, *others = test_photos()
     latency, tables = latency_table(), []
     with running_server(weights, env, ready_timeout) as server:
@@ -250,14 +253,17 @@ def http_tables(weights: Path, requests: int, rounds: int, levels: tuple[int, ..
         latency.notes.append(f"Peak RSS of the server after all runs (VmHWM): {server.peak_rss_mb():.0f} MB.")
         cpu = server.cpu_seconds()
     crowd = max(levels)
-    if crowd_queue:
-        with running_server(weights, {**env, "MAX_QUEUE": str(crowd_queue)}, ready_timeout) as server:
+    queue = crowd - served.max_concurrency
+    if queue > served.max_queue:
+        with running_server(weights, {**env, "MAX_QUEUE": str(queue)}, ready_timeout) as server:
             warm_up(server, selfie, warmup)
             result = load(server, selfie, crowd, crowd * rounds)
-            add_row(latency, f"{selfie.name}, MAX_QUEUE={crowd_queue}", result, crowd * rounds)
-            figures[(selfie.name, crowd, "queue")] = result
+            add_row(latency, f"{selfie.name}, MAX_QUEUE={queue}", result, crowd * rounds)
+            figures[(selfie.name, crowd, f"MAX_QUEUE={queue}")] = result
             cpu += server.cpu_seconds()
-    return [latency, *tables], {"latency": figures, "memory": memory, "server_cpu": cpu}
+    latency.notes.append(f"Settings: MAX_CONCURRENCY={served.max_concurrency}, MAX_QUEUE={served.max_queue}, "
+                         f"torch threads per edit {served.threads_per_edit()}.")
+    return [latency, *tables], {"latency": figures, "memory": memory, "server_cpu": cpu, "settings": served}
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
@@ -274,14 +280,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the service, e.g. TORCH_THREADS=1 (repeatable)")
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for /readyz")
-    parser.add_argument("--crowd-queue", type=int, default=14,
-                        help="MAX_QUEUE of a second server for the most clients again (0 skips it)")
 
 
 def run(args) -> tuple[list[Table], dict]:
     levels = tuple(int(c) for c in args.clients.split(","))
     return http_tables(args.weights, args.requests, args.rounds, levels, args.memory_requests, args.memory_every,
-                       args.http_warmup, parse_env(args.server_env), args.ready_timeout, args.crowd_queue)
+                       args.http_warmup, parse_env(args.server_env), args.ready_timeout)
 
 
 def main() -> None:

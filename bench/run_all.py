@@ -28,9 +28,9 @@ def goals_table(http: dict, levels: tuple[int, ...], selfie: str) -> Table:
         table.add(f"p50 under {P50_GOAL_MS:.0f} ms at 1 client", f"{p50:.0f} ms",
                   "yes" if p50 < P50_GOAL_MS and single.ok == single.sent else "no")
     top = max(levels)
-    for key, setting in (((selfie, top), "default MAX_QUEUE"), ((selfie, top, "queue"), "MAX_QUEUE raised")):
-        crowd = http["latency"].get(key)
-        if crowd:
+    for key, crowd in http["latency"].items():
+        if key[:2] == (selfie, top):
+            setting = key[2] if len(key) > 2 else f"MAX_QUEUE={http['settings'].max_queue}"
             table.add(f"no error at {top} clients ({setting})",
                       f"{crowd.sent - crowd.ok} of {crowd.sent} failed ({crowd.errors})",
                       "yes" if crowd.ok == crowd.sent else "no")
@@ -85,10 +85,10 @@ def markdown(command: str, tables: list[Table], started: str) -> str:
         "request; *share of CPU* shows the slowest stage.",
         "- *Speed-ups*: the previous code paths are kept inside `bench/stages.py` as the baseline and run "
         "interleaved with the current ones, so both see the same load.",
-        "- *End to end* starts `uvicorn app.main:app` on 127.0.0.1 with the default settings (2 edits at once, "
-        "8 waiting): with more clients than that, the service answers 503 at once instead of queueing without "
-        "bound, and those answers are counted as errors. A second server with a queue that holds every client "
-        "(`--crowd-queue`) then takes the most clients again.",
+        "- *End to end* starts `uvicorn app.main:app` on 127.0.0.1 with the settings in its table's note: with "
+        "more clients than MAX_CONCURRENCY + MAX_QUEUE, the service answers 503 at once instead of queueing "
+        "without bound, and those answers count as errors; a second server whose queue holds every client then "
+        "takes the most clients again.",
         "- Percentiles are nearest-rank: with fewer than 100 requests, p99 is the slowest request.",
         "",
     ]
