@@ -94,6 +94,18 @@ def _grid_for(matrix_dst_to_src: np.ndarray, out_h: int, out_w: int, src_h: int,
     return torch.stack([gx, gy], -1).unsqueeze(0).float()
 
 
+def crop_footprint(inverse: np.ndarray, side: int, height: int, width: int, margin: int = 0):
+    """The photo's pixel box (x0, y0, x1, y1), clipped to the photo, under a `side` x `side` crop whose
+    crop-to-photo matrix is `inverse`, widened by `margin` pixels."""
+    corners = np.array([[0, 0, 1], [side, 0, 1], [0, side, 1], [side, side, 1]], np.float64)
+    src = corners @ inverse.T
+    x0 = int(max(0, np.floor(src[:, 0].min()) - margin))
+    y0 = int(max(0, np.floor(src[:, 1].min()) - margin))
+    x1 = int(min(width, np.ceil(src[:, 0].max()) + margin + 1))
+    y1 = int(min(height, np.ceil(src[:, 1].max()) + margin + 1))
+    return x0, y0, x1, y1
+
+
 def warp_to_crop(image: np.ndarray, matrix: np.ndarray, side: int) -> torch.Tensor:
     """Crop `side` x `side` pixels of the aligned face from an H x W x 3 uint8 photo.
 
@@ -103,13 +115,8 @@ def warp_to_crop(image: np.ndarray, matrix: np.ndarray, side: int) -> torch.Tens
     """
     pixel_matrix = scaled(matrix, side)
     inverse = invert_affine(pixel_matrix)
-    corners = np.array([[0, 0, 1], [side, 0, 1], [0, side, 1], [side, side, 1]], np.float64)
-    src = corners @ inverse.T
     h, w = image.shape[:2]
-    x0 = int(max(0, np.floor(src[:, 0].min()) - 2))
-    y0 = int(max(0, np.floor(src[:, 1].min()) - 2))
-    x1 = int(min(w, np.ceil(src[:, 0].max()) + 3))
-    y1 = int(min(h, np.ceil(src[:, 1].max()) + 3))
+    x0, y0, x1, y1 = crop_footprint(inverse, side, h, w, margin=2)
     if x1 - x0 < 2 or y1 - y0 < 2:  # the crop lies wholly outside the photo: use the whole photo
         x0, y0, x1, y1 = 0, 0, w, h
     region = image_to_tensor(image[y0:y1, x0:x1].copy())
@@ -147,14 +154,8 @@ def paste_back(image: np.ndarray, aligned: AlignedFace, change: torch.Tensor) ->
     """
     side = change.shape[-1]
     pixel_matrix = scaled(aligned.matrix, side)
-    inverse = invert_affine(pixel_matrix)
-    corners = np.array([[0, 0, 1], [side, 0, 1], [0, side, 1], [side, side, 1]], np.float64)
-    src = corners @ inverse.T
     h, w = image.shape[:2]
-    x0 = int(max(0, np.floor(src[:, 0].min())))
-    y0 = int(max(0, np.floor(src[:, 1].min())))
-    x1 = int(min(w, np.ceil(src[:, 0].max()) + 1))
-    y1 = int(min(h, np.ceil(src[:, 1].max()) + 1))
+    x0, y0, x1, y1 = crop_footprint(invert_affine(pixel_matrix), side, h, w)
     if x1 <= x0 or y1 <= y0:
         return image
     to_crop = pixel_matrix.copy()
