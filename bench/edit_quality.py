@@ -61,7 +61,6 @@ MATCH_THRESHOLD = 0.6  # dlib's standard threshold for "same person"
 DLIB_FACE_BOX = (0.25, 0.30, 0.74, 0.82)
 # the cheeks, level with the nose tip: below the eyes' shadows, beside the nose, above any moustache
 SKIN_PATCHES = ((0.33, 0.55, 0.44, 0.66), (0.56, 0.55, 0.67, 0.66))
-POSTHOC_FACES = 3000
 EDIT_BATCH = 16
 # figure rows: (youngest, oldest, gender, ethnicity), relaxed when no held-out face matches
 FIGURE_ROWS = ((1, 10, "female", "white"), (11, 20, "male", "black"), (21, 30, "female", "asian"),
@@ -139,11 +138,45 @@ def judge(estimator: AgeEstimator, images: np.ndarray, batch: int = 256) -> tupl
     return np.concatenate(ages).astype(np.float64), np.concatenate(female).astype(np.float64)
 
 
-def train_estimator(train: FaceSet, epochs: int, seed: int, batch: int = 64) -> AgeEstimator:
+def age_balance_weights(ages: np.ndarray, bin_years: float = 5.0) -> torch.Tensor:
+    """Per-face loss weights, 1 / sqrt(share of the face's 5-year age bin), mean 1. Trained without them,
+    the estimator reads the rare old (and very young) faces towards the mean age: real 80-year-olds read
+    about 53. With them it reads the whole range more evenly, so that it can tell how much older an edit
+    looks."""
+    bins = (np.asarray(ages) // bin_years).astype(int)
+    counts = np.bincount(bins)
+    weights = 1.0 / np.sqrt(counts[bins].astype(np.float64))
+    return torch.from_numpy(weights / weights.mean()).float()
+
+
+def reading_curve(labels: np.ndarray, readings: np.ndarray, sigma: float = 3.0):
+    """The estimator's mean reading of real faces as a function of their labelled age (Gaussian-weighted
+    over neighbouring ages): how much older a face truly 30 years older reads, for comparison with edits."""
+    labels, readings = np.asarray(labels, np.float64), np.asarray(readings, np.float64)
+
+    def curve(ages) -> np.ndarray:
+        w = np.exp(-0.5 * ((np.asarray(ages, np.float64)[:, None] - labels[None]) / sigma) ** 2)
+        return (w * readings[None]).sum(1) / w.sum(1)
+    return curve
+
+
+def calibration(labels: np.ndarray, readings: np.ndarray) -> dict:
+    """Mean reading per age band of real held-out faces, and the slope of reading on labelled age."""
+    bands = ((0, 5), (5, 15), (15, 25), (25, 35), (35, 45), (45, 55), (55, 65), (65, 75), (75, 85), (85, 120))
+    out = {"slope": float(np.polyfit(labels, readings, 1)[0]), "bands": {}}
+    for low, high in bands:
+        members = (labels >= low) & (labels < high)
+        if members.any():
+            out["bands"][f"{low}-{high - 1}"] = {"faces": int(members.sum()), "read": float(readings[members].mean())}
+    return out
+
+
+def train_estimator(train: FaceSet, epochs: int, seed: int, batch: int = 64, balanced: bool = True) -> AgeEstimator:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = AgeEstimator(float(train.ages.mean())).to(memory_format=torch.channels_last)
     ages = torch.from_numpy(train.ages).float()
+    weights = age_balance_weights(train.ages) if balanced else torch.ones(len(train))
     female = torch.tensor([g == "female" for g in train.genders], dtype=torch.float32)
     steps_per_epoch = len(train) // batch
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -159,7 +192,8 @@ def train_estimator(train: FaceSet, epochs: int, seed: int, batch: int = 64) -> 
             dx, dy = (int(v) for v in rng.integers(0, 7, 2))
             x = F.pad(x, (3, 3, 3, 3), mode="replicate")[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
             age, logit = model(x)
-            loss = (F.smooth_l1_loss(age, ages[idx], beta=2.0) / 10
+            age_loss = F.smooth_l1_loss(age, ages[idx], beta=2.0, reduction="none")
+            loss = ((age_loss * weights[idx]).mean() / 10
                     + F.binary_cross_entropy_with_logits(logit, female[idx]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -195,7 +229,7 @@ def load_or_train_estimator(folder: Path, data: Path, epochs: int) -> tuple[AgeE
     epochs; else a new one, trained and saved there."""
     meta_path, weights_path = folder / "age_estimator.json", folder / "age_estimator.safetensors"
     shapes = repr([(k, tuple(v.shape)) for k, v in AgeEstimator().state_dict().items()])
-    wanted = {"data": data_fingerprint(data), "epochs": epochs, "seed": 0,
+    wanted = {"data": data_fingerprint(data), "epochs": epochs, "seed": 0, "age_balanced": True,
               "architecture": hashlib.sha256(shapes.encode()).hexdigest()[:16]}
     if meta_path.exists() and weights_path.exists():
         meta = json.loads(meta_path.read_text())
@@ -231,10 +265,8 @@ def posthoc_tensors(flow: Glow, weights: Path, data: Path, cache: Path) -> dict[
     path = cache / f"age_posthoc-{file_digest(weights / WEIGHTS)}.safetensors"
     if not path.exists():
         train = train_faces(data)
-        idx = np.sort(np.random.default_rng(0).permutation(len(train))[:POSTHOC_FACES])
-        print(f"fitting the post-hoc trajectory on {len(idx)} train faces into {path}", flush=True)
-        tensors = fit_posthoc(flow, train.batch(idx), train.ages[idx], [train.genders[i] for i in idx],
-                              [train.races[i] for i in idx])
+        print(f"fitting the post-hoc trajectory on all {len(train)} train faces into {path}", flush=True)
+        tensors = fit_posthoc(flow, train)
         cache.mkdir(parents=True, exist_ok=True)
         save_tensors(tensors, path)
     return load_file(str(path))
@@ -502,6 +534,10 @@ def evaluate(args: argparse.Namespace) -> dict:
                "gender_flips": float(np.mean((female_after > 0.5) != (female_before[idx] > 0.5))),
                "identity": identity(descriptors_before[idx], describe(shown))}
         if years:
+            # the same change of age in real faces: the estimator's reading of real held-out faces at the
+            # labelled age + years, less its reading at the labelled age
+            real = reading_curve(heldout.ages, all_ages)
+            row["real_faces_change"] = float(np.mean(real(ages[idx] + years) - real(ages[idx])))
             goal = OLDER_GOAL if years > 0 else YOUNGER_GOAL
             row["goal"] = goal
             reached = change >= goal if goal > 0 else change <= goal
@@ -545,6 +581,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                       "heldout_mae": float(np.mean(np.abs(all_ages - heldout.ages))),
                       "mean_guess_mae": float(np.mean(np.abs(mean_age - heldout.ages))),
                       "gender_accuracy": float(np.mean((all_female > 0.5) == is_female)),
+                      "calibration": calibration(heldout.ages.astype(np.float64), all_ages),
                       "selected_mae": float(np.mean(np.abs(read_before - ages))),
                       "selected_mean_guess_mae": float(np.mean(np.abs(mean_age - ages)))},
         "latent_age": {"faces": len(chosen), "mae": float(np.mean(np.abs(latent_ages - ages))),
@@ -570,10 +607,14 @@ def print_report(report: dict) -> None:
     print(f"age estimator   held-out MAE {e['heldout_mae']:5.1f} y (mean guess {e['mean_guess_mae']:5.1f} y), "
           f"on the selected 128 px crops {e['selected_mae']:5.1f} y "
           f"(mean guess {e['selected_mean_guess_mae']:5.1f} y), gender accuracy {e['gender_accuracy']:.3f}")
+    if "calibration" in e:
+        cal = e["calibration"]
+        print(f"estimator reads real held-out faces (slope {cal['slope']:.2f} y per labelled year): "
+              + ", ".join(f"{band} -> {row['read']:.0f}" for band, row in cal["bands"].items()))
     print(f"latent age      estimate_age MAE {lat['mae']:5.1f} y (mean guess {lat['mean_guess_mae']:5.1f} y) "
           f"on the selected faces")
     print(f"\n{'edit':<16}{'faces':>6}{'asked':>8}{'read change':>13}{'p10..p90':>14}{'goal':>7}{'met':>5}"
-          f"{'reach':>7}{'gender flip':>12}{'id dist':>9}{'match':>7}")
+          f"{'reach':>7}{'gender flip':>12}{'id dist':>9}{'match':>7}{'real faces':>12}")
     for name, row in report["edits"].items():
         if not row["faces"]:
             print(f"{name:<16}{0:>6}")
@@ -584,7 +625,9 @@ def print_report(report: dict) -> None:
         reach = f"{row['share_reaching_goal']:.2f}" if "goal" in row else ""
         print(f"{name:<16}{row['faces']:>6}{row['asked']:>+8.1f}{rc['mean']:>+13.1f}"
               f"{rc['p10']:>+7.1f}..{rc['p90']:>+5.1f}{goal:>7}{met:>5}{reach:>7}{row['gender_flips']:>12.2f}"
-              f"{row['identity']['distance']:>9.3f}{row['identity']['match_rate']:>7.2f}")
+              f"{row['identity']['distance']:>9.3f}{row['identity']['match_rate']:>7.2f}"
+              + (f"{row['real_faces_change']:>+12.1f}" if "real_faces_change" in row else ""))
+    print("real faces: how much the estimator's reading of real held-out faces changes over the same years")
     people = report["different_people"]
     print(f"{'different people':<16}{people['pairs']:>6}{'':>66}{people['distance']:>9.3f}"
           f"{people['match_rate']:>7.2f}")
@@ -627,7 +670,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="chooses the faces")
     parser.add_argument("--estimator", type=Path, default=Path("runs/age_estimator"),
                         help="where the independent age estimator is kept (trained there when missing)")
-    parser.add_argument("--estimator-epochs", type=int, default=3)
+    parser.add_argument("--estimator-epochs", type=int, default=15)
     parser.add_argument("--posthoc-dir", type=Path, default=Path("runs/posthoc"),
                         help="where a post-hoc trajectory fitted here is kept, one file per flow")
     parser.add_argument("--threads", type=int, default=1)

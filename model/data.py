@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ class FaceSet:
     genders: list[str]
     races: list[str | None]  # None where the source has no ethnicity label
     files: list[str]
+    sources: list[str] = field(default_factory=list)  # the source folder of each face, where known
 
     def __len__(self) -> int:
         return len(self.ages)
@@ -48,4 +49,5 @@ def load_faces(folder: Path, side: int = 64, split: str | None = "train", limit:
         genders=[r["gender"] for r in rows],
         races=[r["race"] or None for r in rows],
         files=[r["file"] for r in rows],
+        sources=[r.get("source", "") for r in rows],
     )

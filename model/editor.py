@@ -92,12 +92,39 @@ def skin_region(side: int) -> torch.Tensor:
     return ((((xs - 0.5) / 0.17) ** 2 + ((ys - 0.6) / 0.1) ** 2) <= 1.0).float()
 
 
+def face_skin_mask(side: int) -> torch.Tensor:
+    """Where the face's skin is in an aligned crop, 1 over the face and feathered to 0 at the hairline, the
+    ears and below the chin: side x side."""
+    coords = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    radius = (((xs - 0.5) / 0.2) ** 2 + ((ys - 0.6) / 0.25) ** 2).sqrt()
+    t = ((radius - 0.8) / 0.6).clamp(0, 1)
+    return 1 - t * t * (3 - 2 * t)
+
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def no_added_tint(before: torch.Tensor, after: torch.Tensor, max_gain: float = 1.1) -> torch.Tensor:
+    """`after` with its colour, per pixel, made a scaling (0 to `max_gain`) of the colour `before` had: the
+    brightness change stays, hair can grey, but the edit adds no tint of its own (a flow moved far from
+    its data tends to cast faces blue or purple)."""
+    weights = torch.tensor(LUMA, device=before.device).view(1, 3, 1, 1)
+    luma_before = (before * weights).sum(1, keepdim=True)
+    luma_after = (after * weights).sum(1, keepdim=True)
+    chroma_before, chroma_after = before - luma_before, after - luma_after
+    scale = ((chroma_after * chroma_before).sum(1, keepdim=True)
+             / ((chroma_before * chroma_before).sum(1, keepdim=True) + 1e-8)).clamp(0, max_gain)
+    return luma_after + scale * chroma_before
+
+
 def keep_skin_tone(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """`after` less the average colour change over the skin: in this data older faces are also darker and
-    redder, and an age edit must not change skin tone."""
+    """`after` less the average colour change over the cheeks, taken off the face's skin only (hair may
+    still grey, the background is not touched): in this data older faces are also darker and redder, and an
+    age edit must not change skin tone."""
     region = skin_region(before.shape[-1]).to(before.device)
     shift = ((after - before) * region).sum((2, 3), keepdim=True) / region.sum()
-    return after - shift
+    return after - shift * face_skin_mask(before.shape[-1]).to(before.device)
 
 
 def within_gamut(before: torch.Tensor, after: torch.Tensor, max_outside: float = 0.1) -> torch.Tensor:
@@ -174,7 +201,7 @@ class AgeEditor:
         target = np.clip(target, low, high)
         after = self.trajectory.move(faces, reading, target)
         if self.trajectory.keep_skin_tone:
-            after = keep_skin_tone(faces, after)
+            after = keep_skin_tone(faces, no_added_tint(faces, after))
         after = within_gamut(faces, after).clamp(0, 1)
         return [FaceEdit(before=f.cpu(), after=a.cpu(), age_before=float(b), age_after=float(t))
                 for f, a, b, t in zip(faces, after, reading.ages, target)]
