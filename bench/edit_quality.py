@@ -6,10 +6,12 @@
 Needs the evaluation extras: `pip install -r requirements-eval.txt`. What it measures:
 
 1. Age, read by an independent judge: a small CNN age (and gender) regressor trained on the train split,
-   kept in --estimator and reused while the data set is the same. Each selected face is aged by +30 and
-   -25 years (where the target stays within 1..90 by its labelled age) and swept to fixed target ages;
-   the table gives the change in the judge's reading (goals: +30 read >= 20 years older, -25 read >= 15
-   years younger) and how often the judge's gender reading flips.
+   its loss weighted so that rare ages count (else it reads real 80-year-olds as about 53), kept in
+   --estimator and reused while the data set is the same. Its reading of real held-out faces per age band
+   is printed. Each selected face is aged by +30 and -25 years (where the target stays within 1..90 by its
+   labelled age) and swept to fixed target ages; the table gives the change in the judge's reading (goals:
+   +30 read >= 20 years older, -25 read >= 15 years younger), the change the judge reads between real
+   held-out faces the same years apart, and how often the judge's gender reading flips.
 2. Identity: dlib's face-recognition descriptors of the original vs. the edited face; baselines are the
    unedited reconstruction and pairs of different held-out people of the same gender.
 3. Skin tone: the CIELab shift of the cheeks, per ethnicity label.
@@ -41,11 +43,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
 
-from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory, fit_posthoc
+from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory, fit_posthoc, reduce_rank
 from model.align import face_mask
 from model.checkpoint import WEIGHTS, load_flow
 from model.data import FaceSet, load_faces
-from model.editor import AgeEditor
+from model.editor import AgeEditor, blur
 from model.flow.glow import Glow
 
 METHODS = (ConditionalPriorTrajectory.name, PosthocTrajectory.name)
@@ -272,9 +274,11 @@ def posthoc_tensors(flow: Glow, weights: Path, data: Path, cache: Path) -> dict[
     return load_file(str(path))
 
 
-def build_editor(flow: Glow, method: str, strengths, weights: Path, data: Path, cache: Path) -> AgeEditor:
+def build_editor(flow: Glow, method: str, strengths, weights: Path, data: Path, cache: Path,
+                 rank: int = 0) -> AgeEditor:
     if method == PosthocTrajectory.name:
-        trajectory = PosthocTrajectory(flow, posthoc_tensors(flow, weights, data, cache), strengths)
+        tensors = posthoc_tensors(flow, weights, data, cache)
+        trajectory = PosthocTrajectory(flow, reduce_rank(tensors, rank) if rank else tensors, strengths)
     else:
         trajectory = ConditionalPriorTrajectory(flow, strengths)
     # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
@@ -355,6 +359,14 @@ def identity(a: np.ndarray, b: np.ndarray) -> dict:
     distance = np.linalg.norm(a - b, axis=1)
     return {"pairs": len(distance), "distance": float(distance.mean()),
             "match_rate": float((distance < MATCH_THRESHOLD).mean())}
+
+
+def grain(changes: torch.Tensor) -> float:
+    """Mean absolute high-frequency part of N x 3 x S x S changes over the face mask (the change less its
+    Gaussian blur of 1 px): how much grid and blotch an edit adds."""
+    mask = face_mask(changes.shape[-1])
+    detail = (changes - blur(changes, 1.0)).abs().mean(1)
+    return float(((detail * mask).sum((1, 2)) / mask.sum()).mean())
 
 
 def different_people(genders: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -493,7 +505,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     flow = load_flow(args.weights)
     strengths = args.level_strengths or [1.0] * len(flow.priors)
-    editor = build_editor(flow, args.method, strengths, args.weights, args.data, args.posthoc_dir)
+    editor = build_editor(flow, args.method, strengths, args.weights, args.data, args.posthoc_dir, args.rank)
     lap("editor")
 
     chosen = stratified(heldout.ages, args.faces, args.seed)
@@ -532,7 +544,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         row = {"faces": len(idx), "asked": float(np.mean(runs[name].age_after[idx] - runs[name].age_before[idx])),
                "read_change": summary(change),
                "gender_flips": float(np.mean((female_after > 0.5) != (female_before[idx] > 0.5))),
-               "identity": identity(descriptors_before[idx], describe(shown))}
+               "identity": identity(descriptors_before[idx], describe(shown)),
+               "grain": grain(runs[name].after[idx] - faces[idx])}
         if years:
             # the same change of age in real faces: the estimator's reading of real held-out faces at the
             # labelled age + years, less its reading at the labelled age
@@ -573,7 +586,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     return {
         "config": {"weights": str(args.weights), "flow_sha256": file_digest(args.weights / WEIGHTS),
-                   "flow": json.loads(flow.config.to_json()), "method": args.method,
+                   "flow": json.loads(flow.config.to_json()), "method": args.method, "rank": args.rank,
                    "level_strengths": strengths, "data": str(args.data), "data_sha256": data_fingerprint(args.data),
                    "seed": args.seed, "heldout_faces": len(heldout), "faces": len(chosen),
                    "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
@@ -614,7 +627,7 @@ def print_report(report: dict) -> None:
     print(f"latent age      estimate_age MAE {lat['mae']:5.1f} y (mean guess {lat['mean_guess_mae']:5.1f} y) "
           f"on the selected faces")
     print(f"\n{'edit':<16}{'faces':>6}{'asked':>8}{'read change':>13}{'p10..p90':>14}{'goal':>7}{'met':>5}"
-          f"{'reach':>7}{'gender flip':>12}{'id dist':>9}{'match':>7}{'real faces':>12}")
+          f"{'reach':>7}{'gender flip':>12}{'id dist':>9}{'match':>7}{'real faces':>12}{'grain':>8}")
     for name, row in report["edits"].items():
         if not row["faces"]:
             print(f"{name:<16}{0:>6}")
@@ -626,7 +639,8 @@ def print_report(report: dict) -> None:
         print(f"{name:<16}{row['faces']:>6}{row['asked']:>+8.1f}{rc['mean']:>+13.1f}"
               f"{rc['p10']:>+7.1f}..{rc['p90']:>+5.1f}{goal:>7}{met:>5}{reach:>7}{row['gender_flips']:>12.2f}"
               f"{row['identity']['distance']:>9.3f}{row['identity']['match_rate']:>7.2f}"
-              + (f"{row['real_faces_change']:>+12.1f}" if "real_faces_change" in row else ""))
+              + (f"{row['real_faces_change']:>+12.1f}" if "real_faces_change" in row else "")
+              + (f"{row['grain']:>8.4f}" if "grain" in row else ""))
     print("real faces: how much the estimator's reading of real held-out faces changes over the same years")
     people = report["different_people"]
     print(f"{'different people':<16}{people['pairs']:>6}{'':>66}{people['distance']:>9.3f}"
@@ -668,6 +682,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare", default=None, metavar="METHOD[:STRENGTHS]",
                         help="a second configuration for the side-by-side figure, e.g. posthoc:1,1,0.5")
     parser.add_argument("--seed", type=int, default=0, help="chooses the faces")
+    parser.add_argument("--rank", type=int, default=0,
+                        help="post-hoc only: keep this many directions of the age path (0: as stored)")
     parser.add_argument("--estimator", type=Path, default=Path("runs/age_estimator"),
                         help="where the independent age estimator is kept (trained there when missing)")
     parser.add_argument("--estimator-epochs", type=int, default=15)

@@ -118,13 +118,29 @@ def no_added_tint(before: torch.Tensor, after: torch.Tensor, max_gain: float = 1
     return luma_after + scale * chroma_before
 
 
+def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of N x C x S x S images, edges reflected."""
+    radius = max(1, int(3 * sigma))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, device=images.device) / sigma) ** 2)
+    taps = (taps / taps.sum()).to(images.dtype)
+    c = images.shape[1]
+    out = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="reflect"), taps.view(1, 1, 1, -1).expand(c, 1, 1, -1),
+                   groups=c)
+    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), taps.view(1, 1, -1, 1).expand(c, 1, -1, 1),
+                    groups=c)
+
+
 def keep_skin_tone(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """`after` less the average colour change over the cheeks, taken off the face's skin only (hair may
-    still grey, the background is not touched): in this data older faces are also darker and redder, and an
-    age edit must not change skin tone."""
-    region = skin_region(before.shape[-1]).to(before.device)
+    """`after` without the edit's broad colour and brightness change over the face's skin (what stays there:
+    wrinkles, shadows, the shape of the face), and with the cheeks' average colour exactly as before; the
+    hair may still grey and the background is not touched. In this data older faces are also darker and
+    redder, and an age edit must not change skin tone."""
+    side = before.shape[-1]
+    mask = face_skin_mask(side).to(before.device)
+    after = after - blur(after - before, side / 12) * mask
+    region = skin_region(side).to(before.device)
     shift = ((after - before) * region).sum((2, 3), keepdim=True) / region.sum()
-    return after - shift * face_skin_mask(before.shape[-1]).to(before.device)
+    return after - shift * mask
 
 
 def within_gamut(before: torch.Tensor, after: torch.Tensor, max_outside: float = 0.1) -> torch.Tensor:

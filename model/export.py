@@ -38,6 +38,16 @@ def this_machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, no GPU"
 
 
+def training_faces(data: Path) -> int | None:
+    """How many faces of the prepared data set are in the training split (None without labels)."""
+    import csv
+
+    if not (data / "labels.csv").exists():
+        return None
+    with open(data / "labels.csv", newline="") as f:
+        return sum(1 for row in csv.DictReader(f) if row.get("split", "train") == "train")
+
+
 def heldout_bits_per_dim_all_faces(weights: Path, data: Path) -> dict:
     """Held-out bits/dim of the exported model over every held-out face (training logs a subset)."""
     import torch
@@ -60,6 +70,8 @@ def main(argv=None) -> None:
     parser.add_argument("--hardware", default=this_machine())
     parser.add_argument("--no-eval", action="store_true",
                         help="skip measuring held-out bits/dim on every held-out face (else: a few minutes)")
+    parser.add_argument("--samples", type=Path, default=None,
+                        help="also write a grid of 32 samples at temperature 0.7 (seed 0) to this PNG")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS, CONFIG):
@@ -69,7 +81,7 @@ def main(argv=None) -> None:
     model = {
         "training_data": "UTKFace (64 and 200 px) and All-Age-Faces, aligned by model.prepare; "
                          "research and demonstration use only",
-        "training_faces": report.get("kept"),
+        "training_faces": training_faces(args.data) or report.get("kept"),
         "bits_per_dim_definition": f"held-out, {config['n_bits']}-bit pixels, conditioned on each face's labels",
         "hardware": args.hardware,
         **run_summary(args.run),
@@ -84,6 +96,12 @@ def main(argv=None) -> None:
     settings["model"] = model
     path.write_text(json.dumps(settings, indent=2) + "\n")
     print(json.dumps(model, indent=2))
+    if args.samples:
+        from model.checkpoint import load_flow
+        from model.train import save_grid
+
+        save_grid(load_flow(args.out).sample(32, temperature=0.7, seed=0), args.samples)
+        print(f"samples: {args.samples}")
 
 
 if __name__ == "__main__":
