@@ -55,27 +55,27 @@ def test_latent_age_estimate_beats_always_guessing_the_mean_training_age(editor,
     assert estimate_error < mean_guess_error
 
 
-def test_thirty_years_older_raises_the_latent_age(editor, known_faces):
+@pytest.fixture(scope="module")
+def thirty_years_older(editor, known_faces) -> np.ndarray:
+    """How much +30 years raises the latent age reading of each fixture face that has 30 years to go."""
     faces, _ = known_faces
     before = editor.estimate_age(faces)
     young = before <= editor.age_range[1] - 30
-    edits = editor.edit(faces[young], years=30)
-    after = editor.estimate_age(torch.stack([e.after for e in edits]))
-    print(f"+30 years raises the latent age reading by {np.round(after - before[young], 1)} years")
     assert young.any()
-    assert (after - before[young]).min() >= 5.0
+    edits = editor.edit(faces[young], years=30)
+    rise = editor.estimate_age(torch.stack([e.after for e in edits])) - before[young]
+    print(f"+30 years raises the latent age reading by {np.round(rise, 1)} years")
+    return rise
+
+
+def test_thirty_years_older_raises_the_latent_age(thirty_years_older):
+    assert thirty_years_older.min() >= 5.0
 
 
 @pytest.mark.xfail(strict=True, reason="not met by the shipped model: with skin tone kept and the age path held "
                    "to two directions, +30 years raises the latent reading of these faces by 7 to 26 years")
-def test_thirty_years_older_raises_the_latent_age_by_at_least_twenty(editor, known_faces):
-    faces, _ = known_faces
-    before = editor.estimate_age(faces)
-    young = before <= editor.age_range[1] - 30
-    edits = editor.edit(faces[young], years=30)
-    after = editor.estimate_age(torch.stack([e.after for e in edits]))
-    assert young.any()
-    assert (after - before[young]).min() >= 20.0
+def test_thirty_years_older_raises_the_latent_age_by_at_least_twenty(thirty_years_older):
+    assert thirty_years_older.min() >= 20.0
 
 
 @pytest.mark.parametrize("change", [dict(years=-40), dict(years=50), dict(target_age=1), dict(target_age=90)])
