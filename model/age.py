@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.data import FaceSet
 from model.condition import PAIRS, age_weights, condition_parts, condition_vector
+from model.data import FaceSet
 from model.flow.glow import Glow
 
 TRAJECTORY = "age_trajectory.json"
@@ -147,11 +147,9 @@ def fit_posthoc(flow: Glow, faces: FaceSet, indices=None, rank: int = 0, ridges=
     The age path: each latent dimension's least-squares fit on the age knots' piecewise-linear weights
     (smoothed per-age means) with gender, ethnicity and source folder as covariates, so that age alone
     moves. The age reading: a ridge regression of age on the standardized latents, its strength chosen on
-    a `validation` share of the faces, then refitted on all. `rank` > 0 keeps only that many directions of the
-    age path (the largest of the per-knot means, in units of each latent's spread): with 12,288 latents and
-    a few thousand faces per age, each knot's mean carries noise that a strong edit would amplify into
-    blotches, while aging itself moves the latents along few directions. One pass of the flow over the faces; memory:
-    two latent-size Gram matrices (2 x 1.2 GB at 64 px)."""
+    a `validation` share of the faces, then refitted on all. `rank` > 0 keeps only that many directions of
+    the age path (see `reduce_rank`). One pass of the flow over the faces; memory: two latent-size Gram
+    matrices (2 x 1.2 GB at 64 px)."""
     config = flow.config
     idx = np.arange(len(faces)) if indices is None else np.asarray(indices)
     covariates = torch.cat([condition_vector(config, faces.ages[idx], [faces.genders[i] for i in idx],
@@ -221,7 +219,9 @@ def fit_posthoc(flow: Glow, faces: FaceSet, indices=None, rank: int = 0, ridges=
 
 def reduce_rank(tensors: dict[str, torch.Tensor], rank: int, log=None) -> dict[str, torch.Tensor]:
     """The post-hoc age path kept to its `rank` largest directions, measured in units of each latent's
-    spread (`latent_std`); the reading is left as it is."""
+    spread (`latent_std`); the reading is left as it is. With 12,288 latents and a few thousand faces per
+    age, each knot's mean carries noise that a strong edit amplifies into blotches and a grid, while aging
+    itself moves the latents along few directions."""
     levels = sorted((k for k in tensors if k.startswith("level") and k.endswith("_age")), key=lambda k: int(k[5:-4]))
     shapes = [tensors[k].shape[1:] for k in levels]
     coef = torch.cat([tensors[k].flatten(1).double() for k in levels], 1)
@@ -239,10 +239,11 @@ def reduce_rank(tensors: dict[str, torch.Tensor], rank: int, log=None) -> dict[s
     return out
 
 
-def save_trajectory(folder: Path, trajectory: AgeTrajectory) -> None:
+def save_trajectory(folder: Path, trajectory: AgeTrajectory, **facts) -> None:
+    """The trajectory's settings (and `facts` about how it was made) as JSON, a post-hoc fit's tensors."""
     folder = Path(folder)
     meta = {"method": trajectory.name, "level_strengths": trajectory.level_strengths,
-            "age_range": list(trajectory.age_range), "keep_skin_tone": trajectory.keep_skin_tone}
+            "age_range": list(trajectory.age_range), "keep_skin_tone": trajectory.keep_skin_tone, **facts}
     (folder / TRAJECTORY).write_text(json.dumps(meta, indent=2))
     if isinstance(trajectory, PosthocTrajectory):
         save_file({k: v.contiguous() for k, v in trajectory.tensors.items()}, str(folder / POSTHOC_WEIGHTS))
@@ -320,7 +321,7 @@ def main(argv=None) -> None:
         chosen = min(candidates, key=lambda t: report[t.name]["mae_years"])
     else:
         chosen = next(t for t in candidates if t.name == args.method)
-    save_trajectory(args.weights, chosen)
+    save_trajectory(args.weights, chosen, **({"rank": args.rank} if chosen.name == PosthocTrajectory.name else {}))
     (args.weights / "age_report.json").write_text(json.dumps({"chosen": chosen.name, **report}, indent=2))
     print(f"wrote the {chosen.name} trajectory to {args.weights}")
 

@@ -82,7 +82,10 @@ def test_colour_control_keeps_brightness_and_greying_but_drops_an_added_tint():
     fixed = no_added_tint(before, blue_cast)
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     assert torch.allclose((fixed * luma).sum(1), (blue_cast * luma).sum(1), atol=1e-5)  # brightness kept
-    hue = lambda x: (x - (x * luma).sum(1, keepdim=True)) / (x - (x * luma).sum(1, keepdim=True)).norm(dim=1, keepdim=True)
+
+    def hue(x: torch.Tensor) -> torch.Tensor:
+        chroma = x - (x * luma).sum(1, keepdim=True)
+        return chroma / chroma.norm(dim=1, keepdim=True)
     assert torch.allclose(hue(fixed), hue(before), atol=1e-4)  # no hue of its own
 
 
