@@ -173,12 +173,12 @@ def calibration(labels: np.ndarray, readings: np.ndarray) -> dict:
     return out
 
 
-def train_estimator(train: FaceSet, epochs: int, seed: int, batch: int = 64, balanced: bool = True) -> AgeEstimator:
+def train_estimator(train: FaceSet, epochs: int, seed: int, batch: int = 64) -> AgeEstimator:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = AgeEstimator(float(train.ages.mean())).to(memory_format=torch.channels_last)
     ages = torch.from_numpy(train.ages).float()
-    weights = age_balance_weights(train.ages) if balanced else torch.ones(len(train))
+    weights = age_balance_weights(train.ages)
     female = torch.tensor([g == "female" for g in train.genders], dtype=torch.float32)
     steps_per_epoch = len(train) // batch
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)

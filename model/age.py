@@ -140,6 +140,16 @@ def _source_blocks(faces: FaceSet, idx: np.ndarray) -> torch.Tensor:
     return torch.tensor([[float(faces.sources[i] == n) for n in names] for i in idx], dtype=torch.float64)
 
 
+def _levels(flat: torch.Tensor, shapes) -> dict[str, torch.Tensor]:
+    """K x D coefficients over all latents -> each level's `level{i}_age` (K x C x H x W), in level order."""
+    out, offset = {}, 0
+    for level, shape in enumerate(shapes):
+        size = int(np.prod(shape))
+        out[f"level{level}_age"] = flat[:, offset:offset + size].reshape(-1, *shape).float().contiguous()
+        offset += size
+    return out
+
+
 def fit_posthoc(flow: Glow, faces: FaceSet, indices=None, rank: int = 0, ridges=(3e2, 1e3, 3e3, 1e4, 3e4),
                 validation=0.1, batch: int = 200, seed: int = 0, log=print) -> dict[str, torch.Tensor]:
     """Fit the post-hoc trajectory on labelled aligned faces (every face of `faces`, or `indices`).
@@ -156,6 +166,7 @@ def fit_posthoc(flow: Glow, faces: FaceSet, indices=None, rank: int = 0, ridges=
                                              [faces.races[i] for i in idx]).double(), _source_blocks(faces, idx)], 1)
     ages = torch.as_tensor(faces.ages[idx], dtype=torch.float64)
     is_val = torch.from_numpy(np.random.default_rng(seed).random(len(idx)) < validation)
+    members = {"fit": ~is_val, "val": is_val}
     dim = sum(int(np.prod(shape)) for shape in flow.latent_shapes())
     gram = {part: torch.zeros(dim, dim, dtype=torch.float64) for part in ("fit", "val")}
     sums = {part: torch.zeros(dim, dtype=torch.float64) for part in ("fit", "val")}
@@ -168,31 +179,24 @@ def fit_posthoc(flow: Glow, faces: FaceSet, indices=None, rank: int = 0, ridges=
             rows = slice(start, start + batch)
             z = torch.cat([level.flatten(1) for level in flow.encode(faces.batch(idx[rows]))], 1)
             xtz += covariates[rows].T @ z.double()
-            for part, mask in (("fit", ~is_val[rows]), ("val", is_val[rows])):
-                zp = z[mask].double()
+            for part, member in members.items():
+                zp = z[member[rows]].double()
                 gram[part].addmm_(zp.T, zp)  # in place: no latent-size temporaries per batch
                 sums[part] += zp.sum(0)
-                age_sums[part] += zp.T @ ages[rows][mask]
+                age_sums[part] += zp.T @ ages[rows][member[rows]]
             val_latents.append(z[is_val[rows]])
             if log and (start // batch) % 25 == 0:
                 log(f"  encoded {min(start + batch, len(idx))}/{len(idx)} faces "
                     f"({time.perf_counter() - started:.0f} s)")
-    tensors: dict[str, torch.Tensor] = {}
-    n_knots = len(config.age_knots)
     # the age weights, gender, ethnicity and source blocks each sum to one, so the plain least-squares
     # problem is singular; a small ridge term picks the well-conditioned solution
     normal = covariates.T @ covariates + 1e-2 * len(idx) * torch.eye(covariates.shape[1], dtype=torch.float64)
-    coef = torch.linalg.solve(normal, xtz)[:n_knots]
-    offset = 0
-    for level, shape in enumerate(flow.latent_shapes()):
-        size = int(np.prod(shape))
-        tensors[f"level{level}_age"] = coef[:, offset:offset + size].reshape(n_knots, *shape).float().contiguous()
-        offset += size
+    tensors = _levels(torch.linalg.solve(normal, xtz)[:len(config.age_knots)], flow.latent_shapes())
 
     def reading(parts):
-        n = sum(int((~is_val).sum()) if p == "fit" else int(is_val.sum()) for p in parts)
+        n = sum(int(members[p].sum()) for p in parts)
         g, s = sum(gram[p] for p in parts), sum(sums[p] for p in parts)
-        y = ages[torch.cat([torch.nonzero(~is_val if p == "fit" else is_val)[:, 0] for p in parts])]
+        y = ages[torch.cat([torch.nonzero(members[p])[:, 0] for p in parts])]
         mean = s / n
         std = ((torch.diagonal(g) / n - mean ** 2).clamp_min(0)).sqrt() + 1e-6
         centred = (g - n * torch.outer(mean, mean)) / torch.outer(std, std)  # X^T X of standardized latents
@@ -222,7 +226,7 @@ def reduce_rank(tensors: dict[str, torch.Tensor], rank: int, log=None) -> dict[s
     spread (`latent_std`); the reading is left as it is. With 12,288 latents and a few thousand faces per
     age, each knot's mean carries noise that a strong edit amplifies into blotches and a grid, while aging
     itself moves the latents along few directions."""
-    levels = sorted((k for k in tensors if k.startswith("level") and k.endswith("_age")), key=lambda k: int(k[5:-4]))
+    levels = [f"level{i}_age" for i in range(sum(k.startswith("level") for k in tensors))]
     shapes = [tensors[k].shape[1:] for k in levels]
     coef = torch.cat([tensors[k].flatten(1).double() for k in levels], 1)
     spread = tensors["latent_std"].double()
@@ -230,13 +234,7 @@ def reduce_rank(tensors: dict[str, torch.Tensor], rank: int, log=None) -> dict[s
     u, sv, vh = torch.linalg.svd((coef - centre) / spread, full_matrices=False)
     if log:
         log("  age path singular values: " + ", ".join(f"{v:.1f}" for v in sv.tolist()) + f" (kept {rank})")
-    coef = centre + (u[:, :rank] * sv[:rank]) @ vh[:rank] * spread
-    out, offset = dict(tensors), 0
-    for key, shape in zip(levels, shapes):
-        size = int(np.prod(shape))
-        out[key] = coef[:, offset:offset + size].reshape(-1, *shape).float().contiguous()
-        offset += size
-    return out
+    return {**tensors, **_levels(centre + (u[:, :rank] * sv[:rank]) @ vh[:rank] * spread, shapes)}
 
 
 def save_trajectory(folder: Path, trajectory: AgeTrajectory, **facts) -> None:

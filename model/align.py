@@ -136,10 +136,15 @@ def warp_to_crop(image: np.ndarray, matrix: np.ndarray, side: int) -> torch.Tens
     return crop[0].clamp_(0, 1)
 
 
+def crop_grid(side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel centres of a square crop as fractions of its side: (ys, xs), each side x side."""
+    coords = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+    return torch.meshgrid(coords, coords, indexing="ij")
+
+
 def face_mask(side: int, feather: float = 0.25) -> torch.Tensor:
     """A soft elliptical mask over the face and hair in a crop of `side` pixels, 1 inside, 0 at the edges."""
-    coords = (torch.arange(side, dtype=torch.float32) + 0.5) / side
-    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    ys, xs = crop_grid(side)
     # ellipse centred between the eyes and mouth, wide enough for the hair, ending below the chin
     r = torch.sqrt(((xs - 0.5) / 0.40) ** 2 + ((ys - 0.50) / 0.46) ** 2)
     t = ((1.0 - r) / feather).clamp(0, 1)

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
 
 from model.age import AgeReading, AgeTrajectory, load_trajectory
-from model.align import AlignedFace, DetectedFace, FaceAligner, paste_back
+from model.align import AlignedFace, DetectedFace, FaceAligner, crop_grid, paste_back
 from model.checkpoint import load_flow
 
 EDITOR_CONFIG = "editor.json"
@@ -87,16 +88,14 @@ class _Stopwatch:
 
 def skin_region(side: int) -> torch.Tensor:
     """Cheeks and nose of an aligned crop (the canonical framing of model.align): side x side, 0 or 1."""
-    coords = (torch.arange(side, dtype=torch.float32) + 0.5) / side
-    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    ys, xs = crop_grid(side)
     return ((((xs - 0.5) / 0.17) ** 2 + ((ys - 0.6) / 0.1) ** 2) <= 1.0).float()
 
 
 def face_skin_mask(side: int) -> torch.Tensor:
     """Where the face's skin is in an aligned crop, 1 over the face and feathered to 0 at the hairline, the
     ears and below the chin: side x side."""
-    coords = (torch.arange(side, dtype=torch.float32) + 0.5) / side
-    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    ys, xs = crop_grid(side)
     radius = (((xs - 0.5) / 0.2) ** 2 + ((ys - 0.6) / 0.25) ** 2).sqrt()
     t = ((radius - 0.8) / 0.6).clamp(0, 1)
     return 1 - t * t * (3 - 2 * t)
@@ -119,15 +118,8 @@ def no_added_tint(before: torch.Tensor, after: torch.Tensor, max_gain: float = 1
 
 
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of N x C x S x S images, edges reflected."""
-    radius = max(1, int(3 * sigma))
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, device=images.device) / sigma) ** 2)
-    taps = (taps / taps.sum()).to(images.dtype)
-    c = images.shape[1]
-    out = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="reflect"), taps.view(1, 1, 1, -1).expand(c, 1, 1, -1),
-                   groups=c)
-    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), taps.view(1, 1, -1, 1).expand(c, 1, -1, 1),
-                    groups=c)
+    """Gaussian blur of N x C x S x S images over 3 sigma each side, edges reflected."""
+    return gaussian_blur(images, 2 * max(1, int(3 * sigma)) + 1, sigma)
 
 
 def keep_skin_tone(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:

@@ -6,14 +6,19 @@ data, the latest held-out bits/dim, the training steps and time.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
 import shutil
 from pathlib import Path
 
-from model.checkpoint import CONFIG, WEIGHTS
+import torch
+
+from model.checkpoint import CONFIG, WEIGHTS, load_flow
+from model.data import load_faces
 from model.editor import EDITOR_CONFIG
+from model.train import evaluate, save_grid
 
 
 def run_summary(run: Path) -> dict:
@@ -40,24 +45,14 @@ def this_machine() -> str:
 
 def training_faces(data: Path) -> int | None:
     """How many faces of the prepared data set are in the training split (None without labels)."""
-    import csv
-
     if not (data / "labels.csv").exists():
         return None
     with open(data / "labels.csv", newline="") as f:
         return sum(1 for row in csv.DictReader(f) if row.get("split", "train") == "train")
 
 
-def heldout_bits_per_dim_all_faces(weights: Path, data: Path) -> dict:
-    """Held-out bits/dim of the exported model over every held-out face (training logs a subset)."""
-    import torch
-
-    from model.checkpoint import load_flow
-    from model.data import load_faces
-    from model.train import evaluate
-
-    torch.set_flush_denormal(True)
-    flow = load_flow(weights)
+def heldout_bits_per_dim_all_faces(flow, data: Path) -> dict:
+    """Held-out bits/dim of `flow` over every held-out face (training logs a subset)."""
     heldout = load_faces(data, flow.config.resolution, "heldout")
     return {"heldout_bits_per_dim": round(evaluate(flow, heldout, "cpu"), 4), "heldout_faces": len(heldout)}
 
@@ -78,29 +73,30 @@ def main(argv=None) -> None:
         shutil.copyfile(args.run / name, args.out / name)
     config = json.loads((args.out / CONFIG).read_text())
     report = json.loads((args.data / "report.json").read_text()) if (args.data / "report.json").exists() else {}
+    evaluate_all = not args.no_eval and (args.data / "labels.csv").exists()
+    flow = None
+    if evaluate_all or args.samples:
+        torch.set_flush_denormal(True)
+        flow = load_flow(args.out)
     model = {
         "training_data": "UTKFace (64 and 200 px) and All-Age-Faces, aligned by model.prepare; "
                          "research and demonstration use only",
         "training_faces": training_faces(args.data) or report.get("kept"),
-        "bits_per_dim_definition": f"held-out, {config['n_bits']}-bit pixels, conditioned on each face's labels",
+        "bits_per_dim_definition": f"held-out, {config['n_bits']}-bit pixels, Glow's uniform dequantization "
+                                   "(fixed seed), conditioned on each face's labels",
         "hardware": args.hardware,
         **run_summary(args.run),
     }
-    if not args.no_eval and (args.data / "labels.csv").exists():
-        model.update(heldout_bits_per_dim_all_faces(args.out, args.data),
+    if evaluate_all:
+        model.update(heldout_bits_per_dim_all_faces(flow, args.data),
                      heldout_bits_per_dim_step=model["training_steps"])
-        model["bits_per_dim_definition"] = (f"held-out, {config['n_bits']}-bit pixels, Glow's uniform "
-                                            "dequantization (fixed seed), conditioned on each face's labels")
     path = args.out / EDITOR_CONFIG
     settings = json.loads(path.read_text()) if path.exists() else {}
     settings["model"] = model
     path.write_text(json.dumps(settings, indent=2) + "\n")
     print(json.dumps(model, indent=2))
     if args.samples:
-        from model.checkpoint import load_flow
-        from model.train import save_grid
-
-        save_grid(load_flow(args.out).sample(32, temperature=0.7, seed=0), args.samples)
+        save_grid(flow.sample(32, temperature=0.7, seed=0), args.samples)
         print(f"samples: {args.samples}")
 
 
