@@ -275,10 +275,11 @@ def posthoc_tensors(flow: Glow, weights: Path, data: Path, cache: Path) -> dict[
 
 
 def build_editor(flow: Glow, method: str, strengths, weights: Path, data: Path, cache: Path,
-                 rank: int = 0) -> AgeEditor:
+                 rank: int = 0, details: str = "kept") -> AgeEditor:
     if method == PosthocTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
-        trajectory = PosthocTrajectory(flow, reduce_rank(tensors, rank) if rank else tensors, strengths)
+        trajectory = PosthocTrajectory(flow, reduce_rank(tensors, rank) if rank else tensors, strengths,
+                                       details=details)
     else:
         trajectory = ConditionalPriorTrajectory(flow, strengths)
     # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
@@ -478,8 +479,9 @@ def strengths_arg(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
 
-def config_label(method: str, strengths) -> str:
-    return f"{method} [{','.join(f'{s:g}' for s in strengths)}]"
+def config_label(method: str, strengths, details: str = "kept") -> str:
+    carried = " carried" if method == PosthocTrajectory.name and details == "carried" else ""
+    return f"{method}{carried} [{','.join(f'{s:g}' for s in strengths)}]"
 
 
 def summary(values: np.ndarray) -> dict:
@@ -505,7 +507,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     flow = load_flow(args.weights)
     strengths = args.level_strengths or [1.0] * len(flow.priors)
-    editor = build_editor(flow, args.method, strengths, args.weights, args.data, args.posthoc_dir, args.rank)
+    editor = build_editor(flow, args.method, strengths, args.weights, args.data, args.posthoc_dir, args.rank,
+                          args.details)
     lap("editor")
 
     chosen = stratified(heldout.ages, args.faces, args.seed)
@@ -572,7 +575,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     stability = {"originals": broken(faces), **{name: broken(runs[name].after) for name in RANGE_ENDS}}
     lap("judging")
 
-    label = config_label(args.method, strengths)
+    label = config_label(args.method, strengths, args.details)
     figures = []
     if args.figures:
         editors = [(label, editor)]
@@ -587,6 +590,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     return {
         "config": {"weights": str(args.weights), "flow_sha256": file_digest(args.weights / WEIGHTS),
                    "flow": json.loads(flow.config.to_json()), "method": args.method, "rank": args.rank,
+                   "details": args.details,
                    "level_strengths": strengths, "data": str(args.data), "data_sha256": data_fingerprint(args.data),
                    "seed": args.seed, "heldout_faces": len(heldout), "faces": len(chosen),
                    "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
@@ -614,7 +618,8 @@ def print_report(report: dict) -> None:
     c, e, lat = report["config"], report["estimator"], report["latent_age"]
     flow = c["flow"]
     print(f"\nedit quality: {c['weights']} (flow {c['flow_sha256']}: {flow['levels']} levels x {flow['steps']} "
-          f"steps, width {flow['width']}), {config_label(c['method'], c['level_strengths'])}")
+          f"steps, width {flow['width']}), "
+          f"{config_label(c['method'], c['level_strengths'], c.get('details', 'kept'))}")
     print(f"{c['faces']} of {c['heldout_faces']} held-out faces, stratified by decade, seed {c['seed']}; "
           f"cores {c['cores']}, torch threads {c['torch_threads']}")
     print(f"age estimator   held-out MAE {e['heldout_mae']:5.1f} y (mean guess {e['mean_guess_mae']:5.1f} y), "
@@ -684,6 +689,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="chooses the faces")
     parser.add_argument("--rank", type=int, default=0,
                         help="post-hoc only: keep this many directions of the age path (0: as stored)")
+    parser.add_argument("--details", choices=PosthocTrajectory.DETAILS, default="kept",
+                        help="post-hoc only: finer levels kept plus their shift, or carried by their priors")
     parser.add_argument("--estimator", type=Path, default=Path("runs/age_estimator"),
                         help="where the independent age estimator is kept (trained there when missing)")
     parser.add_argument("--estimator-epochs", type=int, default=15)

@@ -9,7 +9,10 @@ target ages):
   target age, with gender and ethnicity held at the values that explain the face best.
 - `PosthocTrajectory` (fitted afterwards): a least-squares fit of each level's raw latents on the age
   knots' piecewise-linear weights (smoothed per-age means) with gender and ethnicity as covariates, and
-  a ridge regression of age on the latents to read the current age.
+  a ridge regression of age on the latents to read the current age. With `details="carried"` only the
+  top latent moves along the path directly; each finer level keeps its standardized latent under its
+  prior, whose mean and scale follow the edited coarser levels and the target age, so the detail is
+  redrawn to suit the older or younger face (plus that level's own share of the path).
 
 `level_strengths` (finest level first) scale how far each level moves, so an edit can leave the finest
 detail, which carries identity, more or less alone.
@@ -98,11 +101,15 @@ class ConditionalPriorTrajectory(AgeTrajectory):
 
 class PosthocTrajectory(AgeTrajectory):
     name = "posthoc"
+    DETAILS = ("kept", "carried")
 
     def __init__(self, flow: Glow, tensors: dict[str, torch.Tensor], level_strengths=None,
-                 age_range=(1.0, 90.0), keep_skin_tone=True) -> None:
+                 age_range=(1.0, 90.0), keep_skin_tone=True, details: str = "kept") -> None:
         super().__init__(flow, level_strengths, age_range, keep_skin_tone)
+        if details not in self.DETAILS:
+            raise ValueError(f"details must be one of {', '.join(self.DETAILS)}, got {details!r}")
         self.tensors = tensors
+        self.details = details
 
     @staticmethod
     def _flatten(latents) -> torch.Tensor:
@@ -123,11 +130,17 @@ class PosthocTrajectory(AgeTrajectory):
         knots = self.flow.config.age_knots
         delta = (age_weights(torch.as_tensor(target_ages), knots)
                  - age_weights(torch.as_tensor(reading.ages), knots)).to(faces.device)
-        moved = []
-        for level, (z, strength) in enumerate(zip(reading.latents, self.level_strengths)):
-            knot_means = self.tensors[f"level{level}_age"].to(faces.device)  # knots x C x H x W
-            moved.append(z + strength * torch.einsum("nk,kchw->nchw", delta, knot_means))
-        return self.flow.decode(moved)
+        shifts = [strength * torch.einsum("nk,kchw->nchw", delta, self.tensors[f"level{level}_age"].to(delta.device))
+                  for level, strength in enumerate(self.level_strengths)]  # level{i}_age: knots x C x H x W
+        if self.details == "kept":
+            return self.flow.decode([z + shift for z, shift in zip(reading.latents, shifts)])
+        # carried: every latent standardized under its prior at the current age; the top one comes back as
+        # it was (same condition) plus its shift, the finer ones under the target age and the new context
+        flow = self.flow
+        current, target = (condition_vector(flow.config, ages).to(delta.device) if flow.config.conditional
+                           else None for ages in (reading.ages, target_ages))
+        eps = flow.standardize_latents(reading.latents, reading.contexts, current)
+        return flow.generate(eps, [target] * (len(eps) - 1) + [current], offsets=shifts)
 
 
 def _source_blocks(faces: FaceSet, idx: np.ndarray) -> torch.Tensor:
@@ -242,6 +255,8 @@ def save_trajectory(folder: Path, trajectory: AgeTrajectory, **facts) -> None:
     folder = Path(folder)
     meta = {"method": trajectory.name, "level_strengths": trajectory.level_strengths,
             "age_range": list(trajectory.age_range), "keep_skin_tone": trajectory.keep_skin_tone, **facts}
+    if isinstance(trajectory, PosthocTrajectory):
+        meta["details"] = trajectory.details
     (folder / TRAJECTORY).write_text(json.dumps(meta, indent=2))
     if isinstance(trajectory, PosthocTrajectory):
         save_file({k: v.contiguous() for k, v in trajectory.tensors.items()}, str(folder / POSTHOC_WEIGHTS))
@@ -256,7 +271,7 @@ def load_trajectory(folder: Path, flow: Glow, settings: dict | None = None) -> A
               "keep_skin_tone": meta.get("keep_skin_tone", True)}
     if meta["method"] == PosthocTrajectory.name:
         tensors = load_file(str(folder / POSTHOC_WEIGHTS), device=str(next(flow.parameters()).device))
-        return PosthocTrajectory(flow, tensors, **kwargs)
+        return PosthocTrajectory(flow, tensors, details=meta.get("details", "kept"), **kwargs)
     if not flow.config.conditional:
         raise ValueError("an unconditional flow needs a post-hoc age trajectory (age_posthoc.safetensors)")
     return ConditionalPriorTrajectory(flow, **kwargs)
@@ -288,6 +303,9 @@ def main(argv=None) -> None:
                         default="best", help="which trajectory to write (best: lower held-out age error)")
     parser.add_argument("--level-strengths", default="", help="per level, finest first, e.g. 0.5,1,1")
     parser.add_argument("--rank", type=int, default=0, help="directions kept of the post-hoc age path (0: all)")
+    parser.add_argument("--details", choices=PosthocTrajectory.DETAILS, default="kept",
+                        help="post-hoc: finer levels kept as they are plus their shift, or carried by their "
+                             "priors after the edited coarser levels and the target age")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_flush_denormal(True)
@@ -309,7 +327,7 @@ def main(argv=None) -> None:
     if flow.config.conditional:
         candidates.append(ConditionalPriorTrajectory(flow, strengths))
     tensors = fit_posthoc(flow, train, fit_idx, rank=args.rank)
-    candidates.append(PosthocTrajectory(flow, tensors, strengths))
+    candidates.append(PosthocTrajectory(flow, tensors, strengths, details=args.details))
     report = {}
     for trajectory in candidates:
         report[trajectory.name] = latent_age_errors(trajectory, eval_faces, eval_ages, mean_age)

@@ -130,9 +130,23 @@ def keep_skin_tone(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     side = before.shape[-1]
     mask = face_skin_mask(side).to(before.device)
     after = after - blur(after - before, side / 12) * mask
-    region = skin_region(side).to(before.device)
-    shift = ((after - before) * region).sum((2, 3), keepdim=True) / region.sum()
-    return after - shift * mask
+    return after - cheek_shift(before, after) * mask
+
+
+def cheek_shift(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """How far the cheeks' average colour moved from `before` to `after`: N x 3 x 1 x 1."""
+    region = skin_region(before.shape[-1]).to(before.device)
+    return ((after - before) * region).sum((2, 3), keepdim=True) / region.sum()
+
+
+def keep_cheek_colour(before: torch.Tensor, after: torch.Tensor, rounds: int = 4) -> torch.Tensor:
+    """`after` (in [0, 1]) with the cheeks' average colour set back to `before`'s over the face's skin, in
+    `rounds` that each clip to [0, 1] again: where an edit reaches the end of the pixel range (light skin in
+    bright light), clipping alone would shift the cheeks' colour."""
+    mask = face_skin_mask(before.shape[-1]).to(before.device)
+    for _ in range(rounds):
+        after = (after - cheek_shift(before, after) * mask).clamp(0, 1)
+    return after
 
 
 def within_gamut(before: torch.Tensor, after: torch.Tensor, max_outside: float = 0.1) -> torch.Tensor:
@@ -211,6 +225,8 @@ class AgeEditor:
         if self.trajectory.keep_skin_tone:
             after = keep_skin_tone(faces, no_added_tint(faces, after))
         after = within_gamut(faces, after).clamp(0, 1)
+        if self.trajectory.keep_skin_tone:
+            after = keep_cheek_colour(faces, after)
         return [FaceEdit(before=f.cpu(), after=a.cpu(), age_before=float(b), age_after=float(t))
                 for f, a, b, t in zip(faces, after, reading.ages, target)]
 

@@ -99,3 +99,18 @@ def test_skin_tone_is_kept_on_the_skin_and_the_background_is_left_alone():
     assert ((kept - before) * region).sum((2, 3)).abs().max() / region.sum() < 1e-4  # cheeks: unchanged
     assert torch.allclose(kept[..., 0, 0], after[..., 0, 0])  # the corner: outside the face, as the edit left it
     assert face_skin_mask(64)[38, 32] == 1.0 and face_skin_mask(64)[0, 0] == 0.0
+
+
+def test_the_cheeks_keep_their_colour_where_an_edit_reaches_the_end_of_the_pixel_range():
+    from model.editor import cheek_shift, keep_cheek_colour, keep_skin_tone
+
+    torch.manual_seed(0)
+    before = torch.full((1, 3, 64, 64), 0.9) + 0.05 * torch.rand(1, 3, 64, 64)  # light skin, bright light
+    after = before + 0.15 * torch.randn(1, 3, 64, 64)  # an edit's fine detail: highlights and shadows
+    clipped = keep_skin_tone(before, after).clamp(0, 1)
+    settled = keep_cheek_colour(before, clipped)
+    print(f"cheek shift after clipping {cheek_shift(before, clipped).abs().max():.4f}, "
+          f"settled {cheek_shift(before, settled).abs().max():.4f}")
+    assert cheek_shift(before, clipped).abs().max() > 0.01  # clipping alone moves the cheeks' colour
+    assert cheek_shift(before, settled).abs().max() < 0.002
+    assert settled.min() >= 0 and settled.max() <= 1

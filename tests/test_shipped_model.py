@@ -72,8 +72,8 @@ def test_thirty_years_older_raises_the_latent_age(thirty_years_older):
     assert thirty_years_older.min() >= 5.0
 
 
-@pytest.mark.xfail(strict=True, reason="not met by the shipped model: with skin tone kept and the age path held "
-                   "to two directions, +30 years raises the latent reading of these faces by 7 to 26 years")
+@pytest.mark.xfail(strict=True, reason="not met by the shipped model for every face: +30 years raises the latent "
+                   "reading of these faces by 15 to 39 years (the independent judge reads +20.6 on average)")
 def test_thirty_years_older_raises_the_latent_age_by_at_least_twenty(thirty_years_older):
     assert thirty_years_older.min() >= 20.0
 

@@ -193,13 +193,17 @@ class Glow(nn.Module):
             eps.append((z - mean) * torch.exp(-logs))
         return eps
 
-    def generate(self, eps: list[torch.Tensor], condition, temperature: float = 1.0) -> torch.Tensor:
-        """Standardized latents -> images under `condition`: z = mean + scale * temperature * eps."""
+    def generate(self, eps: list[torch.Tensor], condition, temperature: float = 1.0,
+                 offsets: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Standardized latents -> images under `condition`: z = mean + scale * temperature * eps, plus
+        each level's raw `offsets` where given. Each level's mean and scale come from its prior under the
+        context the coarser levels make, so a changed coarse latent carries the finer ones along."""
 
         def draw(index: int, context: torch.Tensor | None) -> torch.Tensor:
             e = eps[index]
             mean, logs = self.priors[index].params(context, self._at_level(condition, index), e.shape[0])
-            return mean + torch.exp(logs) * e * temperature
+            z = mean + torch.exp(logs) * e * temperature
+            return z if offsets is None else z + offsets[index]
 
         return self._invert_levels(None, draw) + 0.5
 
