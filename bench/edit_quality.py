@@ -20,7 +20,8 @@ Needs the evaluation extras: `pip install -r requirements-eval.txt`. What it mea
 
 Edited faces are judged the way the service shows them: the edit's change, upsampled as for the work
 crop, applied under the face mask to the 128 px aligned crop. A method of `posthoc` uses the weights
-folder's age_posthoc.safetensors, or fits one on train faces and keeps it in --posthoc-dir.
+folder's age_posthoc.safetensors, or fits one on train faces and keeps it in --posthoc-dir; --details says
+whether its finer levels are carried by their priors (as shipped) or kept and shifted.
 """
 from __future__ import annotations
 
@@ -689,7 +690,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="chooses the faces")
     parser.add_argument("--rank", type=int, default=0,
                         help="post-hoc only: keep this many directions of the age path (0: as stored)")
-    parser.add_argument("--details", choices=PosthocTrajectory.DETAILS, default="kept",
+    parser.add_argument("--details", choices=PosthocTrajectory.DETAILS, default="carried",
                         help="post-hoc only: finer levels kept plus their shift, or carried by their priors")
     parser.add_argument("--estimator", type=Path, default=Path("runs/age_estimator"),
                         help="where the independent age estimator is kept (trained there when missing)")

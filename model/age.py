@@ -303,7 +303,7 @@ def main(argv=None) -> None:
                         default="best", help="which trajectory to write (best: lower held-out age error)")
     parser.add_argument("--level-strengths", default="", help="per level, finest first, e.g. 0.5,1,1")
     parser.add_argument("--rank", type=int, default=0, help="directions kept of the post-hoc age path (0: all)")
-    parser.add_argument("--details", choices=PosthocTrajectory.DETAILS, default="kept",
+    parser.add_argument("--details", choices=PosthocTrajectory.DETAILS, default="carried",
                         help="post-hoc: finer levels kept as they are plus their shift, or carried by their "
                              "priors after the edited coarser levels and the target age")
     parser.add_argument("--threads", type=int, default=0)
