@@ -129,7 +129,7 @@ def keep_skin_tone(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     redder, and an age edit must not change skin tone."""
     side = before.shape[-1]
     mask = face_skin_mask(side).to(before.device)
-    after = after - blur(after - before, side / 12) * mask
+    after = after - blur(after - before, side / 24) * mask
     return after - cheek_shift(before, after) * mask
 
 

@@ -72,8 +72,12 @@ def test_thirty_years_older_raises_the_latent_age(thirty_years_older):
     assert thirty_years_older.min() >= 5.0
 
 
+def test_thirty_years_older_raises_the_latent_age_by_twenty_on_average(thirty_years_older):
+    assert thirty_years_older.mean() >= 20.0
+
+
 @pytest.mark.xfail(strict=True, reason="not met by the shipped model for every face: +30 years raises the latent "
-                   "reading of these faces by 15 to 39 years (the independent judge reads +20.6 on average)")
+                   "reading of these faces by 15 to 41 years (the independent judge reads +21.4 on average)")
 def test_thirty_years_older_raises_the_latent_age_by_at_least_twenty(thirty_years_older):
     assert thirty_years_older.min() >= 20.0
 
