@@ -276,7 +276,7 @@ def posthoc_tensors(flow: Glow, weights: Path, data: Path, cache: Path) -> dict[
 
 
 def build_editor(flow: Glow, method: str, strengths, weights: Path, data: Path, cache: Path,
-                 rank: int = 0, details: str = "kept") -> AgeEditor:
+                 rank: int, details: str) -> AgeEditor:
     if method == PosthocTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = PosthocTrajectory(flow, reduce_rank(tensors, rank) if rank else tensors, strengths,
@@ -480,7 +480,7 @@ def strengths_arg(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
 
-def config_label(method: str, strengths, details: str = "kept") -> str:
+def config_label(method: str, strengths, details: str) -> str:
     carried = " carried" if method == PosthocTrajectory.name and details == "carried" else ""
     return f"{method}{carried} [{','.join(f'{s:g}' for s in strengths)}]"
 
@@ -583,8 +583,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         if args.compare:
             method, _, text = args.compare.partition(":")
             other = strengths_arg(text) if text else strengths
-            editors.append((config_label(method, other),
-                            build_editor(flow, method, other, args.weights, args.data, args.posthoc_dir)))
+            editors.append((config_label(method, other, args.details),
+                            build_editor(flow, method, other, args.weights, args.data, args.posthoc_dir, 0,
+                                         args.details)))
         figures = write_figures(args.figures, editors, heldout, heldout128, args.seed)
         lap("figures")
 

@@ -253,12 +253,12 @@ def reduce_rank(tensors: dict[str, torch.Tensor], rank: int, log=None) -> dict[s
 def save_trajectory(folder: Path, trajectory: AgeTrajectory, **facts) -> None:
     """The trajectory's settings (and `facts` about how it was made) as JSON, a post-hoc fit's tensors."""
     folder = Path(folder)
+    posthoc = isinstance(trajectory, PosthocTrajectory)
     meta = {"method": trajectory.name, "level_strengths": trajectory.level_strengths,
-            "age_range": list(trajectory.age_range), "keep_skin_tone": trajectory.keep_skin_tone, **facts}
-    if isinstance(trajectory, PosthocTrajectory):
-        meta["details"] = trajectory.details
+            "age_range": list(trajectory.age_range), "keep_skin_tone": trajectory.keep_skin_tone,
+            **({"details": trajectory.details} if posthoc else {}), **facts}
     (folder / TRAJECTORY).write_text(json.dumps(meta, indent=2))
-    if isinstance(trajectory, PosthocTrajectory):
+    if posthoc:
         save_file({k: v.contiguous() for k, v in trajectory.tensors.items()}, str(folder / POSTHOC_WEIGHTS))
 
 
