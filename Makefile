@@ -6,17 +6,17 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-dev serve test bench docker-test browser
+.PHONY: install install-dev serve test bench docker-test browser lock
 
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+# Installs come from the lock files only: every package, transitive ones included, pinned with its hashes.
+$(VENV)/.installed: requirements.lock requirements-nodeps.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-nodeps.lock
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.lock
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,3 +40,12 @@ bench: install
 
 docker-test:
 	bash docker/test.sh
+
+# Rewrites the lock files from the requirements*.txt pins (needs PyPI); commit the result.
+UV := $(VENV)-tools/bin/uv
+LOCK := $(UV) pip compile --quiet --no-config --python-version 3.11 --generate-hashes --annotation-style line
+lock:
+	test -x $(UV) || { $(PYTHON) -m venv $(VENV)-tools && $(VENV)-tools/bin/pip install --quiet uv==0.13.8; }
+	$(LOCK) -o requirements.lock requirements.txt
+	$(LOCK) -o requirements-dev.lock requirements.txt requirements-dev.txt
+	$(LOCK) --no-deps -o requirements-nodeps.lock requirements-nodeps.txt
