@@ -42,7 +42,8 @@ _ERROR_EXAMPLES = {
     422: {"no_face": "No face was found in the photo. Use a photo where a face is clearly visible.",
           "face_too_small": "The face is too small (28 px; at least 40 px are needed). Use a closer or larger "
                             "photo.",
-          "invalid_parameters": "give exactly one of years and target_age",
+          "invalid_parameters": "Give exactly one of years and target_age: years to add, or the age to take "
+                                "the faces to.",
           "target_age_out_of_range": "The target age 95 is outside the model's range of 1 to 90 years.",
           "output_too_large": "The result is 20000 x 3000 pixels, more than WEBP can hold (16383 pixels a "
                               "side). Ask for png instead."},

@@ -21,6 +21,7 @@ from app.errors import CatchAllMiddleware, install_error_handlers
 from app.gate import InferenceGate
 from app.imaging import megabytes, set_decompression_limit
 from app.metrics import Metrics, MetricsMiddleware
+from app.security_headers import SecurityHeadersMiddleware
 from app.service import Service, load_editor
 from app.settings import Settings
 from model.editor import AgeEditor
@@ -82,8 +83,9 @@ def create_app(settings: Settings | None = None, editor: AgeEditor | None = None
         if loading:
             loading.cancel()
 
+    # /docs and /redoc are served below from the files of a pinned package, not from a CDN
     app = FastAPI(title="Face age API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
-                  generate_unique_id_function=_operation_id)
+                  generate_unique_id_function=_operation_id, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.service = service
     install_error_handlers(app)
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None, editor: AgeEditor | None = None
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
                        message=f"The upload is larger than the limit of {megabytes(settings.max_upload_bytes)}.")
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Accept"],
@@ -98,10 +101,19 @@ def create_app(settings: Settings | None = None, editor: AgeEditor | None = None
     app.include_router(api.router)
     app.include_router(api.probes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs-assets", StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
 
     @app.get("/", include_in_schema=False)
     async def web_page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> FileResponse:
+        return FileResponse(STATIC_DIR / "redoc.html")
 
     return app
 

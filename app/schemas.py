@@ -32,9 +32,11 @@ class PhotoForm(BaseModel):
 class AgeForm(PhotoForm):
     years: float | None = Field(None, ge=-100, le=100, allow_inf_nan=False, examples=[30],
                                 description="Years to add (negative: younger). Give this or `target_age`.")
-    target_age: float | None = Field(None, ge=0, le=120, allow_inf_nan=False, examples=[70],
-                                     description="Age in years to take every face to. Give this or `years`; "
-                                                 "it must lie within the model's age range (GET /v1/model).")
+    # no example: Swagger UI's Try-it-out fills in every example, and years with target_age is refused
+    target_age: float | None = Field(None, ge=0, le=120, allow_inf_nan=False,
+                                     description="Age in years to take every face to, e.g. 70. Give this or "
+                                                 "`years`; it must lie within the model's age range "
+                                                 "(GET /v1/model).")
     output: OutputChoice = Field("photo", description="`photo`: the whole photo with the aged faces pasted "
                                                       "back, same size and orientation as the upload. `face`: "
                                                       "the aligned face(s), several side by side.")
@@ -43,7 +45,8 @@ class AgeForm(PhotoForm):
     @model_validator(mode="after")
     def one_kind_of_edit(self) -> "AgeForm":
         if (self.years is None) == (self.target_age is None):
-            raise ValueError("give exactly one of years and target_age")
+            raise ValueError("Give exactly one of years and target_age: years to add, or the age to take the "
+                             "faces to.")
         return self
 
 
@@ -59,15 +62,15 @@ class SeriesForm(PhotoForm):
     def ages_are_numbers(cls, ages: str) -> str:
         values = [word.strip() for word in ages.split(",") if word.strip()]
         if not values:
-            raise ValueError("give at least one age, e.g. 10,30,50,70")
+            raise ValueError("Give at least one age, e.g. 10,30,50,70.")
         if len(values) > MAX_SERIES_AGES:
-            raise ValueError(f"give at most {MAX_SERIES_AGES} ages")
+            raise ValueError(f"Give at most {MAX_SERIES_AGES} ages.")
         try:
             numbers = [float(v) for v in values]
         except ValueError:
-            raise ValueError("ages must be numbers separated by commas, e.g. 10,30,50,70") from None
+            raise ValueError("Give the ages as numbers separated by commas, e.g. 10,30,50,70.") from None
         if not all(0 <= n <= 120 for n in numbers):
-            raise ValueError("ages must be between 0 and 120")
+            raise ValueError("Give ages between 0 and 120.")
         return ",".join(values)
 
     @property

@@ -454,7 +454,7 @@ def test_bad_parameters_are_422(client, small_jpeg, fields):
 
 def test_both_years_and_target_age_says_so(client, small_jpeg):
     response = post(client, "/v1/age", small_jpeg, years=10, target_age=40)
-    assert "exactly one of years and target_age" in response.json()["error"]["message"]
+    assert "Give exactly one of years and target_age" in response.json()["error"]["message"]
 
 
 def test_target_age_outside_the_models_range_is_422(client, small_jpeg, age_editor):
