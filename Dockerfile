@@ -62,7 +62,7 @@ COPY --from=builder /opt/venv /opt/venv
 # Code and weights stay owned by root: the service user can read them, not change them.
 COPY --from=builder /app /app
 WORKDIR /app
-# uvicorn reads WEB_CONCURRENCY (worker processes) and UVICORN_* / FORWARDED_ALLOW_IPS itself;
+# app.serve reads UVICORN_HOST, UVICORN_PORT and WEB_CONCURRENCY (worker processes), uvicorn FORWARDED_ALLOW_IPS;
 # the app reads DEVICE, TORCH_THREADS and WEIGHTS_DIR.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -76,4 +76,5 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('UVICORN_PORT', '8000'), timeout=4)"]
-CMD ["uvicorn", "app.main:app"]
+# app.serve runs uvicorn with the HTTP server's limits (docs/DEPLOY.md)
+CMD ["python", "-m", "app.serve"]

@@ -29,8 +29,9 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium is not installed: the browser test will be skipped"; }
 
+# app.serve: uvicorn with the HTTP server's limits (header size and time, keep-alive, connections)
 serve: install
-	$(VENV)/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	UVICORN_HOST=$(HOST) UVICORN_PORT=$(PORT) $(PY) -m app.serve
 
 test: install-dev
 	$(PY) -m pytest -q

@@ -7,7 +7,6 @@ when the request says `Accept: application/json`.
 from __future__ import annotations
 
 import base64
-import hmac
 import secrets
 from typing import Annotated
 
@@ -17,16 +16,14 @@ from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.auth import UNAUTHORIZED, key_is_valid
 from app.errors import RETRY_AFTER_SECONDS, ApiError
-from app.imaging import OUTPUT_FORMATS, DecodedImage, decode_image, encode_image, grid, shrink_to_pixels, \
-    tensor_to_image
+from app.imaging import OUTPUT_FORMATS, DecodedImage, decode_image, encode_image, grid, tensor_to_image
 from app.schemas import AgedFace, AgeForm, AgeResponse, DetectedFace, EncodedImage, ErrorResponse, \
     FacesResponse, FormatChoice, Health, LikelihoodFace, LikelihoodResponse, ModelInfo, PhotoForm, Readiness, \
-    SamplesResponse, SeriesFace, SeriesForm, SeriesResponse, SeriesStep, check_target_ages
+    SamplesResponse, SeriesFace, SeriesForm, SeriesResponse, SeriesStep, SkippedFace, check_target_ages
 from app.service import Service
-from model.align import DetectedFace as DetectorFace
-from model.align import FaceAligner, warp_to_crop
-from model.editor import AgeEditor, FaceResult
+from model.editor import SKIP_REASONS, AgeEditor, FaceResult, PhotoResult
 
 MAX_SAMPLES = 64
 MULTIPART = "multipart/form-data"
@@ -34,7 +31,8 @@ MULTIPART = "multipart/form-data"
 _ERROR_EXAMPLES = {
     400: {"corrupt_image": "The photo is damaged or incomplete and cannot be read.",
           "bad_request": "There was an error parsing the body"},
-    401: {"unauthorized": "A valid API key is needed: send the header `Authorization: Bearer <key>`."},
+    401: {"unauthorized": UNAUTHORIZED},
+    408: {"upload_timeout": "The upload stalled or took too long and was closed. Send it again."},
     413: {"upload_too_large": "The upload is larger than the limit of 20.0 MB.",
           "too_many_pixels": "The photo has 12000 x 9000 pixels (108 megapixels); the limit is 40 megapixels. "
                              "Send a smaller photo."},
@@ -48,16 +46,20 @@ _ERROR_EXAMPLES = {
           "output_too_large": "The result is 20000 x 3000 pixels, more than WEBP can hold (16383 pixels a "
                               "side). Ask for png instead."},
     503: {"busy": "The service is busy. Try again in a few seconds.",
+          "uploads_busy": "The service is receiving too many uploads at once. Try again in a few seconds.",
           "model_loading": "The model is still loading. Try again in a few seconds.",
           "model_unavailable": "The model could not be loaded. Please try again later."},
 }
 _ERROR_DESCRIPTIONS = {
     400: "The photo or the request body cannot be read.",
-    401: "API keys are configured and the request has no valid `Authorization: Bearer <key>`.",
+    401: "API keys are configured and the request has no valid `Authorization: Bearer <key>` (answered before "
+         "the body is read).",
+    408: "The upload paused longer than BODY_IDLE_TIMEOUT or took longer than BODY_TIMEOUT.",
     413: "The upload has too many bytes or the photo too many pixels (both checked before decoding).",
     415: "The file is not a JPEG, PNG, WebP or HEIC image.",
     422: "A parameter is invalid, no usable face was found, or the result cannot be encoded as asked.",
-    503: "Every model slot is busy and the queue is full (see `Retry-After`), or the model is still loading.",
+    503: "Every model slot is busy and the queue is full, or uploads in progress hold MAX_UPLOADING_BYTES (see "
+         "`Retry-After`), or the model is still loading.",
 }
 
 
@@ -93,12 +95,10 @@ bearer = HTTPBearer(auto_error=False, description="Needed only when the service 
 
 async def require_api_key(request: Request,
                           credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    """The key, checked again where the routes declare it (ApiKeyMiddleware answers before the body)."""
     keys = get_service(request).settings.api_keys
-    if not keys:
-        return
-    given = credentials.credentials.encode() if credentials else b""
-    if not any(hmac.compare_digest(given, key.encode()) for key in keys):
-        raise ApiError(401, "unauthorized", _ERROR_EXAMPLES[401]["unauthorized"], {"WWW-Authenticate": "Bearer"})
+    if keys and not key_is_valid(request.headers.get("authorization", ""), keys):
+        raise ApiError(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
 
 
 async def get_editor(request: Request) -> AgeEditor:
@@ -127,13 +127,21 @@ def decode_upload(service: Service, form: PhotoForm) -> DecodedImage:
     return decode_image(form.image.file.read(), settings.max_upload_bytes, settings.max_pixels)
 
 
-def aligned_faces(editor: AgeEditor, photo: np.ndarray, faces: list[FaceResult]) -> list[np.ndarray]:
-    """Each face cut from the (edited) photo with the flow's framing, at the editor's work resolution."""
-    crops = []
-    for face in faces:
-        detected = DetectorFace(box=np.asarray(face.box), landmarks=np.asarray(face.landmarks), score=face.score)
-        crops.append(tensor_to_image(warp_to_crop(photo, FaceAligner.alignment(detected), editor.work_size)))
-    return crops
+def aligned_faces(faces: list[FaceResult]) -> list[np.ndarray]:
+    """Each edited face with the flow's framing, at the editor's work resolution."""
+    return [face.work_after for face in faces]
+
+
+def skipped_faces(result: PhotoResult) -> list[SkippedFace]:
+    return [SkippedFace(box=f.box, landmarks=f.landmarks, score=f.score, reason=f.reason,
+                        explanation=SKIP_REASONS[f.reason]) for f in result.skipped]
+
+
+def count_headers(result: PhotoResult) -> dict[str, str]:
+    """How many faces were found, edited and skipped, and why each skipped one was (largest first)."""
+    return {"X-Faces": str(len(result.faces)), "X-Faces-Found": str(result.found),
+            "X-Faces-Skipped": str(len(result.skipped)),
+            "X-Faces-Skipped-Reasons": ",".join(f.reason for f in result.skipped)}
 
 
 def describe(encoded: bytes, image: np.ndarray, format_name: str) -> EncodedImage:
@@ -154,8 +162,15 @@ def face_fields(face: FaceResult) -> dict:
     return {"box": face.box, "landmarks": face.landmarks, "score": face.score}
 
 
-AGE_HEADERS = {
+COUNT_HEADERS = {
     "X-Faces": "Number of faces edited.",
+    "X-Faces-Found": "Number of faces found, edited or not.",
+    "X-Faces-Skipped": "Number of faces found and not edited.",
+    "X-Faces-Skipped-Reasons": "Why each face was not edited, comma separated, largest face first: "
+                               + "; ".join(f"`{k}` {v}" for k, v in SKIP_REASONS.items()) + ".",
+}
+AGE_HEADERS = {
+    **COUNT_HEADERS,
     "X-Ages-Before": "Estimated age of each face, years, comma separated, largest face first.",
     "X-Ages-After": "Age each face was taken to, years, comma separated.",
     "X-Age-Shift": "Years added to each face (negative: younger), comma separated.",
@@ -173,20 +188,23 @@ def age_photo(request: Request, form: Annotated[AgeForm, Form(media_type=MULTIPA
         check_target_ages([form.target_age], editor.age_range)
     with service.gate.slot():
         decoded = decode_upload(service, form)
-        result = editor.age_photo(decoded.rgb, years=form.years, target_age=form.target_age, faces=form.faces)
+        result = editor.age_photo(decoded.rgb, years=form.years, target_age=form.target_age, faces=form.faces,
+                                  limits=service.settings.edit_limits(),
+                                  photo_pixels=None if form.output == "photo" else 0)
         if form.output == "photo":
             image, alpha = result.image, decoded.alpha
         else:
-            image, alpha = grid(aligned_faces(editor, result.image, result.faces), len(result.faces)), None
+            image, alpha = grid(aligned_faces(result.faces), len(result.faces)), None
         encoded = encode_image(image, form.format, alpha, decoded.icc_profile)
     service.metrics.faces.labels("age").inc(len(result.faces))
     service.metrics.observe_timings(result.timings)
     if wants_json(request):
         faces = [AgedFace(**face_fields(f), age_before=f.age_before, age_after=f.age_after, shift=f.shift)
                  for f in result.faces]
-        return AgeResponse(faces=faces, image=describe(encoded, image, form.format))
+        return AgeResponse(faces=faces, faces_found=result.found, skipped=skipped_faces(result),
+                           image=describe(encoded, image, form.format))
     return image_file(encoded, form.format, {
-        "X-Faces": str(len(result.faces)),
+        **count_headers(result),
         "X-Ages-Before": years_list(f.age_before for f in result.faces),
         "X-Ages-After": years_list(f.age_after for f in result.faces),
         "X-Age-Shift": years_list(f.shift for f in result.faces),
@@ -194,7 +212,7 @@ def age_photo(request: Request, form: Annotated[AgeForm, Form(media_type=MULTIPA
 
 
 SERIES_HEADERS = {
-    "X-Faces": "Number of faces edited.",
+    **COUNT_HEADERS,
     "X-Ages-Before": "Estimated age of each face, years, comma separated, largest face first.",
     "X-Target-Ages": "The target ages, left to right, comma separated.",
 }
@@ -214,13 +232,18 @@ def age_photo_series(request: Request, form: Annotated[SeriesForm, Form(media_ty
     as_json = wants_json(request)
     with service.gate.slot():
         decoded = decode_upload(service, form)
-        results = editor.age_photo_series(decoded.rgb, target_ages, faces=form.faces)
+        # photo strips are made at their final size, so a series holds about one photo's pixels in all
+        photo_pixels = 0 if form.output == "face" else service.settings.max_pixels // len(target_ages)
+        results = editor.age_photo_series(decoded.rgb, target_ages, faces=form.faces,
+                                          limits=service.settings.edit_limits(), photo_pixels=photo_pixels)
+        icc_profile = decoded.icc_profile
+        del decoded  # the frames are made: the full-size photo is no longer needed
         if form.output == "face":
-            frames = [grid(aligned_faces(editor, r.image, r.faces), 1) for r in results]
+            frames = [grid(aligned_faces(r.faces), 1) for r in results]
         else:
-            frames = [shrink_to_pixels(r.image, service.settings.max_pixels // len(results)) for r in results]
+            frames = [r.image for r in results]
         pictures = frames if as_json else [np.concatenate(frames, axis=1)]
-        encoded = [encode_image(picture, form.format, icc_profile=decoded.icc_profile) for picture in pictures]
+        encoded = [encode_image(picture, form.format, icc_profile=icc_profile) for picture in pictures]
     faces = results[0].faces
     service.metrics.faces.labels("age_series").inc(len(faces) * len(results))
     service.metrics.observe_timings(results[-1].timings)
@@ -229,9 +252,9 @@ def age_photo_series(request: Request, form: Annotated[SeriesForm, Form(media_ty
                             image=describe(file_bytes, frame, form.format))
                  for age, r, frame, file_bytes in zip(target_ages, results, frames, encoded)]
         return SeriesResponse(faces=[SeriesFace(**face_fields(f), age_before=f.age_before) for f in faces],
-                              steps=steps)
+                              faces_found=results[0].found, skipped=skipped_faces(results[0]), steps=steps)
     return image_file(encoded[0], form.format, {
-        "X-Faces": str(len(faces)),
+        **count_headers(results[0]),
         "X-Ages-Before": years_list(f.age_before for f in faces),
         "X-Target-Ages": years_list(target_ages),
     })

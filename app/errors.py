@@ -18,7 +18,8 @@ log = logging.getLogger("app")
 
 RETRY_AFTER_SECONDS = 5
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-               406: "not_acceptable", 413: "upload_too_large", 415: "unsupported_media_type"}
+               406: "not_acceptable", 408: "upload_timeout", 413: "upload_too_large", 415: "unsupported_media_type",
+               503: "uploads_busy"}
 
 
 class ApiError(Exception):

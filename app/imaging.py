@@ -189,13 +189,3 @@ def grid(images: list[np.ndarray], columns: int) -> np.ndarray:
         row, column = divmod(index, columns)
         canvas[row * height:(row + 1) * height, column * width:(column + 1) * width] = image
     return canvas
-
-
-def shrink_to_pixels(image: np.ndarray, max_pixels: int) -> np.ndarray:
-    """The image scaled down, keeping its aspect ratio, so that it has at most `max_pixels` pixels."""
-    height, width = image.shape[:2]
-    if height * width <= max_pixels:
-        return image
-    factor = math.sqrt(max_pixels / (height * width))
-    size = (max(1, int(width * factor)), max(1, int(height * factor)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))

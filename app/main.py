@@ -16,8 +16,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
 from app import api
+from app.auth import ApiKeyMiddleware
 from app.body_limit import BodyLimitMiddleware
-from app.errors import CatchAllMiddleware, install_error_handlers
+from app.errors import RETRY_AFTER_SECONDS, CatchAllMiddleware, install_error_handlers
 from app.gate import InferenceGate
 from app.imaging import megabytes, set_decompression_limit
 from app.metrics import Metrics, MetricsMiddleware
@@ -40,7 +41,10 @@ Ages the faces in photos with a Glow normalizing flow.
 * **Results**: an image file with details in `X-` headers, or JSON with the image in base64 when the request
   sends `Accept: application/json`.
 * **Errors**: always JSON, `{"error": {"code": "...", "message": "..."}}`; the message is written for people.
-* **Keys**: when the service runs with API keys, every `/v1` route needs `Authorization: Bearer <key>`.
+* **Keys**: when the service runs with API keys, every `/v1` route and `/metrics` need
+  `Authorization: Bearer <key>`; without it the answer is 401 before any of the upload is read.
+* **Limits**: at most `MAX_FACES` faces are edited per request, largest first, within a work budget (faces x
+  ages x pixels); every face found and not edited is reported with its reason (`skipped`, `X-Faces-Skipped`).
 """
 
 
@@ -91,7 +95,10 @@ def create_app(settings: Settings | None = None, editor: AgeEditor | None = None
     install_error_handlers(app)
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
-                       message=f"The upload is larger than the limit of {megabytes(settings.max_upload_bytes)}.")
+                       message=f"The upload is larger than the limit of {megabytes(settings.max_upload_bytes)}.",
+                       max_uploading_bytes=settings.max_uploading_bytes, idle_timeout=settings.body_idle_timeout,
+                       timeout=settings.body_timeout, retry_after=RETRY_AFTER_SECONDS)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)  # outside the body limits: no body is read
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origins:

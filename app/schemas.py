@@ -6,7 +6,7 @@ from typing import Literal
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from model.editor import EditError
+from model.editor import SKIP_REASONS, EditError
 
 MAX_SERIES_AGES = 8
 
@@ -14,6 +14,7 @@ FacesChoice = Literal["all", "largest"]
 OutputChoice = Literal["photo", "face"]
 FormatChoice = Literal["jpeg", "png", "webp"]
 Typicality = Literal["typical", "unusual", "very unusual"]
+SkipReason = Literal[tuple(SKIP_REASONS)]  # type: ignore[valid-type]
 
 IMAGE_DESCRIPTION = "The photo: JPEG, PNG, WebP or HEIC (any colour mode); EXIF orientation is applied."
 FACES_DESCRIPTION = "`all` edits every face found; `largest` only the largest one."
@@ -124,8 +125,21 @@ class AgedFace(Face):
     shift: float = Field(description="age_after - age_before, years.", examples=[30.0])
 
 
+class SkippedFace(Face):
+    reason: SkipReason = Field(description="Why the face was not edited: "
+                                           + "; ".join(f"`{k}` {v}" for k, v in SKIP_REASONS.items()) + ".",
+                               examples=["face_limit"])
+    explanation: str = Field(description="The reason, for people.", examples=[SKIP_REASONS["face_limit"]])
+
+
+FACES_FOUND = Field(description="Faces found in the photo: those edited (`faces`) and those skipped.", examples=[1])
+SKIPPED = Field(description="Faces found and not edited, largest first, each with its reason.")
+
+
 class AgeResponse(BaseModel):
     faces: list[AgedFace]
+    faces_found: int = FACES_FOUND
+    skipped: list[SkippedFace] = SKIPPED
     image: EncodedImage = Field(description="The result: the photo, or the aligned face(s).")
 
 
@@ -142,6 +156,8 @@ class SeriesStep(BaseModel):
 
 class SeriesResponse(BaseModel):
     faces: list[SeriesFace]
+    faces_found: int = FACES_FOUND
+    skipped: list[SkippedFace] = SKIPPED
     steps: list[SeriesStep]
 
 
@@ -155,7 +171,7 @@ class DetectedFace(Face):
 class FacesResponse(BaseModel):
     width: int = Field(description="Width of the upright photo.", examples=[640])
     height: int = Field(description="Height of the upright photo.", examples=[480])
-    min_face_size: int = Field(description="Smallest face side, in pixels, that can be edited.", examples=[40])
+    min_face_size: int = Field(description="Smallest face side, in pixels, that can be edited.", examples=[24])
     faces: list[DetectedFace] = Field(description="Largest first; empty when there is no face.")
 
 

@@ -18,7 +18,7 @@ def load_editor(settings: Settings) -> AgeEditor:
             raise FileNotFoundError(f"{settings.weights_dir / name} is missing")
     device = settings.torch_device()
     aligner = FaceAligner(detect_max_side=settings.detect_max_side, min_face_size=settings.min_face_size,
-                          device=device)
+                          second_pass_side=settings.detect_second_pass_side, device=device)
     return AgeEditor.from_dir(settings.weights_dir, device, aligner=aligner)
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from model.editor import EditLimits
+
 
 class SettingsError(ValueError):
     """An environment variable with a value the service cannot use."""
@@ -48,8 +50,19 @@ class Settings:
     max_queue: int = 32  # requests waiting for a slot before the service answers 503 (16 clients fit)
     api_keys: tuple[str, ...] = ()  # when set, /v1 routes need `Authorization: Bearer <key>`
     cors_origins: tuple[str, ...] = ()
-    min_face_size: int = 40  # faces smaller than this many photo pixels are refused
+    min_face_size: int = 24  # faces smaller than this many photo pixels are not edited (and reported)
     detect_max_side: int = 640  # larger photos are searched for faces on a copy this size
+    detect_second_pass_side: int = 1600  # ...and again on one this size when that finds nothing or small faces
+    max_faces: int = 16  # faces edited per request, largest first; the others are reported as skipped
+    work_budget_megapixels: int = 64  # faces x ages x pixels each face's paste covers, per request
+    max_uploading_bytes: int = 96 * 1024 * 1024  # bytes held by all uploads not yet answered, together
+    body_idle_timeout: int = 15  # seconds an upload may pause before it is closed with 408
+    body_timeout: int = 120  # seconds an upload may take in all
+    # the HTTP server (app.serve): limits that hold before a request reaches the app
+    max_header_bytes: int = 32 * 1024  # request line and headers together
+    header_timeout: int = 10  # seconds from a connection's (or a request's) first byte to its complete headers
+    keep_alive_timeout: int = 5  # seconds an idle connection stays open after a response
+    max_connections: int = 256  # open connections; beyond them new ones are closed at once
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -66,7 +79,20 @@ class Settings:
             cors_origins=_words(environ, "CORS_ORIGINS"),
             min_face_size=_integer(environ, "MIN_FACE_SIZE", cls.min_face_size, 1),
             detect_max_side=_integer(environ, "DETECT_MAX_SIDE", cls.detect_max_side, 64),
+            detect_second_pass_side=_integer(environ, "DETECT_SECOND_PASS_SIDE", cls.detect_second_pass_side, 0),
+            max_faces=_integer(environ, "MAX_FACES", cls.max_faces, 1),
+            work_budget_megapixels=_integer(environ, "WORK_BUDGET_MEGAPIXELS", cls.work_budget_megapixels, 1),
+            max_uploading_bytes=_integer(environ, "MAX_UPLOADING_BYTES", cls.max_uploading_bytes, 1),
+            body_idle_timeout=_integer(environ, "BODY_IDLE_TIMEOUT", cls.body_idle_timeout, 1),
+            body_timeout=_integer(environ, "BODY_TIMEOUT", cls.body_timeout, 1),
+            max_header_bytes=_integer(environ, "MAX_HEADER_BYTES", cls.max_header_bytes, 1024),
+            header_timeout=_integer(environ, "HEADER_TIMEOUT", cls.header_timeout, 1),
+            keep_alive_timeout=_integer(environ, "KEEP_ALIVE_TIMEOUT", cls.keep_alive_timeout, 1),
+            max_connections=_integer(environ, "MAX_CONNECTIONS", cls.max_connections, 1),
         )
+
+    def edit_limits(self) -> EditLimits:
+        return EditLimits(max_faces=self.max_faces, work_pixels=self.work_budget_megapixels * 1_000_000)
 
     def threads_per_edit(self) -> int:
         """TORCH_THREADS, or the cores divided among the MAX_CONCURRENCY edits that run at once: edits that

@@ -175,27 +175,44 @@ def paste_back(image: np.ndarray, aligned: AlignedFace, change: torch.Tensor) ->
     return out
 
 
+# MTCNN's smallest face, in pixels of the image it runs on; faces from MIN_FACE_SIZE photo pixels are edited
+DETECTOR_SMALLEST = 20.0
+MIN_FACE_SIZE = 24
+
+
+def box_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two x1, y1, x2, y2 boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return float(w * h / union) if union > 0 else 0.0
+
+
 class FaceAligner:
     """MTCNN detection (weights from the facenet-pytorch wheel) and similarity alignment.
 
     `detect_max_side`: photos larger than this are detected on a downscaled copy, and the boxes and
-    landmarks are mapped back to full resolution. `min_face_size`: faces smaller than this many photo
-    pixels are reported as too small.
+    landmarks are mapped back to full resolution; `second_pass_side`: the larger copy searched again when
+    that first pass finds nothing, or finds faces near the detector's smallest size (smaller ones it cannot
+    see on the shrunk copy). `min_face_size`: faces smaller than this many photo pixels are reported as too
+    small.
     """
 
     def __init__(
         self,
         detect_max_side: int = 640,
-        min_face_size: int = 40,
+        min_face_size: int = MIN_FACE_SIZE,
         min_score: float = 0.9,
         device: str | torch.device = "cpu",
+        second_pass_side: int = 1600,
     ) -> None:
         from facenet_pytorch import MTCNN
 
         self.detect_max_side = detect_max_side
+        self.second_pass_side = second_pass_side
         self.min_face_size = min_face_size
         self.min_score = min_score
-        self.mtcnn = MTCNN(keep_all=True, min_face_size=20, device=device, post_process=False)
+        self.mtcnn = MTCNN(keep_all=True, min_face_size=DETECTOR_SMALLEST, device=device, post_process=False)
         for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet):
             net.to(memory_format=torch.channels_last)  # same results, faster convolutions and pooling on CPUs
 
@@ -205,32 +222,41 @@ class FaceAligner:
         `smallest`: the smallest face searched for, in photo pixels (never below 20 pixels of the image
         detection runs on); a larger value skips the finest levels of the detector's image pyramid.
         """
+        faces, factor = self._detect_at(image, self.detect_max_side, smallest)
+        near_the_limit = any(f.size * factor < 2 * DETECTOR_SMALLEST for f in faces)
+        if factor < 1 and self.second_pass_side > self.detect_max_side and (not faces or near_the_limit):
+            larger, _ = self._detect_at(image, self.second_pass_side, smallest)
+            faces = larger + [f for f in faces if all(box_overlap(f.box, g.box) < 0.3 for g in larger)]
+        faces.sort(key=lambda f: f.size, reverse=True)
+        return faces
+
+    def _detect_at(self, image: np.ndarray, max_side: int, smallest: float) -> tuple[list[DetectedFace], float]:
+        """Faces found on a copy of the photo at most `max_side` pixels a side, and that copy's scale."""
         h, w = image.shape[:2]
         factor = 1.0
         small = image
-        if max(h, w) > self.detect_max_side:
+        if max(h, w) > max_side:
             from PIL import Image
 
-            factor = self.detect_max_side / max(h, w)
+            factor = max_side / max(h, w)
             size = (max(1, round(w * factor)), max(1, round(h * factor)))
             small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
         shortest = min(small.shape[:2])
         if shortest < 12:  # smaller than the detector's 12-pixel window
-            return []
+            return [], factor
         # a smallest face larger than the image would leave MTCNN's pyramid empty, which it cannot handle
-        self.mtcnn.min_face_size = min(max(20.0, smallest * factor), shortest - 1.0)
+        self.mtcnn.min_face_size = min(max(DETECTOR_SMALLEST, smallest * factor), shortest - 1.0)
         with torch.inference_mode():
             boxes, scores, points = self.mtcnn.detect(small, landmarks=True)
         if boxes is None:
-            return []
+            return [], factor
         faces = [
             DetectedFace(box=np.asarray(b, np.float64) / factor, landmarks=np.asarray(p, np.float64) / factor,
                          score=float(s))
             for b, s, p in zip(boxes, scores, points)
             if s is not None and s >= self.min_score
         ]
-        faces.sort(key=lambda f: f.size, reverse=True)
-        return faces
+        return faces, factor
 
     def is_too_small(self, face: DetectedFace) -> bool:
         return face.size < self.min_face_size

@@ -17,10 +17,23 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
 from model.age import AgeReading, AgeTrajectory, load_trajectory
-from model.align import AlignedFace, DetectedFace, FaceAligner, crop_grid, paste_back
+from model.align import AlignedFace, DetectedFace, FaceAligner, crop_footprint, crop_grid, face_mask, \
+    invert_affine, paste_back, scaled
 from model.checkpoint import load_flow
 
 EDITOR_CONFIG = "editor.json"
+# editor.json key: [low, high] bits/dim of an aligned crop outside which a detection is not edited as a face
+PLAUSIBLE_BITS_KEY = "plausible_face_bits_per_dim"
+PASTE_STRIP_PIXELS = 1 << 20  # photo pixels pasted at once: bounds paste_back's float copies per face
+
+# why a detected face was not edited, for the person who sent the photo
+SKIP_REASONS = {
+    "too_small": "smaller than the smallest face that can be edited",
+    "not_a_face": "the model finds it implausible as a face",
+    "largest_only": "only the largest face was asked for",
+    "face_limit": "beyond the limit on faces per request",
+    "work_budget": "beyond the work budget of the request (faces x ages x pixels)",
+}
 
 
 class EditError(ValueError):
@@ -62,6 +75,7 @@ class FaceResult:
     age_after: float
     aligned_before: torch.Tensor
     aligned_after: torch.Tensor
+    work_after: np.ndarray | None = None  # work_size x work_size x 3 uint8: the aligned face as pasted back
 
     @property
     def shift(self) -> float:
@@ -69,10 +83,45 @@ class FaceResult:
 
 
 @dataclass
+class SkippedFace:
+    box: list[float]
+    landmarks: list[list[float]]
+    score: float
+    reason: str  # a key of SKIP_REASONS
+
+
+@dataclass(frozen=True)
+class EditLimits:
+    """How much one request may edit. `max_faces`: faces edited at most, largest first. `work_pixels`: the
+    sum over edited faces of ages x the result pixels each face's paste covers (at least the work crop);
+    the largest face is always edited, and further faces only while the sum stays within it."""
+
+    max_faces: int = 16
+    work_pixels: int = 64_000_000
+
+
+@dataclass
+class FacePlan:
+    """The faces of a photo that will be edited, and every other face found, with why it is not."""
+
+    aligned: list[AlignedFace]
+    skipped: list[SkippedFace]
+
+    @property
+    def found(self) -> int:
+        return len(self.aligned) + len(self.skipped)
+
+
+@dataclass
 class PhotoResult:
-    image: np.ndarray  # H x W x 3 uint8, the photo with every edited face pasted back
+    image: np.ndarray | None  # H x W x 3 uint8, the photo with every edited face pasted back (None: faces only)
     faces: list[FaceResult]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    skipped: list[SkippedFace] = field(default_factory=list)
+
+    @property
+    def found(self) -> int:
+        return len(self.faces) + len(self.skipped)
 
 
 class _Stopwatch:
@@ -239,6 +288,12 @@ class AgeEditor:
         return self.flow.sample(n, temperature, seed).clamp(0, 1).cpu()
 
     # ---- photos ------------------------------------------------------------------------------------
+    @property
+    def plausible_bits_per_dim(self) -> tuple[float, float] | None:
+        """The range of bits/dim (editor.json) outside which a detection is not edited as a face."""
+        value = self.settings.get(PLAUSIBLE_BITS_KEY)
+        return (float(value[0]), float(value[1])) if value else None
+
     def find_faces(self, image: np.ndarray, faces: str = "all") -> list[DetectedFace]:
         """Faces to edit, largest first. Raises NoFaceError or FaceTooSmallError with a reason."""
         detected = self.aligner.detect(image)
@@ -251,6 +306,65 @@ class AgeEditor:
                 "are needed). Use a closer or larger photo.")
         return usable[:1] if faces == "largest" else usable
 
+    def plan_faces(self, image: np.ndarray, faces: str = "all", ages: int = 1, limits: EditLimits | None = None,
+                   scale: float = 1.0) -> FacePlan:
+        """The faces to edit, aligned, largest first, and every other face found with why it is not edited:
+        too small, implausible as a face under the flow, not asked for, or beyond `limits` for `ages` ages
+        with results at `scale` result pixels per photo pixel (0: faces only, no photo)."""
+        limits = limits or EditLimits()
+        detected = self.aligner.detect(image)
+        if not detected:
+            raise NoFaceError("No face was found in the photo. Use a photo where a face is clearly visible.")
+        skipped: list[SkippedFace] = []
+
+        def skip(face: DetectedFace, reason: str) -> None:
+            skipped.append(SkippedFace(box=[float(v) for v in face.box], landmarks=face.landmarks.tolist(),
+                                       score=face.score, reason=reason))
+
+        usable = []
+        for face in detected:
+            (skip(face, "too_small") if self.aligner.is_too_small(face) else usable.append(face))
+        if not usable:
+            raise FaceTooSmallError(
+                f"The face is too small ({detected[0].size:.0f} px; at least {self.aligner.min_face_size} px "
+                "are needed). Use a closer or larger photo.")
+        if faces == "largest":
+            for face in usable[1:]:
+                skip(face, "largest_only")
+            usable = usable[:1]
+        band = self.plausible_bits_per_dim
+        chosen: list[AlignedFace] = []
+        spent = 0
+        for start in range(0, len(usable), limits.max_faces):  # align and rate only what may be edited
+            batch = usable[start:start + limits.max_faces]
+            if len(chosen) >= limits.max_faces:
+                for face in batch:
+                    skip(face, "face_limit")
+                continue
+            aligned = self.align(image, batch)
+            bits = self.bits_per_dim(torch.stack([a.crops[self.resolution] for a in aligned])) if band else None
+            for index, one in enumerate(aligned):
+                cost = ages * self.paste_pixels(one, image.shape, scale)
+                if band and not band[0] <= bits[index] <= band[1]:
+                    skip(one.face, "not_a_face")
+                elif len(chosen) >= limits.max_faces:
+                    skip(one.face, "face_limit")
+                elif chosen and spent + cost > limits.work_pixels:
+                    skip(one.face, "work_budget")
+                else:
+                    chosen.append(one)
+                    spent += cost
+        if not chosen:
+            raise NoFaceError(f"No face was found in the photo: {len(skipped)} detection(s) did not look like a "
+                              "face to the model. Use a photo where a face is clearly visible.")
+        return FacePlan(aligned=chosen, skipped=skipped)
+
+    def paste_pixels(self, aligned: AlignedFace, shape: tuple[int, ...], scale: float) -> int:
+        """Result pixels that pasting the face's work crop covers, at least the work crop's."""
+        side = self.work_size
+        x0, y0, x1, y1 = crop_footprint(invert_affine(scaled(aligned.matrix, side)), side, shape[0], shape[1])
+        return max(side * side, int(max(0, x1 - x0) * max(0, y1 - y0) * scale * scale))
+
     def align(self, image: np.ndarray, faces: list[DetectedFace]) -> list[AlignedFace]:
         return [self.aligner.align(image, f, (self.resolution, self.work_size)) for f in faces]
 
@@ -260,38 +374,95 @@ class AgeEditor:
         change = F.avg_pool2d(F.pad(change, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         return F.interpolate(change, size=self.work_size, mode="bicubic", align_corners=False)[0]
 
-    @torch.no_grad()
-    def age_photo(self, image: np.ndarray, years=None, target_age=None, faces: str = "all") -> PhotoResult:
-        """The photo with every chosen face aged; everything outside the faces stays as it was."""
-        return self.age_photo_series(image, [target_age] if target_age is not None else None,
-                                     years=years, faces=faces)[0]
+    def work_after(self, aligned: AlignedFace, change: torch.Tensor) -> np.ndarray:
+        """The aligned face at the work resolution with `change` applied under the paste-back mask."""
+        after = (aligned.crops[self.work_size] + change * face_mask(self.work_size)).clamp(0, 1)
+        return after.mul(255).round().byte().permute(1, 2, 0).numpy()
 
     @torch.no_grad()
-    def age_photo_series(self, image: np.ndarray, target_ages=None, years=None,
-                         faces: str = "all") -> list[PhotoResult]:
-        """One result per target age (or one for `years`), sharing detection, alignment and encoding."""
+    def age_photo(self, image: np.ndarray, years=None, target_age=None, faces: str = "all",
+                  limits: EditLimits | None = None, photo_pixels: int | None = None) -> PhotoResult:
+        """The photo with every chosen face aged; everything outside the faces stays as it was."""
+        return self.age_photo_series(image, [target_age] if target_age is not None else None,
+                                     years=years, faces=faces, limits=limits, photo_pixels=photo_pixels)[0]
+
+    @torch.no_grad()
+    def age_photo_series(self, image: np.ndarray, target_ages=None, years=None, faces: str = "all",
+                         limits: EditLimits | None = None, photo_pixels: int | None = None) -> list[PhotoResult]:
+        """One result per target age (or one for `years`), sharing detection, alignment and encoding.
+
+        `photo_pixels`: None gives each result at the photo's size; a number, the photo scaled down to at
+        most that many pixels (faces are still found and read at full size); 0, no photo, only each face's
+        aligned result (`FaceResult.work_after`). Memory stays one result-sized copy per age: faces are
+        pasted a strip of rows at a time.
+        """
         timings: dict[str, float] = {}
         watch = _Stopwatch(timings)
-        detected = self.find_faces(image, faces)
-        watch.lap("detect")
-        aligned = self.align(image, detected)
-        watch.lap("align")
-        crops = torch.stack([a.crops[self.resolution] for a in aligned])
         steps = [dict(years=years)] if target_ages is None else [dict(target_age=t) for t in target_ages]
+        canvas, to_photo = result_canvas(image, photo_pixels)
+        scale = 0.0 if canvas is None else canvas.shape[1] / image.shape[1]
+        plan = self.plan_faces(image, faces, len(steps), limits, scale)
+        aligned = plan.aligned
+        watch.lap("detect")
+        on_canvas = [AlignedFace(face=a.face, matrix=compose(a.matrix, to_photo)) for a in aligned]
+        crops = torch.stack([a.crops[self.resolution] for a in aligned])
         reading = self.trajectory.estimate(crops.to(self.device))
         results = []
         for step in steps:
             edits = self.edit(crops, reading=reading, **step)
             watch.lap("edit")
-            out = image
-            for a, e in zip(aligned, edits):
-                out = paste_back(out, a, self.work_change(e))
+            out = None if canvas is None else canvas.copy()
+            face_results = []
+            for a, moved, e in zip(aligned, on_canvas, edits):
+                change = self.work_change(e)
+                if out is not None:
+                    paste_in_place(out, moved, change)
+                face_results.append(FaceResult(
+                    box=[float(v) for v in a.face.box], landmarks=a.face.landmarks.tolist(), score=a.face.score,
+                    age_before=e.age_before, age_after=e.age_after, aligned_before=e.before,
+                    aligned_after=e.after, work_after=self.work_after(a, change) if out is None else None))
             watch.lap("paste_back")
-            face_results = [
-                FaceResult(box=[float(v) for v in a.face.box], landmarks=a.face.landmarks.tolist(),
-                           score=a.face.score, age_before=e.age_before, age_after=e.age_after,
-                           aligned_before=e.before, aligned_after=e.after)
-                for a, e in zip(aligned, edits)
-            ]
-            results.append(PhotoResult(image=out, faces=face_results, timings=dict(timings)))
+            results.append(PhotoResult(image=out, faces=face_results, timings=dict(timings),
+                                       skipped=plan.skipped))
         return results
+
+
+def result_canvas(image: np.ndarray, photo_pixels: int | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """The image results are pasted into (see `age_photo_series`) and the 2x3 map of its pixels to the
+    photo's."""
+    height, width = image.shape[:2]
+    if photo_pixels == 0:
+        return None, np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    if photo_pixels is None or height * width <= photo_pixels:
+        return image, np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    from PIL import Image
+
+    factor = np.sqrt(photo_pixels / (height * width))
+    size = (max(1, int(width * factor)), max(1, int(height * factor)))
+    canvas = np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
+    fx, fy = width / size[0], height / size[1]
+    return canvas, np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5]])
+
+
+def compose(matrix: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2x3 affine map `matrix` after `inner`."""
+    out = np.empty((2, 3))
+    out[:, :2] = matrix[:, :2] @ inner[:, :2]
+    out[:, 2] = matrix[:, :2] @ inner[:, 2] + matrix[:, 2]
+    return out
+
+
+def paste_in_place(photo: np.ndarray, aligned: AlignedFace, change: torch.Tensor,
+                   strip_pixels: int = PASTE_STRIP_PIXELS) -> None:
+    """paste_back into `photo` itself, a strip of rows at a time, so that its float copies stay small."""
+    side = change.shape[-1]
+    height, width = photo.shape[:2]
+    x0, y0, x1, y1 = crop_footprint(invert_affine(scaled(aligned.matrix, side)), side, height, width)
+    if x1 <= x0 or y1 <= y0:
+        return
+    rows = max(1, strip_pixels // (x1 - x0))
+    for top in range(y0, y1, rows):
+        region = photo[top:top + rows, x0:x1]
+        shift = np.array([[1.0, 0, x0], [0, 1.0, top]])
+        region[...] = paste_back(region, AlignedFace(face=aligned.face, matrix=compose(aligned.matrix, shift)),
+                                 change)

@@ -283,7 +283,7 @@ def test_faces_on_a_photo_without_faces_is_an_empty_list(client, fixtures_dir):
     assert response.status_code == 200 and response.json()["faces"] == []
 
 
-def test_faces_flags_a_face_too_small(client, tiny_face_png):
+def test_faces_flags_a_face_too_small(client, tiny_face_png, min_face_40):
     face, = post(client, "/v1/faces", tiny_face_png).json()["faces"]
     assert face["too_small"] and face["age"] is None
 
@@ -325,6 +325,12 @@ def test_samples_as_json(client):
 
 # ---- errors: bad uploads ------------------------------------------------------------------------------------
 
+@pytest.fixture
+def min_face_40(age_editor, monkeypatch):
+    """The editor refusing faces under 40 px, so that the 26 px face of `tiny_face_png` is too small."""
+    monkeypatch.setattr(age_editor.aligner, "min_face_size", 40)
+
+
 @pytest.fixture(scope="module")
 def tiny_face_png(photo) -> bytes:
     """A photo whose only face is about 26 pixels wide."""
@@ -359,10 +365,15 @@ def test_no_face_is_422(client, fixtures_dir):
     assert "No face" in response.json()["error"]["message"]
 
 
-def test_face_too_small_is_422(client, tiny_face_png):
+def test_face_too_small_is_422(client, tiny_face_png, min_face_40):
     response = post(client, "/v1/age", tiny_face_png, years=10)
     assert error_of(response, 422) == "face_too_small"
     assert "too small" in response.json()["error"]["message"]
+
+
+def test_faces_from_24_px_are_edited(client, tiny_face_png):
+    response = post(client, "/v1/age", tiny_face_png, years=10)
+    assert response.status_code == 200 and response.headers["x-faces"] == "1"
 
 
 def test_likelihood_without_a_face_is_422(client, fixtures_dir):
@@ -557,11 +568,17 @@ def test_settings_come_from_the_environment():
     settings = Settings.from_env({
         "WEIGHTS_DIR": "/models/age", "MAX_UPLOAD_BYTES": "1000", "MAX_PIXELS": "2000", "DEVICE": "CPU",
         "TORCH_THREADS": "3", "MAX_CONCURRENCY": "4", "MAX_QUEUE": "0", "API_KEYS": "one, two,,",
-        "CORS_ORIGINS": "https://a.example", "MIN_FACE_SIZE": "64", "DETECT_MAX_SIDE": "1024"})
+        "CORS_ORIGINS": "https://a.example", "MIN_FACE_SIZE": "64", "DETECT_MAX_SIDE": "1024",
+        "DETECT_SECOND_PASS_SIDE": "2000", "MAX_FACES": "4", "WORK_BUDGET_MEGAPIXELS": "10",
+        "MAX_UPLOADING_BYTES": "5000", "BODY_IDLE_TIMEOUT": "3", "BODY_TIMEOUT": "30", "MAX_HEADER_BYTES": "4096",
+        "HEADER_TIMEOUT": "2", "KEEP_ALIVE_TIMEOUT": "7", "MAX_CONNECTIONS": "9"})
     assert settings == Settings(weights_dir=Path("/models/age"), max_upload_bytes=1000, max_pixels=2000,
                                 device="cpu", torch_threads=3, max_concurrency=4, max_queue=0,
                                 api_keys=("one", "two"), cors_origins=("https://a.example",), min_face_size=64,
-                                detect_max_side=1024)
+                                detect_max_side=1024, detect_second_pass_side=2000, max_faces=4,
+                                work_budget_megapixels=10, max_uploading_bytes=5000, body_idle_timeout=3,
+                                body_timeout=30, max_header_bytes=4096, header_timeout=2, keep_alive_timeout=7,
+                                max_connections=9)
 
 
 def test_settings_without_environment_are_the_defaults():

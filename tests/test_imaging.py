@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from app.imaging import (CorruptImage, OutputTooLarge, TooManyPixels, UnsupportedImage, UploadTooLarge,
-                         decode_image, encode_image, grid, set_decompression_limit, shrink_to_pixels)
+                         decode_image, encode_image, grid, set_decompression_limit)
 
 MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
@@ -141,9 +141,3 @@ def test_grid_fills_rows_left_to_right():
     sheet = grid(tiles, columns=2)
     assert sheet.shape == (4, 6, 3)
     assert sheet[0, 0, 0] == 10 and sheet[0, 3, 0] == 20 and sheet[2, 0, 0] == 30 and sheet[2, 3, 0] == 0
-
-
-def test_shrink_to_pixels_keeps_aspect_ratio():
-    small = shrink_to_pixels(np.zeros((300, 600, 3), np.uint8), 20_000)
-    assert small.shape[0] * small.shape[1] <= 20_000
-    assert small.shape[1] == 2 * small.shape[0]
