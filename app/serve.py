@@ -18,14 +18,22 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from app.settings import Settings, _integer
 
 SETTINGS = Settings.from_env()
+_TOO_LARGE_BODY = (b'{"error": {"code": "headers_too_large", "message": "The request line and headers are larger '
+                   b'than the server accepts."}}')
+HEADERS_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                     b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(_TOO_LARGE_BODY) + _TOO_LARGE_BODY)
 
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for the request headers and a cap on open connections."""
+    """uvicorn's h11 protocol with a deadline and a size limit for the request headers (h11 checks its own
+    only while headers are incomplete, so headers that arrive in one read could pass) and a cap on open
+    connections."""
 
     header_timeout: float = SETTINGS.header_timeout
+    max_header_bytes: int = SETTINGS.max_header_bytes
     max_connections: int = SETTINGS.max_connections
     _header_deadline: asyncio.TimerHandle | None = None
+    _header_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -35,10 +43,18 @@ class GuardedH11Protocol(H11Protocol):
         self._await_headers()
 
     def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:  # these bytes start or continue a request's headers
+            end = data.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4
+            if self._header_bytes > self.max_header_bytes:
+                self.transport.write(HEADERS_TOO_LARGE)
+                self.transport.close()
+                return
         super().data_received(data)
         if self.conn.their_state is h11.IDLE:  # a request's headers are still arriving
             self._await_headers()
         else:
+            self._header_bytes = 0
             self._stop_waiting()
 
     def connection_lost(self, exc: Exception | None) -> None:
