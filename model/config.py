@@ -25,6 +25,9 @@ class FlowConfig:
     n_bits: int = 5
     conditional: bool = True  # priors conditioned on age, gender and ethnicity
     age_knots: tuple[float, ...] = field(default_factory=lambda: DEFAULT_AGE_KNOTS)
+    # capacity per level, finest first; empty: `width` and `steps` at every level
+    level_widths: tuple[int, ...] = ()
+    level_steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.resolution % (2**self.levels):
@@ -36,6 +39,18 @@ class FlowConfig:
         if self.mask not in ("channel", "checkerboard", "realnvp"):
             raise ValueError(f"unknown mask {self.mask!r}")
         self.age_knots = tuple(float(a) for a in self.age_knots)
+        self.level_widths = tuple(int(w) for w in self.level_widths)
+        self.level_steps = tuple(int(k) for k in self.level_steps)
+        for name, values in (("level_widths", self.level_widths), ("level_steps", self.level_steps)):
+            if values and len(values) != self.levels:
+                raise ValueError(f"{name} has {len(values)} entries for {self.levels} levels")
+
+    def width_at(self, level: int) -> int:
+        """Hidden channels of the coupling networks at `level` (0 is the finest)."""
+        return self.level_widths[level] if self.level_widths else self.width
+
+    def steps_at(self, level: int) -> int:
+        return self.level_steps[level] if self.level_steps else self.steps
 
     @classmethod
     def realnvp(cls, **overrides) -> "FlowConfig":

@@ -25,9 +25,10 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from model.checkpoint import save_flow
-from model.config import FlowConfig
+from model.config import GENDERS, RACES, FlowConfig
 from model.data import FaceSet, load_faces
 from model.flow.glow import Glow
+from model.heads import HEADS_FILE, LatentHeads, label_indices, save_heads
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,6 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--width", type=int, default=96)
+    p.add_argument("--level-widths", default="", help="coupling widths per level, finest first, e.g. 48,160,224")
+    p.add_argument("--level-steps", default="", help="steps per level, finest first, e.g. 8,8,12")
+    p.add_argument("--heads-weight", type=float, default=150.0,
+                   help="weight of the age/gender/ethnicity heads on the top latent, in units of their natural "
+                        "scale (nats per face over the bits of a face); 0: no heads")
     p.add_argument("--coupling", default="additive", choices=["additive", "affine"])
     p.add_argument("--mixing", default="conv1x1", choices=["conv1x1", "reverse"])
     p.add_argument("--mask", default="channel", choices=["channel", "checkerboard", "realnvp"])
@@ -66,9 +72,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_from(args) -> FlowConfig:
+    def ints(text: str) -> tuple[int, ...]:
+        return tuple(int(v) for v in text.split(",")) if text else ()
+
     return FlowConfig(resolution=args.resolution, levels=args.levels, steps=args.steps, width=args.width,
                       coupling=args.coupling, mixing=args.mixing, mask=args.mask, n_bits=args.n_bits,
-                      conditional=not args.unconditional)
+                      conditional=not args.unconditional, level_widths=ints(args.level_widths),
+                      level_steps=ints(args.level_steps))
 
 
 @torch.no_grad()
@@ -88,6 +98,38 @@ def evaluate(model: Glow, faces: FaceSet, device, limit: int = 0, batch: int = 1
         total += model(model.quantize(x, torch.rand(x.shape, generator=noise).to(device)), cond).sum().item()
     model.train()
     return total / n
+
+
+@torch.no_grad()
+def evaluate_heads(model: Glow, heads: LatentHeads, faces: FaceSet, device, limit: int = 0,
+                   batch: int = 100) -> dict:
+    """Held-out readouts of the heads on the top latent of each face (bin centres, no noise): the mean
+    absolute age error in years and the gender and ethnicity accuracy (over faces with that label)."""
+    n = len(faces) if not limit else min(limit, len(faces))
+    if n == 0:
+        return {}
+    was_training = model.training
+    model.eval()
+    heads.eval()
+    ages, genders, races = [], [], []
+    for start in range(0, n, batch):
+        idx = np.arange(start, min(n, start + batch))
+        logits = heads(model.flow_forward(model.quantize(faces.batch(idx, device)))[0][-1])
+        ages.append(LatentHeads.age_years(logits).cpu())
+        genders.append(logits["gender"].argmax(1).cpu())
+        races.append(logits["race"].argmax(1).cpu())
+    model.train(was_training)
+    heads.train(was_training)
+    true_gender = label_indices(faces.genders[:n], GENDERS)
+    true_race = label_indices(faces.races[:n], RACES)
+
+    def accuracy(predicted: torch.Tensor, truth: torch.Tensor) -> float:
+        known = truth >= 0
+        return float((predicted[known] == truth[known]).float().mean()) if known.any() else float("nan")
+
+    return {"heldout_age_mae": float((torch.cat(ages) - torch.from_numpy(faces.ages[:n]).clamp(max=90)).abs().mean()),
+            "heldout_gender_acc": accuracy(torch.cat(genders), true_gender),
+            "heldout_race_acc": accuracy(torch.cat(races), true_race)}
 
 
 def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
@@ -136,10 +178,17 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     model = Glow(config).to(device)
     model.gradient_checkpointing = args.gradient_checkpointing
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    heads_weight = float(state["heads_weight"]) if state is not None and "heads_weight" in state else args.heads_weight
+    heads = LatentHeads(model.priors[-1].shape).to(device) if heads_weight > 0 else None
+    parameters = list(model.parameters()) + (list(heads.parameters()) if heads is not None else [])
+    optimizer = torch.optim.Adam(parameters, lr=args.lr)
+    # nats per face -> the bits/dim scale of the flow's loss, times the weight above that natural scale
+    heads_scale = heads_weight / (config.dimensions * math.log(2.0))
 
     train = load_faces(args.data, config.resolution, "train", args.train_limit)
     heldout = load_faces(args.data, config.resolution, "heldout")
+    train_genders = label_indices(train.genders, GENDERS)
+    train_races = label_indices(train.races, RACES)
     sampler = DistributedSampler(range(len(train)), num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
     steps_per_epoch = len(sampler) // args.batch_size
@@ -150,6 +199,8 @@ def main(argv=None) -> None:
     step, epoch, position, elapsed = 0, 0, 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
+        if heads is not None and "heads" in state:
+            heads.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, position, elapsed = state["step"], state["epoch"], state["position"], state["elapsed"]
         if state["generator"] is not None:
@@ -179,12 +230,15 @@ def main(argv=None) -> None:
             return
         gens = [generator.get_state()] * world  # every rank restarts from the same kind of state
         payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                   "heads_weight": heads_weight, **({"heads": heads.state_dict()} if heads is not None else {}),
                    "epoch": epoch, "position": position, "elapsed": elapsed, "generator": gens,
                    "torch_rng": torch.get_rng_state(), "config": config.to_json()}
         tmp = state_path.with_suffix(".tmp")
         torch.save(payload, tmp)
         tmp.replace(state_path)
         save_flow(model, args.run)
+        if heads is not None:
+            save_heads(heads, args.run / HEADS_FILE)
 
     def log(record: dict) -> None:
         if main_process:
@@ -210,7 +264,14 @@ def main(argv=None) -> None:
                 group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
             noise = torch.rand(x.shape, generator=generator).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda"):
-                loss = wrapped(model.quantize(x, noise), cond).mean()
+                bits, top = wrapped(model.quantize(x, noise), cond, with_top=True)
+            bpd = bits.mean()
+            head_losses = {}
+            if heads is not None:
+                t = torch.from_numpy(idx)
+                head_losses = {k: v.mean() for k, v in heads.loss(heads(top.float()), torch.from_numpy(
+                    train.ages[idx]).to(device), train_genders[t].to(device), train_races[t].to(device)).items()}
+            loss = bpd + heads_scale * sum(head_losses.values()) if head_losses else bpd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -220,13 +281,15 @@ def main(argv=None) -> None:
             position += 1
             elapsed = time.time() - started
             rate = len(idx) * world / max(time.time() - t0, 1e-9)
-            progress.set_postfix(bpd=f"{loss.item():.3f}", img_s=f"{rate:.1f}")
+            progress.set_postfix(bpd=f"{bpd.item():.3f}", img_s=f"{rate:.1f}")
             progress.update(1)
             if step % 50 == 0:
-                log({"step": step, "epoch": epoch, "bpd": loss.item(), "grad_norm": float(grad_norm),
+                log({"step": step, "epoch": epoch, "bpd": bpd.item(), "loss": loss.item(),
+                     **{f"{k}_nats": v.item() for k, v in head_losses.items()}, "grad_norm": float(grad_norm),
                      "img_s": rate, "elapsed_min": elapsed / 60})
             if args.eval_every and step % args.eval_every == 0 and main_process:
-                log({"step": step, "heldout_bpd": evaluate(model, heldout, device, args.eval_limit)})
+                log({"step": step, "heldout_bpd": evaluate(model, heldout, device, args.eval_limit),
+                     **(evaluate_heads(model, heads, heldout, device, args.eval_limit) if heads else {})})
             if time.time() - last_checkpoint > args.checkpoint_every:
                 checkpoint()
                 last_checkpoint = time.time()
@@ -236,7 +299,8 @@ def main(argv=None) -> None:
             epoch, position = epoch + 1, 0
             if main_process:
                 held = evaluate(model, heldout, device, args.eval_limit)
-                log({"step": step, "epoch": epoch, "heldout_bpd": held})
+                log({"step": step, "epoch": epoch, "heldout_bpd": held,
+                     **(evaluate_heads(model, heads, heldout, device, args.eval_limit) if heads else {})})
                 model.eval()
                 with torch.no_grad():
                     save_grid(model.sample(32, temperature=0.7, seed=0), args.run / f"samples_epoch{epoch:03d}.png")

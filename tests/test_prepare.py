@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from model import prepare
+from model.align import FaceAligner
 
 HELDOUT = 0.4
 SIDES = (16, 32)
@@ -20,7 +21,8 @@ PHOTOS = {
     "coffee.png": ("skimage_coffee_noface.png", 30, "female", "white"),
     "two_people.jpg": ("frrepo_two_people.jpg", 66, "male", "white"),
 }
-EXPECTED_DROPS = {"no face": 1, "several faces": 1, "unreadable": 1}
+# astronaut_cut.png is cut too close to cover the "tight" framing with its own pixels
+EXPECTED_DROPS = {"no face": 1, "several faces": 1, "unreadable": 1, "crop not covered": 1}
 
 
 def write_labels(folder, rows, with_race: bool) -> None:
@@ -42,14 +44,18 @@ def sources(tmp_path_factory, fixtures_dir):
         shutil.copy(fixtures_dir / fixture, photos / "images" / file)
         rows.append([file, age, gender, race])
     with Image.open(fixtures_dir / "skimage_astronaut.png") as im:
-        im.convert("RGB").resize((2400, 2400), Image.BICUBIC).save(photos / "images" / "astronaut_large.jpg")
+        framed = Image.new("RGB", (712, 712), (128, 128, 128))  # room above the face for the tight framing
+        framed.paste(im.convert("RGB"), (100, 100))
+        framed.resize((2400, 2400), Image.BICUBIC).save(photos / "images" / "astronaut_large.jpg")
         im.convert("RGB").crop((170, 50, 280, 185)).save(tight / "images" / "astronaut_tight.png")
+        im.convert("RGB").crop((185, 85, 265, 175)).save(tight / "images" / "astronaut_cut.png")
     rows.append(["astronaut_large.jpg", 40, "female", "white"])
     (photos / "images" / "broken.jpg").write_bytes(b"not a photo")
     rows.append(["broken.jpg", 50, "male", "asian"])
     write_labels(photos, rows, with_race=True)
     shutil.copy(photos / "images" / "obama.jpg", tight / "images" / "obama.jpg")
-    write_labels(tight, [["astronaut_tight.png", 41, "female", ""], ["obama.jpg", 1, "female", ""]], with_race=False)
+    write_labels(tight, [["astronaut_tight.png", 41, "female", ""], ["astronaut_cut.png", 41, "female", ""],
+                         ["obama.jpg", 1, "female", ""]], with_race=False)
     return photos, tight
 
 
@@ -73,15 +79,37 @@ def prepared(sources, tmp_path_factory):
 def test_report_counts_every_image_and_each_reason_for_dropping_one(prepared):
     _, report = prepared
     assert report["dropped"] == EXPECTED_DROPS
-    assert report["images"] == 9
+    assert report["images"] == 10
     assert report["kept"] == report["images"] - sum(EXPECTED_DROPS.values())
     assert report["per_source"] == {"photos": 5, "utkface-mini": 1}
 
 
-def test_large_photos_and_tight_crops_are_kept(prepared):
+def test_large_photos_are_kept_and_crops_that_would_need_invented_pixels_are_not(prepared):
     out, _ = prepared
     files = {row["file"] for row in read_rows(out)}
     assert {"astronaut_large.jpg", "astronaut_tight.png", "rgba.png"} <= files
+    assert "astronaut_cut.png" not in files
+
+
+def test_the_black_corners_of_a_photo_rotated_upright_are_not_valid_pixels():
+    photo = np.full((120, 100, 3), 200, np.uint8)
+    photo[40:60, 30:70] = 5  # dark hair in the middle is part of the photo
+    rotated = np.asarray(Image.fromarray(photo).rotate(12, expand=False, fillcolor=(0, 0, 0)))
+    valid = prepare.valid_pixels(rotated)
+    assert not valid[0, 0] and not valid[-1, -1] and not valid[0, -1] and not valid[-1, 0]
+    assert valid[50, 50] and valid[60:, 50].all()
+    assert valid.mean() > 0.85
+
+
+def test_a_crop_reaching_outside_the_photo_has_less_than_full_coverage():
+    from model.align import crop_coverage
+
+    valid = np.ones((100, 100), bool)
+    # photo -> unit crop matrices: a 60 px box inside the photo at (20, 20), and a 120 px box at (-12, -12)
+    inside = np.array([[1 / 60, 0, -20 / 60], [0, 1 / 60, -20 / 60]])
+    overhanging = np.array([[1 / 120, 0, 0.1], [0, 1 / 120, 0.1]])
+    assert crop_coverage(valid, inside, 32) == 1.0
+    assert crop_coverage(valid, overhanging, 32) < 0.5
 
 
 def test_photo_named_in_two_sources_is_kept_once_from_the_first(prepared):
@@ -111,19 +139,18 @@ def test_prepared_crops_match_the_service_alignment(prepared, photo, aligner):
     out, _ = prepared
     index = next(int(row["index"]) for row in read_rows(out) if row["file"] == "astronaut.png")
     image = photo("skimage_astronaut.png")
-    crop = aligner.align(image, aligner.detect(image)[0], (32,)).crops[32].permute(1, 2, 0).numpy()
+    tight = FaceAligner(framing="tight")
+    crop = tight.align(image, tight.detect(image)[0], (32,)).crops[32].permute(1, 2, 0).numpy()
     assert np.abs(np.load(out / "faces_32.npy")[index] / 255.0 - crop).mean() < 0.04
 
 
-def test_rerun_reuses_the_shards_and_gives_the_same_output(prepared, sources, tmp_path):
+def test_rerun_reuses_the_detections_and_gives_the_same_output(prepared, sources, tmp_path):
     out, report = prepared
     again = tmp_path / "faces"
     shutil.copytree(out / "shards", again / "shards")
-    moved = tmp_path / "moved"
-    shutil.copytree(sources[0], moved / sources[0].name)
-    shutil.rmtree(moved / sources[0].name / "images")
-    shutil.copytree(sources[1], moved / sources[1].name)
-    assert run_prepare([moved / sources[0].name, moved / sources[1].name], again) == report
+    written = {p.name: p.stat().st_mtime_ns for p in (again / "shards").iterdir()}
+    assert run_prepare(sources, again) == report
+    assert {p.name: p.stat().st_mtime_ns for p in (again / "shards").iterdir()} == written
     for side in SIDES:
         assert np.array_equal(np.load(again / f"faces_{side}.npy"), np.load(out / f"faces_{side}.npy"))
     assert read_rows(again) == read_rows(out)

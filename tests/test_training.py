@@ -13,6 +13,7 @@ from model.align import warp_to_crop
 from model.checkpoint import load_flow
 from model.config import FlowConfig
 from model.data import load_faces
+from model.heads import load_heads
 from model.flow.glow import Glow
 
 # (photo, face index, age, gender, race); the last face is held out
@@ -82,10 +83,13 @@ def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(face_fol
     train.main([*common, "--run", str(tmp_path / "straight"), "--max-steps", "8"])
     train.main([*common, "--run", str(tmp_path / "resumed"), "--max-steps", "4"])
     train.main([*common, "--run", str(tmp_path / "resumed"), "--max-steps", "8", "--resume"])
-    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
-    assert straight.keys() == resumed.keys()
-    for name in straight:
-        assert torch.equal(resumed[name], straight[name]), name
+    for weights in ("flow.safetensors", "heads.safetensors"):
+        straight = load_file(str(tmp_path / "straight" / weights))
+        resumed = load_file(str(tmp_path / "resumed" / weights))
+        assert straight.keys() == resumed.keys()
+        for name in straight:
+            assert torch.equal(resumed[name], straight[name]), (weights, name)
+    straight = final_weights(tmp_path / "straight")
     last_coupling_conv = straight["levels.0.0.layers.2.net.4.conv.weight"]
     assert last_coupling_conv.abs().max() > 0
 
@@ -128,3 +132,24 @@ def test_short_training_on_real_faces_lowers_heldout_bits_per_dim(face_folder, t
     after = train.evaluate(load_flow(tmp_path / "trained"), heldout, "cpu")
     assert math.isfinite(before) and math.isfinite(after)
     assert after < before - 0.5, (before, after)
+
+
+def test_per_level_capacity_is_built_and_saved_with_the_model(face_folder, tmp_path):
+    train.main(["--data", str(face_folder), "--resolution", "16", "--levels", "2", "--level-widths", "8,24",
+                "--level-steps", "1,3", *CPU, "--batch-size", "4", "--train-limit", "8", "--max-steps", "1",
+                "--run", str(tmp_path)])
+    flow = load_flow(tmp_path)
+    assert [len(steps) for steps in flow.levels] == [1, 3]
+    assert flow.levels[1][0].layers[2].net[0].out_channels == 24
+
+
+def test_training_the_heads_teaches_the_top_latent_the_training_faces_labels(face_folder, tmp_path):
+    common = ["--data", str(face_folder), "--resolution", "16", *TINY, "--batch-size", "16", "--lr", "2e-3",
+              "--warmup", "5", "--heads-weight", "3000"]
+    train.main([*common, "--run", str(tmp_path), "--max-steps", "60"])
+    flow, heads = load_flow(tmp_path), load_heads(tmp_path / "heads.safetensors")
+    faces = load_faces(face_folder, 16, "train")
+    readout = train.evaluate_heads(flow, heads, faces, "cpu")
+    # one face in four is the astronaut (female, 40); the others are men of 47 and 48
+    assert readout["heldout_gender_acc"] == 1.0
+    assert readout["heldout_age_mae"] < 3.0

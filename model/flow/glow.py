@@ -31,12 +31,13 @@ class Glow(nn.Module):
         for level in range(config.levels):
             channels, side = channels * 4, side // 2
             steps = nn.ModuleList()
-            for k in range(config.steps):
+            n_steps = config.steps_at(level)
+            for k in range(n_steps):
                 if config.mask == "realnvp":
-                    mask = "checkerboard" if k < config.steps // 2 else "channel"
+                    mask = "checkerboard" if k < n_steps // 2 else "channel"
                 else:
                     mask = config.mask
-                steps.append(FlowStep(channels, config.width, config.coupling == "affine", config.mixing,
+                steps.append(FlowStep(channels, config.width_at(level), config.coupling == "affine", config.mixing,
                                       mask, parity=k % 2, seed=1000 * level + k))
             self.levels.append(steps)
             if level < config.levels - 1:
@@ -106,11 +107,13 @@ class Glow(nn.Module):
         x = torch.floor(x01.clamp(0, 1) * 255.0 / 2 ** (8 - self.config.n_bits) + 1e-4).clamp(max=n_bins - 1)
         return (x + (0.5 if noise is None else noise)) / n_bins - 0.5
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """The training objective: bits/dim of each flow input `x` (from `quantize`) under `condition`."""
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None, with_top: bool = False):
+        """The training objective: bits/dim of each flow input `x` (from `quantize`) under `condition`;
+        with `with_top`, also the top latent (for supervised heads trained in the same pass)."""
         latents, contexts, logdet = self.flow_forward(x)
         log_p = self.prior_log_prob(latents, contexts, condition) + logdet + self._discretization()
-        return -log_p / (self.config.dimensions * math.log(2.0))
+        bits = -log_p / (self.config.dimensions * math.log(2.0))
+        return (bits, latents[-1]) if with_top else bits
 
     def _discretization(self) -> float:
         return -self.config.dimensions * math.log(2**self.config.n_bits)
