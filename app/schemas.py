@@ -205,7 +205,8 @@ class ModelInfo(BaseModel):
         "resolution": 64, "age_range": [1.0, 90.0], "trajectory": "conditional_prior",
         "training_data": "UTKFace (64 and 200 px) and All-Age-Faces, aligned by model.prepare; research and "
                          "demonstration use only",
-        "training_faces": 31000, "heldout_bits_per_dim": 1.27,
+        "training_faces": 31000, "heldout_bits_per_dim": 1.27, "training_epochs": 5.57,
+        "heldout_age_error_years": 8.05,
         "bits_per_dim_definition": "held-out, 5-bit pixels, conditioned on each face's labels"}]})
 
     resolution: int = Field(description="Side of the aligned face the flow works on, pixels.")
@@ -216,6 +217,9 @@ class ModelInfo(BaseModel):
     heldout_bits_per_dim: float | None = Field(None, description="Negative log-likelihood of held-out faces, "
                                                                  "bits per dimension: lower is better.")
     bits_per_dim_definition: str | None = Field(None, description="How heldout_bits_per_dim was measured.")
+    training_epochs: float | None = Field(None, description="Passes over the training faces the flow was trained for.")
+    heldout_age_error_years: float | None = Field(None, description="Mean absolute error, years, of the current "
+                                                                    "age the model reads from held-out faces.")
 
 
 class Health(BaseModel):

@@ -18,18 +18,27 @@ import torch
 from model.checkpoint import CONFIG, WEIGHTS, load_flow
 from model.data import load_faces
 from model.editor import EDITOR_CONFIG
+from model.heads import HEADS_FILE
 from model.train import evaluate, save_grid
 
 
-def run_summary(run: Path) -> dict:
+def run_summary(run: Path, faces: int | None = None) -> dict:
+    """Steps, minutes, epochs (of `faces` training faces) and the last held-out figures of a run's log."""
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     held = [r for r in records if "heldout_bpd" in r]
     steps = [r for r in records if "bpd" in r]
     summary = {"training_steps": steps[-1]["step"] if steps else 0,
                "training_minutes": round(steps[-1]["elapsed_min"], 1) if steps else 0.0}
+    args = json.loads((run / "args.json").read_text()) if (run / "args.json").exists() else {}
+    if faces and "batch_size" in args:
+        summary["training_epochs"] = round(summary["training_steps"] * int(args["batch_size"]) / faces, 2)
     if held:
         summary["heldout_bits_per_dim"] = round(held[-1]["heldout_bpd"], 4)
         summary["heldout_bits_per_dim_step"] = held[-1]["step"]
+    ages = [r for r in records if "heldout_age_mae" in r]
+    if ages:
+        summary["heldout_age_error_years"] = round(ages[-1]["heldout_age_mae"], 2)
+        summary["heldout_gender_accuracy"] = round(ages[-1]["heldout_gender_acc"], 4)
     return summary
 
 
@@ -69,8 +78,9 @@ def main(argv=None) -> None:
                         help="also write a grid of 32 samples at temperature 0.7 (seed 0) to this PNG")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS, CONFIG):
-        shutil.copyfile(args.run / name, args.out / name)
+    for name in (WEIGHTS, CONFIG, HEADS_FILE):
+        if name != HEADS_FILE or (args.run / name).exists():
+            shutil.copyfile(args.run / name, args.out / name)
     config = json.loads((args.out / CONFIG).read_text())
     report = json.loads((args.data / "report.json").read_text()) if (args.data / "report.json").exists() else {}
     evaluate_all = not args.no_eval and (args.data / "labels.csv").exists()
@@ -78,14 +88,16 @@ def main(argv=None) -> None:
     if evaluate_all or args.samples:
         torch.set_flush_denormal(True)
         flow = load_flow(args.out)
+    faces = training_faces(args.data) or report.get("kept")
     model = {
         "training_data": "UTKFace (64 and 200 px) and All-Age-Faces, aligned by model.prepare; "
                          "research and demonstration use only",
-        "training_faces": training_faces(args.data) or report.get("kept"),
+        "training_faces": faces,
+        **({"framing": report["framing"]} if "framing" in report else {}),
         "bits_per_dim_definition": f"held-out, {config['n_bits']}-bit pixels, Glow's uniform dequantization "
                                    "(fixed seed), conditioned on each face's labels",
         "hardware": args.hardware,
-        **run_summary(args.run),
+        **run_summary(args.run, faces),
     }
     if evaluate_all:
         model.update(heldout_bits_per_dim_all_faces(flow, args.data),

@@ -114,3 +114,10 @@ def test_within_gamut_scales_down_only_changes_that_leave_the_pixel_range():
     assert torch.equal(limited[0], after[0])
     assert limited[1].max().item() <= 1.0
     assert limited[1].min().item() > 0.5
+
+
+def test_model_info_states_its_training_epochs_heldout_bits_and_age_error(editor):
+    info = editor.info()
+    assert info["training_epochs"] > 1.0
+    assert 0.5 < info["heldout_bits_per_dim"] < 8.0
+    assert 0.0 < info["heldout_age_error_years"] < 30.0
