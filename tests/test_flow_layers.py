@@ -5,8 +5,9 @@ import copy
 import pytest
 import torch
 
-from model.flow.layers import (ActNorm, ChannelReverse, Coupling, FlowStep, InvertibleConv1x1, ZeroConv2d, squeeze,
-                               unsqueeze)
+from model.flow.contract import InvertibleLayer
+from model.flow.layers import ActNorm, ChannelReverse, Coupling, FlowStep, InvertibleConv1x1, squeeze, unsqueeze
+from model.flow.nets import ZeroConv2d
 
 CHANNELS = 4
 
@@ -59,6 +60,12 @@ def round_trip(name: str):
         y, forward_logdet = layer(x)
         x_back, inverse_logdet = layer.inverse(y)
     return x, x_back, forward_logdet, inverse_logdet
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_every_layer_keeps_the_invertible_layer_contract(name):
+    assert isinstance(LAYERS[name](), InvertibleLayer)
+    assert not isinstance(ZeroConv2d(2, 2), InvertibleLayer)  # a network inside a coupling is not one
 
 
 @pytest.mark.parametrize("name", LAYERS)

@@ -11,7 +11,7 @@ from model.checkpoint import WEIGHTS, load_flow, save_flow
 from model.condition import condition_grid, condition_parts, condition_vector
 from model.config import FlowConfig
 from model.flow.glow import Glow
-from model.flow.layers import ZeroConv2d
+from model.flow.nets import ZeroConv2d
 
 TINY = dict(resolution=16, levels=2, steps=2, width=16)
 CONFIGS = {

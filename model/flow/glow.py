@@ -17,7 +17,8 @@ from torch.utils.checkpoint import checkpoint
 
 from model.condition import condition_grid, condition_parts
 from model.config import FlowConfig
-from model.flow.layers import ConditionalGaussianPrior, FlowStep, squeeze, unsqueeze
+from model.flow.layers import FlowStep, squeeze, unsqueeze
+from model.flow.priors import ConditionalGaussianPrior
 
 
 class Glow(nn.Module):

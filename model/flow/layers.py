@@ -1,11 +1,12 @@
-"""Invertible layers. Each one maps `forward(x) -> (y, logdet)` and `inverse(y) -> (x, logdet)`, with
-logdet per sample (shape N), and the two logdets cancel."""
+"""Invertible layers, each an `InvertibleLayer` (see model/flow/contract.py). The networks inside the
+couplings are in nets.py, the priors in priors.py."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from model.flow.nets import coupling_network
 
 
 class ActNorm(nn.Module):
@@ -92,30 +93,6 @@ class ChannelReverse(nn.Module):
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return y.flip(1), y.new_zeros(y.shape[0])
-
-
-class ZeroConv2d(nn.Module):
-    """3x3 convolution that starts at zero, with a learned output scale (Glow's Conv2dZeros)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
-        self.logs = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) * torch.exp(self.logs * 3)
-
-
-def coupling_network(in_channels: int, out_channels: int, width: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, width, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(width, width, 1),
-        nn.ReLU(),
-        ZeroConv2d(width, out_channels),
-    )
 
 
 class Coupling(nn.Module):
@@ -223,42 +200,3 @@ class FlowStep(nn.Module):
             y, ld = layer.inverse(y)
             logdet = logdet + ld
         return y, logdet
-
-
-class ConditionalGaussianPrior(nn.Module):
-    """Diagonal Gaussian over a latent of shape C x H x W, whose mean and log-std come from an optional
-    context tensor (the other half of a split, through a zero-initialized convolution) plus a linear map of
-    the condition vector (age, gender, ethnicity), in the way Glow conditions its prior on a class."""
-
-    def __init__(self, shape: tuple[int, int, int], context_channels: int, condition_dim: int) -> None:
-        super().__init__()
-        c, h, w = shape
-        self.shape = shape
-        self.context = ZeroConv2d(context_channels, 2 * c) if context_channels else None
-        self.base = nn.Parameter(torch.zeros(1, 2 * c, h, w))
-        self.condition = nn.Linear(condition_dim, 2 * c * h * w) if condition_dim else None
-        if self.condition is not None:
-            nn.init.zeros_(self.condition.weight)
-            nn.init.zeros_(self.condition.bias)
-
-    def context_params(self, context: torch.Tensor | None, n: int) -> torch.Tensor:
-        """The part of (mean, log-std) that does not depend on the condition: N x 2C x H x W."""
-        params = self.base.expand(n, -1, -1, -1)
-        if self.context is not None:
-            params = params + self.context(context)
-        return params
-
-    def condition_params(self, condition: torch.Tensor | None) -> torch.Tensor | int:
-        if self.condition is None or condition is None:
-            return 0
-        return self.condition(condition).view(-1, 2 * self.shape[0], self.shape[1], self.shape[2])
-
-    def params(self, context: torch.Tensor | None, condition: torch.Tensor | None, n: int):
-        params = self.context_params(context, n) + self.condition_params(condition)
-        return params[:, 0::2], params[:, 1::2]
-
-    @staticmethod
-    def log_density(z: torch.Tensor, mean: torch.Tensor, logs: torch.Tensor) -> torch.Tensor:
-        """Sum over all but the leading dimensions of the Gaussian log-density."""
-        d = -0.5 * (np.log(2 * np.pi) + 2.0 * logs + (z - mean) ** 2 * torch.exp(-2.0 * logs))
-        return d.flatten(d.dim() - 3).sum(-1)
