@@ -19,7 +19,7 @@ from model.checkpoint import CONFIG, WEIGHTS, load_flow
 from model.data import load_faces
 from model.editor import EDITOR_CONFIG
 from model.heads import HEADS_FILE
-from model.train import evaluate, save_grid
+from model.evaluation import evaluate_bits_per_dim, save_grid
 
 
 def run_summary(run: Path, faces: int | None = None) -> dict:
@@ -63,7 +63,7 @@ def training_faces(data: Path) -> int | None:
 def heldout_bits_per_dim_all_faces(flow, data: Path) -> dict:
     """Held-out bits/dim of `flow` over every held-out face (training logs a subset)."""
     heldout = load_faces(data, flow.config.resolution, "heldout")
-    return {"heldout_bits_per_dim": round(evaluate(flow, heldout, "cpu"), 4), "heldout_faces": len(heldout)}
+    return {"heldout_bits_per_dim": round(evaluate_bits_per_dim(flow, heldout, "cpu"), 4), "heldout_faces": len(heldout)}
 
 
 def main(argv=None) -> None:

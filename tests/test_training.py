@@ -13,6 +13,7 @@ from model.align import warp_to_crop
 from model.checkpoint import load_flow
 from model.config import FlowConfig
 from model.data import load_faces
+from model.evaluation import evaluate_bits_per_dim, evaluate_heads
 from model.heads import load_heads
 from model.flow.glow import Glow
 
@@ -119,7 +120,7 @@ def test_training_restores_the_signal_handlers_it_replaced(face_folder, tmp_path
 def test_evaluation_without_heldout_faces_is_nan_rather_than_an_error(face_folder):
     no_faces = load_faces(face_folder, 16, split="absent")
     assert len(no_faces) == 0
-    assert math.isnan(train.evaluate(Glow(FlowConfig(resolution=16, levels=2, steps=1, width=8)), no_faces, "cpu"))
+    assert math.isnan(evaluate_bits_per_dim(Glow(FlowConfig(resolution=16, levels=2, steps=1, width=8)), no_faces, "cpu"))
 
 
 def test_short_training_on_real_faces_lowers_heldout_bits_per_dim(face_folder, tmp_path):
@@ -128,8 +129,8 @@ def test_short_training_on_real_faces_lowers_heldout_bits_per_dim(face_folder, t
     train.main([*common, "--run", str(tmp_path / "initial"), "--epochs", "0"])
     train.main([*common, "--run", str(tmp_path / "trained"), "--max-steps", "100"])
     heldout = load_faces(face_folder, 32, "heldout")
-    before = train.evaluate(load_flow(tmp_path / "initial"), heldout, "cpu")
-    after = train.evaluate(load_flow(tmp_path / "trained"), heldout, "cpu")
+    before = evaluate_bits_per_dim(load_flow(tmp_path / "initial"), heldout, "cpu")
+    after = evaluate_bits_per_dim(load_flow(tmp_path / "trained"), heldout, "cpu")
     assert math.isfinite(before) and math.isfinite(after)
     assert after < before - 0.5, (before, after)
 
@@ -149,7 +150,7 @@ def test_training_the_heads_teaches_the_top_latent_the_training_faces_labels(fac
     train.main([*common, "--run", str(tmp_path), "--max-steps", "60"])
     flow, heads = load_flow(tmp_path), load_heads(tmp_path / "heads.safetensors")
     faces = load_faces(face_folder, 16, "train")
-    readout = train.evaluate_heads(flow, heads, faces, "cpu")
+    readout = evaluate_heads(flow, heads, faces, "cpu")
     # one face in four is the astronaut (female, 40); the others are men of 47 and 48
     assert readout["heldout_gender_acc"] == 1.0
     assert readout["heldout_age_mae"] < 3.0
