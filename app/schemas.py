@@ -33,8 +33,8 @@ class PhotoForm(BaseModel):
 class AgeForm(PhotoForm):
     years: float | None = Field(None, ge=-100, le=100, allow_inf_nan=False, examples=[30],
                                 description="Years to add (negative: younger). Give this or `target_age`.")
-    # no example: Swagger UI's Try-it-out fills in every example, and years with target_age is refused
-    target_age: float | None = Field(None, ge=0, le=120, allow_inf_nan=False,
+    # Try-it-out on /docs fills every field in, this one with its example: null, sent as the word "null"
+    target_age: float | None = Field(None, ge=0, le=120, allow_inf_nan=False, examples=[None],
                                      description="Age in years to take every face to, e.g. 70. Give this or "
                                                  "`years`; it must lie within the model's age range "
                                                  "(GET /v1/model).")
@@ -42,6 +42,12 @@ class AgeForm(PhotoForm):
                                                       "back, same size and orientation as the upload. `face`: "
                                                       "the aligned face(s), several side by side.")
     format: FormatChoice = Field("jpeg", description=FORMAT_DESCRIPTION)
+
+    @field_validator("years", "target_age", mode="before")
+    @classmethod
+    def not_given(cls, value):
+        """A form has no null: an empty field or the word null means the field was not given."""
+        return None if isinstance(value, str) and value.strip().lower() in ("", "null") else value
 
     @model_validator(mode="after")
     def one_kind_of_edit(self) -> "AgeForm":

@@ -463,6 +463,14 @@ def test_bad_parameters_are_422(client, small_jpeg, fields):
     assert error_of(post(client, "/v1/age", small_jpeg, **fields), 422) == "invalid_parameters"
 
 
+@pytest.mark.parametrize("not_given", ["", "null"])
+def test_an_empty_or_null_field_is_not_given(client, small_jpeg, not_given):
+    """What a form sends for a field left as it is on /docs: years=30 with target_age=null edits."""
+    response = post(client, "/v1/age", small_jpeg, years=30, target_age=not_given)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Age-Shift"].startswith("30")
+
+
 def test_both_years_and_target_age_says_so(client, small_jpeg):
     response = post(client, "/v1/age", small_jpeg, years=10, target_age=40)
     assert "Give exactly one of years and target_age" in response.json()["error"]["message"]
