@@ -47,6 +47,32 @@ def age_editor():
     return load_editor(settings)
 
 
+@pytest.fixture(scope="module")
+def server_url(age_editor):
+    """The service with the shared editor, served over HTTP on a free loopback port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(), editor=age_editor), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(10)
+    listener.close()
+
+
 @pytest.fixture(scope="session")
 def upload_files(photo) -> dict[str, bytes]:
     """Files as phones, editors and attackers send them, made at run time from the fixture photos."""

@@ -1,6 +1,7 @@
 """`python -m app.cli`: the service's pipeline and errors on files and folders."""
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,21 @@ def test_a_file_that_is_not_a_photo_fails_with_the_services_message(photos, tmp_
     assert "not a photo in a supported format" in capsys.readouterr().err
 
 
+def test_an_output_in_a_missing_folder_is_a_usage_error_that_names_the_folder(photos, tmp_path, capsys):
+    photo = photos / "frrepo_obama_small.jpg"
+    assert main([str(photo), "--years", "5", "-o", str(tmp_path / "absent" / "out.jpg")]) == 2
+    error = capsys.readouterr().err
+    assert f"the folder {tmp_path / 'absent'} does not exist" in error
+    assert str(photo) not in error
+
+
+def test_the_time_taken_is_said(photos, tmp_path, capsys):
+    assert main([str(photos / "frrepo_obama_small.jpg"), "--years", "5", "-o", str(tmp_path / "out.jpg")]) == 0
+    captured = capsys.readouterr()
+    assert "importing torch" in captured.err and "loading the model" in captured.err
+    assert captured.out.rstrip().endswith(" s)")
+
+
 def test_missing_input_is_a_usage_error(tmp_path, capsys):
     assert main([str(tmp_path / "absent.jpg"), "--years", "5", "-o", str(tmp_path / "out.jpg")]) == 2
     assert "no such file" in capsys.readouterr().err
@@ -99,3 +115,34 @@ def test_runs_as_a_module(photos, tmp_path):
                               env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert Image.open(output).size == (320, 240)
+
+
+def test_server_ages_several_photos_in_one_call(photos, tmp_path, server_url, capsys):
+    output = tmp_path / "aged"
+    assert main([str(photos / "frrepo_obama_small.jpg"), str(photos / "phone.heic"), "--years", "20",
+                 "-o", str(output), "--server", server_url]) == 0
+    assert sorted(p.name for p in output.iterdir()) == ["frrepo_obama_small.jpg", "phone.jpg"]
+    assert Image.open(output / "phone.jpg").size == (320, 240)
+    assert capsys.readouterr().out.count("1 face(s), ages ") == 2
+
+
+def test_server_errors_are_the_services_messages(photos, tmp_path, server_url, capsys):
+    assert main([str(photos / "skimage_coffee_noface.png"), "--years", "20", "-o", str(tmp_path / "out.png"),
+                 "--server", server_url]) == 1
+    assert "skimage_coffee_noface.png: No face was found" in capsys.readouterr().err
+
+
+def test_an_unreachable_server_is_said_so(photos, tmp_path, capsys):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    assert main([str(photos / "frrepo_obama_small.jpg"), "--years", "5", "-o", str(tmp_path / "out.jpg"),
+                 "--server", url]) == 1
+    assert f"the service at {url} cannot be reached" in capsys.readouterr().err
+
+
+def test_with_a_server_torch_is_never_imported():
+    finished = subprocess.run([sys.executable, "-c", "import sys, app.cli; print('torch' in sys.modules)"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert finished.stdout.strip() == "False", finished.stderr

@@ -1,18 +1,12 @@
 """The web page and the API documentation in a real headless Chromium, on a desktop and a phone screen."""
 import base64
 import io
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
-from app.main import create_app
-from app.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -34,23 +28,6 @@ UNCOVERED_BY_CONTROLS = """(selector) => {
 }"""
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed (run `make browser`)")
-
-
-@pytest.fixture(scope="module")
-def server_url(age_editor):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(), editor=age_editor), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    listener.close()
 
 
 @pytest.fixture(scope="module")
