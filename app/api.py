@@ -18,7 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.auth import UNAUTHORIZED, key_is_valid
 from app.errors import RETRY_AFTER_SECONDS, ApiError
-from app.imaging import OUTPUT_FORMATS, DecodedImage, decode_image, encode_image, grid, tensor_to_image
+from app.imaging import OUTPUT_FORMATS, DecodedImage, decode_image, encode_image, grid, labelled_strip, \
+    tensor_to_image
 from app.schemas import AgedFace, AgeForm, AgeResponse, DetectedFace, EncodedImage, ErrorResponse, \
     FacesResponse, FormatChoice, Health, LikelihoodFace, LikelihoodResponse, ModelInfo, PhotoForm, Readiness, \
     SamplesResponse, SeriesFace, SeriesForm, SeriesResponse, SeriesStep, SkippedFace, check_target_ages
@@ -242,7 +243,7 @@ def age_photo_series(request: Request, form: Annotated[SeriesForm, Form(media_ty
             frames = [grid(aligned_faces(r.faces), 1) for r in results]
         else:
             frames = [r.image for r in results]
-        pictures = frames if as_json else [np.concatenate(frames, axis=1)]
+        pictures = frames if as_json else [labelled_strip(frames, [f"age {age:g}" for age in target_ages])]
         encoded = [encode_image(picture, form.format, icc_profile=icc_profile) for picture in pictures]
     faces = results[0].faces
     service.metrics.faces.labels("age_series").inc(len(faces) * len(results))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pillow_heif
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 pillow_heif.register_heif_opener()
 
@@ -178,6 +178,23 @@ def encode_image(rgb: np.ndarray, format_name: str, alpha: np.ndarray | None = N
 def tensor_to_image(face) -> np.ndarray:
     """A 3 x S x S tensor in [0, 1] -> S x S x 3 uint8."""
     return face.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def label_band_height(width: int, height: int) -> int:
+    return max(18, min(width, height) // 8)
+
+
+def labelled_strip(frames: list[np.ndarray], labels: list[str]) -> np.ndarray:
+    """Equal-sized H x W x 3 frames side by side, each with its label centred in a white band beneath it."""
+    height, width = frames[0].shape[:2]
+    band = label_band_height(width, height)
+    strip = Image.new("RGB", (width * len(frames), height + band), "white")
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default(size=round(band * 0.6))
+    for index, (frame, label) in enumerate(zip(frames, labels)):
+        strip.paste(Image.fromarray(frame), (index * width, 0))
+        draw.text((index * width + width / 2, height + band / 2), label, fill=(29, 36, 48), font=font, anchor="mm")
+    return np.asarray(strip)
 
 
 def grid(images: list[np.ndarray], columns: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import app.main
+from app.imaging import label_band_height
 from app.main import create_app
 from app.settings import Settings, SettingsError
 from model.editor import AgeEditor
@@ -258,7 +259,17 @@ def test_series_returns_a_strip_of_faces(client, small_jpeg, age_editor):
     assert response.status_code == 200
     assert response.headers["x-target-ages"] == "10.0,30.0,50.0,70.0"
     side = age_editor.work_size
-    assert opened(response.content).size == (4 * side, side)
+    strip = np.asarray(opened(response.content).convert("L"), np.int16)
+    assert strip.shape == (side + label_band_height(side, side), 4 * side)
+
+
+def test_series_strip_labels_each_age_beneath_its_frame(client, small_jpeg, age_editor):
+    strip = np.asarray(opened(post(client, "/v1/age/series", small_jpeg, ages="10,70", format="png").content)
+                       .convert("L"), np.int16)
+    side = age_editor.work_size
+    bands = [strip[side:, :side], strip[side:, side:]]
+    assert all((band < 128).any() and (band > 200).mean() > 0.5 for band in bands)  # dark text on white
+    assert np.abs(bands[0] - bands[1]).sum() > 0  # "age 10" is not "age 70"
 
 
 def test_series_of_photos_as_json(client, small_jpeg):
