@@ -1,11 +1,13 @@
 # Face age-transformation service: the FastAPI app, the flow model and the shipped weights.
 #
+# It needs BuildKit (its RUN --mount). Docker 23 and later build with BuildKit through the buildx plugin
+# (Debian: docker-buildx); Docker 20.10 (Debian 12's docker.io) has it built in: DOCKER_BUILDKIT=1.
 #   docker build -t face-age .                                     # torch from PyPI (see below)
 #   docker build --build-arg TORCH_VARIANT=cpu -t face-age:cpu .   # CPU-only torch, a much smaller image
 #   docker run --rm -p 127.0.0.1:8000:8000 face-age                # then open http://127.0.0.1:8000
 #
 # TORCH_VARIANT chooses the torch build; both serve without a GPU (DEVICE=auto falls back to the CPU).
-#   cuda (default): the wheels pinned in requirements.txt, as PyPI serves them for x86_64. They carry
+#   cuda (default): the wheels pinned in requirements.lock, as PyPI serves them for x86_64. They carry
 #         CUDA 13 in nvidia-* wheels (about 3 GB), so the same image uses a GPU where one is passed in
 #         and needs nothing but PyPI to build. Default because it is the one build that installs
 #         from PyPI alone: PyPI has no CPU-only torchvision, and PyPI's torchvision links against
@@ -27,21 +29,26 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
-COPY requirements.txt requirements-nodeps.txt /tmp/requirements/
+COPY requirements.lock requirements-nodeps.lock /tmp/requirements/
 WORKDIR /tmp/requirements
+# Every package comes from the lock files, each checked against its hashes. For `cpu`, torch and
+# torchvision (the lock's versions) come from the CPU index instead, whose wheels the lock cannot hash;
+# the lock's CUDA wheels (nvidia-*, cuda-*, triton) are left out, and the rest is installed as locked.
 # triton only serves torch.compile, which the service never calls: dropping it saves about 0.9 GB.
 RUN --mount=type=secret,id=pip_conf --mount=type=secret,id=ca_bundle \
     set -eu; \
     if [ -f /run/secrets/pip_conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip_conf; fi; \
     if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
     case "$TORCH_VARIANT" in \
-      cpu) grep -E '^torch(vision)?==' requirements.txt > torch.txt; \
-           pip install --no-cache-dir --index-url "$TORCH_CPU_INDEX" -r torch.txt ;; \
-      cuda) ;; \
+      cpu) grep -oE '^torch(vision)?==[^ ]+' requirements.lock > torch.txt; \
+           pip install --no-cache-dir --no-deps --index-url "$TORCH_CPU_INDEX" -r torch.txt; \
+           awk '/^[a-z0-9]/ { skip = ($1 ~ /^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==/) } \
+                !skip' requirements.lock > install.lock ;; \
+      cuda) cp requirements.lock install.lock ;; \
       *) echo "TORCH_VARIANT must be cpu or cuda, not '$TORCH_VARIANT'" >&2; exit 2 ;; \
     esac; \
-    pip install --no-cache-dir -r requirements.txt; \
-    pip install --no-cache-dir --no-deps -r requirements-nodeps.txt; \
+    pip install --no-cache-dir --require-hashes -r install.lock; \
+    pip install --no-cache-dir --require-hashes --no-deps -r requirements-nodeps.lock; \
     pip uninstall --yes triton
 WORKDIR /app
 COPY app/ app/

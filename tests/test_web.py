@@ -97,6 +97,16 @@ def test_result_is_in_view_beside_the_age_control(page, fixtures_dir):
     assert page.console_errors == []
 
 
+def test_on_a_small_phone_the_result_is_scrolled_up_above_the_age_control(browser, server_url, fixtures_dir):
+    page = open_page(browser, server_url, {**PHONE, "viewport": {"width": 360, "height": 640}})
+    page.set_input_files("#photo", str(fixtures_dir / "frrepo_obama_small.jpg"))
+    page.wait_for_function(RESULT_SHOWN, timeout=60_000)
+    page.wait_for_function(UNCOVERED_BY_CONTROLS, arg="#closeups .compare", timeout=5_000)
+    assert page.evaluate("window.scrollY") > 0
+    assert page.evaluate(IN_VIEW, "#closeups .compare") and page.evaluate(IN_VIEW, "#years")
+    page.context.close()
+
+
 def test_closeup_is_large_on_both_screens(page, fixtures_dir):
     upload(page, fixtures_dir / "frrepo_obama_small.jpg")
     box = page.locator("#closeups .compare").bounding_box()
