@@ -178,8 +178,9 @@ def age_here(args: argparse.Namespace, photos: list[Path], single_file: bool) ->
         print(f"error: the model in {weights} could not be loaded: {exc}", file=sys.stderr)
         return 1
     loaded = time.perf_counter()
-    print(f"Ready in {loaded - started:.1f} s (importing torch {imported - started:.1f} s, loading the model "
-          f"{loaded - imported:.1f} s); --server URL uses a running service and skips this.", file=sys.stderr)
+    print(f"Ready in {loaded - started:.1f} s (importing torch and the model code {imported - started:.1f} s, "
+          f"loading the model {loaded - imported:.1f} s); --server URL uses a running service and skips this.",
+          file=sys.stderr)
     if args.target_age is not None:
         try:
             check_target_ages([args.target_age], editor.age_range)

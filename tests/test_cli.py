@@ -85,7 +85,7 @@ def test_an_output_in_a_missing_folder_is_a_usage_error_that_names_the_folder(ph
 def test_the_time_taken_is_said(photos, tmp_path, capsys):
     assert main([str(photos / "frrepo_obama_small.jpg"), "--years", "5", "-o", str(tmp_path / "out.jpg")]) == 0
     captured = capsys.readouterr()
-    assert "importing torch" in captured.err and "loading the model" in captured.err
+    assert "importing torch and the model code" in captured.err and "loading the model" in captured.err
     assert captured.out.rstrip().endswith(" s)")
 
 
