@@ -225,6 +225,22 @@ def test_a_clamped_face_is_said_so(desktop_page, fixtures_dir):
     assert page.get_attribute("#download", "download").endswith("-years-younger.jpg")
 
 
+def test_faces_the_service_did_not_edit_are_said_so(desktop_page, fixtures_dir, server_url):
+    """The service's answer, with one face more reported as skipped, as a crowded photo would get it."""
+    import httpx
+
+    page = desktop_page
+    photo = fixtures_dir / "frrepo_obama_small.jpg"
+    answer = httpx.post(f"{server_url}/v1/age", files={"image": ("photo", photo.read_bytes())},
+                        data={"years": "20"}, headers={"Accept": "application/json"}, timeout=60).json()
+    answer["skipped"] = [{"box": [1, 1, 20, 20], "landmarks": [[5, 5]] * 5, "score": 0.9, "reason": "too_small",
+                          "explanation": "smaller than the smallest face that can be edited"}]
+    page.route("**/v1/age", lambda route: route.fulfill(json=answer))
+    upload(page, photo)
+    assert page.text_content("#clamp-note") == ("1 more face was not edited: smaller than the smallest face that "
+                                                "can be edited.")
+
+
 def test_older_wording_and_download_name(desktop_page, fixtures_dir):
     page = desktop_page
     upload(page, fixtures_dir / "frrepo_obama_small.jpg")

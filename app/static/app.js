@@ -248,7 +248,7 @@ async function age() {
   const edited = await createImageBitmap(resultBlob);
   if (controller !== state.inFlight) return;
   state.inFlight = null;
-  render(answer.body.faces, edited, resultBlob, edit);
+  render(answer.body, edited, resultBlob, edit);
   showStatus("");
 }
 
@@ -317,7 +317,15 @@ function clampNote(faces, edit) {
   return `${who.charAt(0).toUpperCase()}${who.slice(1)} stopped at ${limit}.`;
 }
 
-function render(faces, edited, resultBlob, edit) {
+// faces the service found and did not edit (too small, or past its limit per photo), with its reasons
+function skippedNote(skipped = []) {
+  if (!skipped.length) return "";
+  const reasons = [...new Set(skipped.map((face) => face.explanation))].join("; ");
+  const were = skipped.length === 1 ? "was" : "were";
+  return `${skipped.length} more ${plural(skipped.length, "face")} ${were} not edited: ${reasons}.`;
+}
+
+function render({ faces, skipped }, edited, resultBlob, edit) {
   const { width, height } = state.original;
   elements.closeups.replaceChildren(...faces.map((face, index) => {
     const square = cropSquare(face.box, width, height);
@@ -331,7 +339,7 @@ function render(faces, edited, resultBlob, edit) {
     drawn(edited, whole, width, height), `The whole photo, ${faces.length} ${plural(faces.length, "face")} edited`));
   edited.close();
 
-  const note = clampNote(faces, edit);
+  const note = [clampNote(faces, edit), skippedNote(skipped)].filter(Boolean).join(" ");
   elements.clampNote.textContent = note;
   elements.clampNote.hidden = !note;
 
