@@ -176,7 +176,8 @@ def test_while_working_the_previous_result_stays_dimmed_with_a_spinner(desktop_p
     assert page.is_visible("#status .spinner")
     assert "younger" in page.text_content("#status")
     assert page.is_visible("#closeups .compare canvas.after")
-    assert float(page.evaluate("getComputedStyle(document.getElementById('result')).opacity")) < 1
+    # held until the request is let through: the fade to dimmed finishes while it waits
+    page.wait_for_function("() => parseFloat(getComputedStyle(document.getElementById('result')).opacity) < 0.5")
     for _ in range(1000):  # each call lets playwright deliver events, the held request among them
         if held:
             break
