@@ -23,8 +23,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from app.imaging import OUTPUT_FORMATS, DecodedImage, ImageError, decode_image, encode_image, \
-    set_decompression_limit
+from app.imaging import OUTPUT_FORMATS, DecodedImage, ImageError, decode_image, encode_image, set_decompression_limit
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif"}
 FORMAT_OF_SUFFIX = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
@@ -154,7 +153,7 @@ def age_one(editor, settings, args: argparse.Namespace, photo: Path, single_file
 
 def age_here(args: argparse.Namespace, photos: list[Path], single_file: bool) -> int:
     started = time.perf_counter()
-    import torch  # noqa: F401  (imported here, and timed, so that --server runs without it)
+    import torch  # here, and timed: with --server it is never imported
 
     from app.schemas import check_target_ages
     from app.settings import Settings, SettingsError, checked_device

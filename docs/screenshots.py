@@ -16,7 +16,7 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.main import create_app  # noqa: E402
+from app.main import create_app  # noqa: E402  (after the path is set)
 from app.service import load_editor  # noqa: E402
 from app.settings import Settings  # noqa: E402
 

@@ -19,7 +19,7 @@ def test_docs_pages_load_only_files_from_the_service(client, route):
     response = client.get(route)
     assert response.status_code == 200
     sources = re.findall(r'(?:src|href)="([^"]+)"', response.text)
-    assert sources and all(s.startswith("/") or s.startswith("data:") for s in sources), sources
+    assert sources and all(s.startswith(("/", "data:")) for s in sources), sources
     for source in (s for s in sources if s.startswith("/")):
         asset = client.get(source)
         assert asset.status_code == 200, source

@@ -384,8 +384,8 @@ function seriesAges() {
   const [low, high] = state.ageRange;
   const start = Math.ceil(low / 5) * 5;
   const end = Math.floor(high / 5) * 5;
-  const ages = Array.from({ length: SERIES_STEPS }, (_, i) => Math.round((start + (end - start) * i / (SERIES_STEPS - 1)) / 5) * 5);
-  return [...new Set(ages)];
+  const step = (end - start) / (SERIES_STEPS - 1);
+  return [...new Set(Array.from({ length: SERIES_STEPS }, (_, i) => Math.round((start + step * i) / 5) * 5))];
 }
 
 async function showSeries() {
