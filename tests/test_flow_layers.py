@@ -5,11 +5,56 @@ import copy
 import pytest
 import torch
 
-from model.flow.contract import InvertibleLayer
+from model.flow.contract import ConditionalInvertibleLayer, InvertibleLayer
+from model.flow.detail import ConditionalCoupling, ConditionalFlowStep, DetailConfig, DetailFlow, HaarSplit
 from model.flow.layers import ActNorm, ChannelReverse, Coupling, FlowStep, InvertibleConv1x1, squeeze, unsqueeze
 from model.flow.nets import ZeroConv2d
 
 CHANNELS = 4
+CONDITION_CHANNELS = 3
+
+
+def fixed_condition(shape: tuple[int, ...], channels: int, dtype: torch.dtype, grow: int = 0) -> torch.Tensor:
+    """A condition that depends only on the input's shape (and differs between samples): N x channels x
+    (H + 2 grow) x (W + 2 grow)."""
+    n, _, h, w = shape
+    generator = torch.Generator().manual_seed(1000 * n + 10 * h + w)
+    return torch.randn(n, channels, h + 2 * grow, w + 2 * grow, generator=generator).to(dtype)
+
+
+class WithCondition(torch.nn.Module):
+    """A conditional layer under a fixed condition per input shape: an InvertibleLayer, so that every
+    check below applies to it unchanged."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x, fixed_condition(x.shape, CONDITION_CHANNELS, x.dtype))
+
+    def inverse(self, y):
+        return self.layer.inverse(y, fixed_condition(y.shape, CONDITION_CHANNELS, y.dtype))
+
+
+class DetailBijection(torch.nn.Module):
+    """The whole detail flow (encoder, two levels with a squeeze) under a fixed context image and vector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flow = DetailFlow(DetailConfig(channels=CHANNELS, context_channels=2, condition_dim=2, steps=(1, 2),
+                                            width=8, encoder_width=8, features=3))
+
+    def _features(self, x_shape, dtype):
+        context = fixed_condition(x_shape, 2, dtype, grow=self.flow.config.margin)
+        return self.flow.features(context, context[:, 0, 0, :2])
+
+    def forward(self, x):
+        return self.flow.transform(x, self._features(x.shape, x.dtype))
+
+    def inverse(self, y):
+        n, c, h, w = y.shape
+        return self.flow.untransform(y, self._features((n, c // 4, 2 * h, 2 * w), y.dtype))
 
 LAYERS = {
     "actnorm": lambda: ActNorm(CHANNELS),
@@ -24,7 +69,13 @@ LAYERS = {
     "step-glow": lambda: FlowStep(CHANNELS, 8, affine=False, mixing="conv1x1", mask="channel", parity=0, seed=1),
     "step-realnvp": lambda: FlowStep(CHANNELS, 8, affine=True, mixing="reverse", mask="checkerboard", parity=1,
                                      seed=0),
+    "haar-split": lambda: HaarSplit(),
+    "conditional-coupling-even": lambda: WithCondition(ConditionalCoupling(CHANNELS, CONDITION_CHANNELS, 8, parity=0)),
+    "conditional-coupling-odd": lambda: WithCondition(ConditionalCoupling(CHANNELS, CONDITION_CHANNELS, 8, parity=1)),
+    "conditional-step": lambda: WithCondition(ConditionalFlowStep(CHANNELS, CONDITION_CHANNELS, 8, parity=1, seed=2)),
+    "detail-flow": lambda: DetailBijection(),
 }
+CONDITIONAL = ("conditional-coupling-even", "conditional-coupling-odd", "conditional-step")
 
 
 def trained(name: str) -> torch.nn.Module:
@@ -90,9 +141,38 @@ def test_logdet_equals_log_abs_det_of_numerical_jacobian(name):
 
 
 def test_scaling_layers_change_volume_after_training():
-    for name in ("actnorm", "conv1x1", "affine-channel-even", "affine-checkerboard-odd", "step-realnvp"):
+    for name in ("actnorm", "conv1x1", "affine-channel-even", "affine-checkerboard-odd", "step-realnvp",
+                 "haar-split", "conditional-coupling-even", "conditional-step", "detail-flow"):
         _, logdet = trained(name)(torch.randn(1, CHANNELS, 2, 2))
         assert abs(logdet.item()) > 1e-3, name
+
+
+@pytest.mark.parametrize("name", CONDITIONAL)
+def test_conditional_layers_keep_the_contract_under_any_condition(name):
+    layer = trained(name).layer
+    assert isinstance(layer, ConditionalInvertibleLayer)
+    x = torch.randn(2, CHANNELS, 4, 4)
+    first, second = torch.randn(2, CONDITION_CHANNELS, 4, 4), torch.randn(2, CONDITION_CHANNELS, 4, 4)
+    with torch.no_grad():
+        y_first, logdet_first = layer(x, first)
+        y_second, _ = layer(x, second)
+        x_back, logdet_back = layer.inverse(y_first, first)
+    assert (y_first - y_second).abs().max() > 1e-3  # the condition changes the map
+    assert (x_back - x).abs().max().item() < 1e-4
+    torch.testing.assert_close(logdet_first + logdet_back, torch.zeros(2), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+def test_conditional_coupling_handles_an_odd_channel_count(parity):
+    coupling = ConditionalCoupling(9, 2, 8, parity=parity)
+    with torch.no_grad():
+        for p in coupling.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        x, condition = torch.randn(2, 9, 4, 4), torch.randn(2, 2, 4, 4)
+        y, _ = coupling(x, condition)
+        kept = slice(0, 4) if parity == 0 else slice(4, 9)
+        assert torch.equal(y[:, kept], x[:, kept])
+        assert (coupling.inverse(y, condition)[0] - x).abs().max() < 1e-5
 
 
 def test_actnorm_initialization_gives_zero_mean_unit_variance():

@@ -14,3 +14,13 @@ class InvertibleLayer(Protocol):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@runtime_checkable
+class ConditionalInvertibleLayer(Protocol):
+    """The same contract for every fixed `condition` (an opaque tensor the layer's networks read):
+    `forward(x, condition) -> (y, logdet)`, `inverse(y, condition) -> (x, logdet)`."""
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def inverse(self, y: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...

@@ -1,0 +1,202 @@
+"""The 128 px detail stage: the Haar split, patch training on real faces (resumable, learning that
+generalizes), and the edit the editor calls (a zero edit changes nothing)."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from test_training import FACES, jittered
+
+from model import train_detail
+from model.align import warp_to_crop
+from model.detail import (DetailStage, evaluate_detail_bits_per_dim, load_detail_faces, padded_context,
+                          patch_batch)
+from model.flow.detail import DetailConfig, haar_merge, haar_split
+
+COPIES = 12
+TINY = ["--steps", "1,2", "--width", "16", "--encoder-width", "8", "--features", "8", "--patch", "16",
+        "--device", "cpu", "--threads", "1", "--checkpoint-every", "100000", "--eval-every", "0"]
+
+
+@pytest.fixture(scope="module")
+def face_folder(tmp_path_factory, photo, aligner):
+    """`model.prepare`'s format: COPIES jittered 64 and 128 px crops of each real face as a 192 px source,
+    and one more copy of each labelled as the upsampled 64 px source, which the detail stage must skip."""
+    folder = tmp_path_factory.mktemp("detail-faces")
+    rng = np.random.default_rng(0)
+    crops = {64: [], 128: []}
+    rows = []
+    for number, (name, which, age, gender, race) in enumerate(FACES):
+        image = photo(name)
+        matrix = aligner.alignment(aligner.detect(image)[which])
+        split = "heldout" if number == len(FACES) - 1 else "train"
+        for copy in range(COPIES + 1):
+            m = matrix if copy == 0 else jittered(matrix, rng)
+            for side in crops:
+                crop = warp_to_crop(image, m, side)
+                crops[side].append((crop.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+            source = "utkface-64" if copy == COPIES else "aaf-192"
+            rows.append([len(rows), f"{number}_{copy}.jpg", source, age, gender, race, split])
+    for side, stack in crops.items():
+        np.save(folder / f"faces_{side}.npy", np.stack(stack))
+    with open(folder / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "file", "source", "age", "gender", "race", "split"])
+        writer.writerows(rows)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained_run(face_folder, tmp_path_factory):
+    """A tiny detail flow trained for 80 steps on patches of the training faces, and its untrained start."""
+    runs = tmp_path_factory.mktemp("detail-runs")
+    common = ["--data", str(face_folder), *TINY, "--batch-size", "8", "--lr", "3e-3", "--warmup", "10"]
+    train_detail.main([*common, "--run", str(runs / "initial"), "--epochs", "0"])
+    train_detail.main([*common, "--run", str(runs / "trained"), "--max-steps", "80"])
+    return runs
+
+
+def test_low_band_is_the_2x2_average_the_main_flow_sees():
+    x = torch.rand(2, 3, 16, 16)
+    low, detail = haar_split(x)
+    assert detail.shape == (2, 9, 8, 8)
+    torch.testing.assert_close(low, F.avg_pool2d(x, 2), atol=1e-7, rtol=0)
+
+
+def test_haar_split_is_exactly_invertible_on_8_bit_pixels():
+    x = torch.randint(0, 256, (2, 3, 16, 16)).float() / 256.0
+    assert torch.equal(haar_merge(*haar_split(x)), x)
+
+
+def test_haar_split_is_invertible_to_float_precision_on_any_image():
+    x = torch.rand(2, 3, 16, 16)
+    assert (haar_merge(*haar_split(x)) - x).abs().max() < 1e-6
+
+
+def test_prepared_64_px_face_is_the_low_band_of_the_128_px_face_to_within_a_grey_level(face_folder):
+    faces_64 = np.load(face_folder / "faces_64.npy").astype(np.float64)
+    faces_128 = np.load(face_folder / "faces_128.npy").astype(np.float64)
+    low = faces_128.reshape(-1, 64, 2, 64, 2, 3).mean(axis=(2, 4))
+    assert np.abs(low - faces_64).mean() < 1.0  # grey levels of 255: the two crops frame the same face
+
+
+def test_detail_faces_are_the_192_and_200_px_sources_only(face_folder):
+    train = load_detail_faces(face_folder, "train")
+    heldout = load_detail_faces(face_folder, "heldout")
+    assert (len(train), len(heldout)) == ((len(FACES) - 1) * COPIES, COPIES)
+    assert train.images.shape[1:] == (128, 128, 3)
+    assert heldout.ages[0] == FACES[-1][2]
+
+
+def test_encoder_features_of_a_patch_are_the_crop_of_the_whole_faces_features():
+    torch.manual_seed(0)
+    stage = DetailStage.new(DetailConfig(steps=(1, 1, 1), width=8, encoder_width=8, features=4))
+    for p in stage.flow.encoder.parameters():
+        p.data.normal_(0, 0.3)
+    low = torch.rand(1, 3, 64, 64)
+    context, m = padded_context(low, stage.margin), stage.margin
+    condition = stage.condition([30.0], "cpu")
+    whole = stage.flow.features(context, condition)
+    y, x, side = 8, 20, 16  # offsets on the coarsest level's grid (multiples of 4)
+    patch = stage.flow.features(context[:, :, y:y + side + 2 * m, x:x + side + 2 * m], condition)
+    for level, (a, b) in enumerate(zip(patch, whole)):
+        s = 2**level
+        torch.testing.assert_close(a, b[:, :, y // s:(y + side) // s, x // s:(x + side) // s], atol=1e-5, rtol=1e-5)
+        shifted = b[:, :, y // s + 1:(y + side) // s + 1, x // s:(x + side) // s]
+        assert (a - shifted).abs().max() > 1e-2  # a window one row off is not the same
+
+
+def test_patches_are_windows_of_the_faces_detail_with_their_context(face_folder):
+    faces = load_detail_faces(face_folder, "train")
+    stage = DetailStage.new(DetailConfig(steps=(1, 1), width=8, encoder_width=8, features=4))
+    detail, context, ages = patch_batch(stage, faces, [0, 5], 16, torch.Generator().manual_seed(1), "cpu")
+    m = stage.margin
+    assert detail.shape == (2, 9, 16, 16) and context.shape == (2, 3, 16 + 2 * m, 16 + 2 * m)
+    assert np.array_equal(ages, faces.ages[[0, 5]])
+    # the context window is the low band over the same pixels as the detail: their merge is a real face crop
+    face = haar_merge(context[:, :, m:-m, m:-m] + 0.5, detail)
+    assert -1e-6 <= face.min() and face.max() <= 1.0 + 1e-6 and face.std() > 0.05
+
+
+def test_short_training_on_patches_lowers_heldout_detail_bits_per_dim(face_folder, trained_run):
+    heldout = load_detail_faces(face_folder, "heldout")
+    before = evaluate_detail_bits_per_dim(DetailStage.load(trained_run / "initial"), heldout, "cpu")
+    after = evaluate_detail_bits_per_dim(DetailStage.load(trained_run / "trained"), heldout, "cpu")
+    assert math.isfinite(before) and math.isfinite(after)
+    assert after < before - 0.3, (before, after)
+    logged = [json.loads(line) for line in (trained_run / "trained" / "log.jsonl").read_text().splitlines()]
+    held = [r["heldout_bpd"] for r in logged if "heldout_bpd" in r]
+    assert held[0] == pytest.approx(before, abs=1e-4)  # the log's first figure is the untrained model's
+
+
+def test_resumed_detail_training_ends_with_the_weights_of_an_uninterrupted_run(face_folder, tmp_path):
+    common = ["--data", str(face_folder), *TINY, "--batch-size", "4", "--warmup", "3", "--eval-limit", "2"]
+    train_detail.main([*common, "--run", str(tmp_path / "straight"), "--max-steps", "20"])
+    train_detail.main([*common, "--run", str(tmp_path / "resumed"), "--max-steps", "7"])
+    train_detail.main([*common, "--run", str(tmp_path / "resumed"), "--max-steps", "20", "--resume"])
+    straight = load_file(str(tmp_path / "straight" / "detail.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "detail.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(resumed[name], straight[name]), name
+    state = torch.load(tmp_path / "resumed" / "train_state.pt", weights_only=True)
+    assert (state["step"], state["epoch"], state["position"]) == (20, 1, 5)  # 15 steps per epoch
+
+
+def test_training_with_fewer_faces_than_a_batch_stops_with_a_message(face_folder, tmp_path):
+    with pytest.raises(SystemExit, match="fewer than one batch"):
+        train_detail.main(["--data", str(face_folder), *TINY, "--batch-size", "8", "--train-limit", "5",
+                           "--run", str(tmp_path)])
+
+
+def heldout_faces(face_folder, n: int = 2) -> tuple[torch.Tensor, np.ndarray]:
+    faces = load_detail_faces(face_folder, "heldout")
+    return faces.pixels(np.arange(n)), faces.ages[:n]
+
+
+def test_zero_edit_returns_the_face_bit_identical(face_folder, trained_run):
+    stage = DetailStage.load(trained_run / "trained")
+    faces, ages = heldout_faces(face_folder)
+    change = stage.change(faces, torch.zeros(2, 3, 64, 64), ages, ages)
+    assert torch.equal(change, torch.zeros_like(faces))
+    assert torch.equal(stage.edit(faces, torch.zeros(2, 3, 64, 64), ages, ages), faces)
+
+
+def test_edit_moves_the_low_band_by_the_main_flows_change_and_redraws_the_detail(face_folder, trained_run):
+    stage = DetailStage.load(trained_run / "trained")
+    faces, ages = heldout_faces(face_folder)
+    low_change = 0.05 * torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    after = stage.edit(faces, low_change, ages, ages + 30)
+    low_before, detail_before = haar_split(faces)
+    low_after, detail_after = haar_split(after)
+    torch.testing.assert_close(low_after - low_before, low_change, atol=1e-5, rtol=0)
+    assert (detail_after - detail_before).abs().mean() > 1e-4
+    # the target age alone changes the detail too
+    older = stage.change(faces, torch.zeros(2, 3, 64, 64), ages, ages + 30)
+    assert older.abs().max() > 1e-4
+    torch.testing.assert_close(haar_split(older)[0], torch.zeros(2, 3, 64, 64), atol=1e-6, rtol=0)
+
+
+def test_standardized_detail_decodes_back_to_the_detail_of_a_whole_face(face_folder, trained_run):
+    stage = DetailStage.load(trained_run / "trained")
+    faces, ages = heldout_faces(face_folder)
+    low, detail = haar_split(faces)
+    context, condition = padded_context(low, stage.margin), stage.condition(ages, "cpu")
+    with torch.no_grad():
+        eps = stage.flow.standardize(detail, context, condition)
+        back = stage.flow.generate(eps, context, condition)
+    assert eps.shape == (2, 36, 32, 32)
+    assert (back - detail).abs().max() < 1e-5
+
+
+def test_saved_stage_loads_with_the_same_likelihood(face_folder, trained_run, tmp_path):
+    stage = DetailStage.load(trained_run / "trained")
+    stage.save(tmp_path)
+    faces, ages = heldout_faces(face_folder)
+    with torch.no_grad():
+        torch.testing.assert_close(DetailStage.load(tmp_path).bits_per_dim(faces, ages),
+                                   stage.bits_per_dim(faces, ages), atol=0, rtol=0)
