@@ -9,6 +9,7 @@ standardized latents under any condition back to an image.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -47,6 +48,16 @@ class Glow(nn.Module):
                 channels //= 2
         self.priors.append(ConditionalGaussianPrior((channels, side, side), 0, config.condition_dim))
 
+    def prior_at(self, index: int) -> ConditionalGaussianPrior:
+        """The prior of latent `index` (finest split first, top last)."""
+        return cast(ConditionalGaussianPrior, self.priors[index])
+
+    def all_priors(self) -> list[ConditionalGaussianPrior]:
+        return [self.prior_at(i) for i in range(len(self.priors))]
+
+    def steps_of(self, level: int) -> list[FlowStep]:
+        return cast(list[FlowStep], list(cast(nn.ModuleList, self.levels[level])))
+
     # ---- the bijection ------------------------------------------------------------------------------
     def _run_step(self, step: FlowStep, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -55,12 +66,13 @@ class Glow(nn.Module):
 
     def flow_forward(self, x: torch.Tensor):
         """x (centred, in [-0.5, 0.5]) -> latents, the contexts of their priors, and log|det J| per sample."""
-        latents, contexts = [], []
+        latents: list[torch.Tensor] = []
+        contexts: list[torch.Tensor | None] = []
         logdet = x.new_zeros(x.shape[0])
         h = x
-        for level, steps in enumerate(self.levels):
+        for level in range(len(self.levels)):
             h = squeeze(h)
-            for step in steps:
+            for step in self.steps_of(level):
                 h, ld = self._run_step(step, h)
                 logdet = logdet + ld
             if level < len(self.levels) - 1:
@@ -80,7 +92,7 @@ class Glow(nn.Module):
             if level < len(self.levels) - 1:
                 z = latents[level] if latents is not None and latents[level] is not None else draw(level, h)
                 h = torch.cat([h, z], 1)
-            for step in reversed(self.levels[level]):
+            for step in reversed(self.steps_of(level)):
                 h, _ = step.inverse(h)
             h = unsqueeze(h)
         return h
@@ -95,8 +107,8 @@ class Glow(nn.Module):
 
     # ---- likelihood ---------------------------------------------------------------------------------
     def prior_log_prob(self, latents, contexts, condition: torch.Tensor | None) -> torch.Tensor:
-        total = 0.0
-        for prior, z, ctx in zip(self.priors, latents, contexts):
+        total = latents[0].new_zeros(latents[0].shape[0])
+        for prior, z, ctx in zip(self.all_priors(), latents, contexts):
             mean, logs = prior.params(ctx, condition, z.shape[0])
             total = total + prior.log_density(z, mean, logs)
         return total
@@ -156,13 +168,13 @@ class Glow(nn.Module):
         rather than N * J * M: an age grid (first) crossed with genders and ethnicities (second) is cheap.
         """
         n, j = latents[0].shape[0], second.shape[0]
-        total = 0.0
-        for prior, z, ctx in zip(self.priors, latents, contexts):
+        total = latents[0].new_zeros(n, j, first.shape[0])
+        for prior, z, ctx in zip(self.all_priors(), latents, contexts):
             face = prior.context_params(ctx, n)  # N x 2C x H x W
             if prior.condition is None:
                 cond = face.new_zeros(first.shape[0], *face.shape[1:])
                 other = face.new_zeros(j, *face.shape[1:])
-            else:
+            else:  # the condition's bias is in `cond`, so `other` takes the weight alone
                 cond = prior.condition_params(first)  # M x 2C x H x W, with the bias
                 other = F.linear(second, prior.condition.weight).view(j, *face.shape[1:])
             face = (face[:, None] + other[None]).flatten(0, 1)  # N*J x 2C x H x W
@@ -192,7 +204,7 @@ class Glow(nn.Module):
     def standardize_latents(self, latents, contexts, condition) -> list[torch.Tensor]:
         """`standardize` for latents and contexts that `flow_forward` already gave."""
         eps = []
-        for index, (prior, z, ctx) in enumerate(zip(self.priors, latents, contexts)):
+        for index, (prior, z, ctx) in enumerate(zip(self.all_priors(), latents, contexts)):
             mean, logs = prior.params(ctx, self._at_level(condition, index), z.shape[0])
             eps.append((z - mean) * torch.exp(-logs))
         return eps
@@ -205,14 +217,14 @@ class Glow(nn.Module):
 
         def draw(index: int, context: torch.Tensor | None) -> torch.Tensor:
             e = eps[index]
-            mean, logs = self.priors[index].params(context, self._at_level(condition, index), e.shape[0])
+            mean, logs = self.prior_at(index).params(context, self._at_level(condition, index), e.shape[0])
             z = mean + torch.exp(logs) * e * temperature
             return z if offsets is None else z + offsets[index]
 
         return self._invert_levels(None, draw) + 0.5
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
-        return [p.shape for p in self.priors]
+        return [p.shape for p in self.all_priors()]
 
     def sample(self, n: int, temperature: float = 0.7, seed: int = 0,
                condition: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,15 +2,20 @@
 couplings are in nets.py, the priors in priors.py."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.flow.contract import InvertibleLayer
 from model.flow.nets import coupling_network
 
 
 class ActNorm(nn.Module):
     """Per-channel affine map, initialized from the first batch to zero mean and unit variance."""
+
+    initialized: torch.Tensor
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -45,6 +50,10 @@ class InvertibleConv1x1(nn.Module):
     In eval mode the float64 inverse weight is cached, keyed on the parameters' versions and device, so that
     optimizer steps and `load_state_dict` (which change the parameters in place) invalidate it.
     """
+
+    p: torch.Tensor
+    sign_s: torch.Tensor
+    lower_mask: torch.Tensor
 
     def __init__(self, channels: int, seed: int = 0) -> None:
         super().__init__()
@@ -196,7 +205,7 @@ class FlowStep(nn.Module):
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logdet = y.new_zeros(y.shape[0])
-        for layer in reversed(self.layers):
+        for layer in reversed(cast(list[InvertibleLayer], list(self.layers))):
             y, ld = layer.inverse(y)
             logdet = logdet + ld
         return y, logdet

@@ -34,6 +34,8 @@ class ConditionalGaussianPrior(nn.Module):
 
     def condition_params(self, condition: torch.Tensor) -> torch.Tensor:
         """The part of (mean, log-std) that the condition adds, bias included: M x 2C x H x W."""
+        if self.condition is None:
+            raise ValueError("this prior takes no condition")
         return self.condition(condition).view(-1, 2 * self.shape[0], self.shape[1], self.shape[2])
 
     def params(self, context: torch.Tensor | None, condition: torch.Tensor | None, n: int):
