@@ -12,6 +12,8 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -212,19 +214,22 @@ class DetailFlow(nn.Module):
         # patch's prior is the crop of the whole image's
         self.prior = nn.Conv2d(config.features, 2 * channels, 1)
         nn.init.zeros_(self.prior.weight)
-        nn.init.zeros_(self.prior.bias)
+        nn.init.zeros_(cast(torch.Tensor, self.prior.bias))
         self.prior_base = nn.Parameter(torch.zeros(1, 2 * channels, 1, 1))
 
     def features(self, context: torch.Tensor, condition: torch.Tensor | None) -> list[torch.Tensor]:
         return self.encoder(context, condition)
 
+    def steps_of(self, level: int) -> list[ConditionalFlowStep]:
+        return cast(list[ConditionalFlowStep], list(cast(nn.ModuleList, self.levels[level])))
+
     def transform(self, x: torch.Tensor, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """x -> the latent (last level's shape) and log|det J| per sample."""
         logdet = x.new_zeros(x.shape[0])
-        for level, steps in enumerate(self.levels):
+        for level in range(len(self.levels)):
             if level:
                 x = squeeze(x)
-            for step in steps:
+            for step in self.steps_of(level):
                 x, ld = step(x, features[level])
                 logdet = logdet + ld
         return x, logdet
@@ -232,7 +237,7 @@ class DetailFlow(nn.Module):
     def untransform(self, z: torch.Tensor, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logdet = z.new_zeros(z.shape[0])
         for level in reversed(range(len(self.levels))):
-            for step in reversed(self.levels[level]):
+            for step in reversed(self.steps_of(level)):
                 z, ld = step.inverse(z, features[level])
                 logdet = logdet + ld
             if level:
