@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-dev serve test bench docker-test browser lock
+.PHONY: install install-dev serve test lint format bench docker-test browser lock
 
 # Installs come from the lock files only: every package, transitive ones included, pinned with its hashes.
 $(VENV)/.installed: requirements.lock requirements-nodeps.lock
@@ -35,6 +35,16 @@ serve: install
 
 test: install-dev
 	$(PY) -m pytest -q
+
+# the house style, checked by CI beside the tests (settings in pyproject.toml); `make format` applies it
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: install
 	$(PY) -m bench.run_all

@@ -1,4 +1,5 @@
 """API keys, checked on the request's headers before any of its body is read."""
+
 from __future__ import annotations
 
 import hmac
@@ -32,9 +33,16 @@ class ApiKeyMiddleware:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "http" and self.keys and scope["method"] != "OPTIONS" and is_protected(scope["path"])
-                and not key_is_valid(Headers(scope=scope).get("authorization", ""), self.keys)):
-            response = error_response(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer", "Connection": "close"})
+        if (
+            scope["type"] == "http"
+            and self.keys
+            and scope["method"] != "OPTIONS"
+            and is_protected(scope["path"])
+            and not key_is_valid(Headers(scope=scope).get("authorization", ""), self.keys)
+        ):
+            response = error_response(
+                401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer", "Connection": "close"}
+            )
             await response(scope, receive, send)  # Connection: close, so the body is never read
             return
         await self.app(scope, receive, send)

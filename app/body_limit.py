@@ -1,5 +1,6 @@
 """Limits on request bodies, checked as the body arrives: bytes per request (on Content-Length before reading,
 and while reading), bytes held by all uploads in progress together, and how long a body may take."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +22,16 @@ class BodyLimitMiddleware:
     and not yet answered), so that slow or stalled uploads cannot pin the memory of the process; a body
     must keep arriving (`idle_timeout` seconds between pieces) and be complete within `timeout` seconds."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, message: str, max_uploading_bytes: int,
-                 idle_timeout: float, timeout: float, retry_after: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        message: str,
+        max_uploading_bytes: int,
+        idle_timeout: float,
+        timeout: float,
+        retry_after: int,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.message = message
@@ -57,7 +66,7 @@ class BodyLimitMiddleware:
             wait = min(self.idle_timeout, deadline - time.monotonic())
             try:
                 message = await asyncio.wait_for(receive(), max(wait, 0.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise HTTPException(408, BODY_TIMEOUT, CLOSE) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -10,6 +10,7 @@ model (seconds; it says how many), then ages the photos one after another; with 
 does the work and the call takes about as long as the edits. The exit status is 0 when every photo was aged,
 1 when any failed, 2 for a mistake in the command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,15 +56,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     edit.add_argument("--years", type=float, help="years to add; negative makes faces younger")
     edit.add_argument("--target-age", type=float, help="age in years to take every face to")
     parser.add_argument("--faces", choices=("all", "largest"), default="all", help="which faces to age")
-    parser.add_argument("-o", "--output", type=Path, required=True,
-                        help="the output photo (one input), or a folder for the results")
-    parser.add_argument("--format", choices=tuple(OUTPUT_FORMATS),
-                        help="output format; by default from the output's suffix, else the photo's own")
-    parser.add_argument("--server", metavar="URL",
-                        help="send the photos to a running service (e.g. http://127.0.0.1:8000) instead of "
-                             "loading the model here")
-    parser.add_argument("--api-key", default=os.environ.get("FACE_AGE_API_KEY"),
-                        help="with --server: the service's API key (default: $FACE_AGE_API_KEY)")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="the output photo (one input), or a folder for the results"
+    )
+    parser.add_argument(
+        "--format",
+        choices=tuple(OUTPUT_FORMATS),
+        help="output format; by default from the output's suffix, else the photo's own",
+    )
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="send the photos to a running service (e.g. http://127.0.0.1:8000) instead of loading the model here",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("FACE_AGE_API_KEY"),
+        help="with --server: the service's API key (default: $FACE_AGE_API_KEY)",
+    )
     parser.add_argument("--weights", type=Path, help="model folder (default: $WEIGHTS_DIR, else weights/)")
     parser.add_argument("--device", help="auto, cpu or cuda (default: $DEVICE, else auto)")
     args = parser.parse_args(argv)
@@ -91,26 +101,33 @@ def photos_in(inputs: list[Path]) -> list[Path]:
 def plan(args: argparse.Namespace) -> tuple[list[Path], bool]:
     """The photos to age, and whether the output is one file (else a folder, created here)."""
     photos = photos_in(args.inputs)
-    single_file = (len(photos) == 1 and not args.inputs[0].is_dir() and not args.output.is_dir()
-                   and args.output.suffix.lower() in FORMAT_OF_SUFFIX)
+    single_file = (
+        len(photos) == 1
+        and not args.inputs[0].is_dir()
+        and not args.output.is_dir()
+        and args.output.suffix.lower() in FORMAT_OF_SUFFIX
+    )
     if single_file:
         folder = args.output.parent
         if not folder.is_dir():
-            raise UsageError(f"{args.output}: the folder {folder} does not exist. Make it first, or choose "
-                             f"another output.")
+            raise UsageError(
+                f"{args.output}: the folder {folder} does not exist. Make it first, or choose another output."
+            )
         if not os.access(folder, os.W_OK):
             raise UsageError(f"{args.output}: the folder {folder} cannot be written to. Choose another output.")
     else:
         try:
             args.output.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"{args.output}: cannot make a folder for the results ({exc.strerror or exc}). "
-                             f"Choose another output.") from None
+            raise UsageError(
+                f"{args.output}: cannot make a folder for the results ({exc.strerror or exc}). Choose another output."
+            ) from None
     return photos, single_file
 
 
-def output_for(photo: Path, photo_format: str, output: Path, single_file: bool,
-               format_name: str | None) -> tuple[Path, str]:
+def output_for(
+    photo: Path, photo_format: str, output: Path, single_file: bool, format_name: str | None
+) -> tuple[Path, str]:
     """Where the result goes and in which format; photo_format: the one the photo itself would be written in."""
     if single_file:
         return output, format_name or FORMAT_OF_SUFFIX[output.suffix.lower()]
@@ -125,13 +142,13 @@ def write_result(destination: Path, data: bytes) -> None:
         raise OutputError(f"cannot write {destination} ({exc.strerror or exc})") from None
 
 
-def describe(photo: Path, destination: Path, ages_before: list[float], ages_after: list[float],
-             seconds: float) -> str:
+def describe(photo: Path, destination: Path, ages_before: list[float], ages_after: list[float], seconds: float) -> str:
     ages = ", ".join(f"{before:.0f} -> {after:.0f}" for before, after in zip(ages_before, ages_after))
     return f"{photo} -> {destination}: {len(ages_before)} face(s), ages {ages} ({seconds:.1f} s)"
 
 
 # --- here: the model loaded in this process ---
+
 
 def load_editor(settings):
     from app.service import load_editor as load
@@ -144,11 +161,17 @@ def age_one(editor, settings, args: argparse.Namespace, photo: Path, single_file
     started = time.perf_counter()
     decoded: DecodedImage = decode_image(photo.read_bytes(), settings.max_upload_bytes, settings.max_pixels)
     result = editor.age_photo(decoded.rgb, years=args.years, target_age=args.target_age, faces=args.faces)
-    destination, format_name = output_for(photo, FORMAT_OF_SOURCE[decoded.source_format], args.output,
-                                         single_file, args.format)
+    destination, format_name = output_for(
+        photo, FORMAT_OF_SOURCE[decoded.source_format], args.output, single_file, args.format
+    )
     write_result(destination, encode_image(result.image, format_name, decoded.alpha, decoded.icc_profile))
-    return describe(photo, destination, [f.age_before for f in result.faces], [f.age_after for f in result.faces],
-                    time.perf_counter() - started)
+    return describe(
+        photo,
+        destination,
+        [f.age_before for f in result.faces],
+        [f.age_after for f in result.faces],
+        time.perf_counter() - started,
+    )
 
 
 def age_here(args: argparse.Namespace, photos: list[Path], single_file: bool) -> int:
@@ -177,9 +200,11 @@ def age_here(args: argparse.Namespace, photos: list[Path], single_file: bool) ->
         print(f"error: the model in {weights} could not be loaded: {exc}", file=sys.stderr)
         return 1
     loaded = time.perf_counter()
-    print(f"Ready in {loaded - started:.1f} s (importing torch and the model code {imported - started:.1f} s, "
-          f"loading the model {loaded - imported:.1f} s); --server URL uses a running service and skips this.",
-          file=sys.stderr)
+    print(
+        f"Ready in {loaded - started:.1f} s (importing torch and the model code {imported - started:.1f} s, "
+        f"loading the model {loaded - imported:.1f} s); --server URL uses a running service and skips this.",
+        file=sys.stderr,
+    )
     if args.target_age is not None:
         try:
             check_target_ages([args.target_age], editor.age_range)
@@ -204,12 +229,19 @@ def age_here(args: argparse.Namespace, photos: list[Path], single_file: bool) ->
 
 # --- a running service ---
 
+
 def multipart(fields: dict[str, str], photo: Path) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-             for name, value in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="photo"\r\n'
-                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + photo.read_bytes() + b"\r\n")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="photo"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode()
+        + photo.read_bytes()
+        + b"\r\n"
+    )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -217,8 +249,9 @@ def age_on_server(args: argparse.Namespace, photo: Path, single_file: bool) -> s
     """Sends one photo to the service, writes its answer and says what was done."""
     started = time.perf_counter()
     # the service decodes the photo, so its own format is told by its suffix here (HEIC is written as JPEG)
-    destination, format_name = output_for(photo, FORMAT_OF_SUFFIX.get(photo.suffix.lower(), "jpeg"), args.output,
-                                          single_file, args.format)
+    destination, format_name = output_for(
+        photo, FORMAT_OF_SUFFIX.get(photo.suffix.lower(), "jpeg"), args.output, single_file, args.format
+    )
     edit = {"years": f"{args.years:g}"} if args.years is not None else {"target_age": f"{args.target_age:g}"}
     body, content_type = multipart({**edit, "faces": args.faces, "output": "photo", "format": format_name}, photo)
     headers = {"Content-Type": content_type, "Accept": OUTPUT_FORMATS[format_name].media_type}
@@ -237,8 +270,10 @@ def age_on_server(args: argparse.Namespace, photo: Path, single_file: bool) -> s
     except (urllib.error.URLError, OSError) as exc:
         raise ServiceUnreachable(getattr(exc, "reason", exc)) from None
     write_result(destination, image)
-    ages = [[float(v) for v in answer.get(name, "").split(",") if v] for name in ("X-Ages-Before", "X-Ages-After")]
-    return describe(photo, destination, *ages, time.perf_counter() - started)
+    before, after = (
+        [float(v) for v in answer.get(name, "").split(",") if v] for name in ("X-Ages-Before", "X-Ages-After")
+    )
+    return describe(photo, destination, before, after, time.perf_counter() - started)
 
 
 def age_with_server(args: argparse.Namespace, photos: list[Path], single_file: bool) -> int:
@@ -247,8 +282,11 @@ def age_with_server(args: argparse.Namespace, photos: list[Path], single_file: b
         try:
             print(age_on_server(args, photo, single_file), flush=True)
         except ServiceUnreachable as exc:
-            print(f"error: the service at {args.server} cannot be reached ({exc}). Start it (make serve), or "
-                  f"leave out --server to load the model here.", file=sys.stderr)
+            print(
+                f"error: the service at {args.server} cannot be reached ({exc}). Start it (make serve), or "
+                f"leave out --server to load the model here.",
+                file=sys.stderr,
+            )
             return 1
         except ServiceError as exc:
             print(f"{photo}: {exc}", file=sys.stderr)

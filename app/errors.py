@@ -1,4 +1,5 @@
 """Every error leaves the service as `{"error": {"code": ..., "message": ...}}` with a message for people."""
+
 from __future__ import annotations
 
 import logging
@@ -17,9 +18,17 @@ from model.editor import EditError, FaceTooSmallError, NoFaceError
 log = logging.getLogger("app")
 
 RETRY_AFTER_SECONDS = 5
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-               406: "not_acceptable", 408: "upload_timeout", 413: "upload_too_large", 415: "unsupported_media_type",
-               503: "uploads_busy"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "upload_timeout",
+    413: "upload_too_large",
+    415: "unsupported_media_type",
+    503: "uploads_busy",
+}
 
 
 class ApiError(Exception):
@@ -31,8 +40,7 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_response(status_code: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code, headers=headers)
 
 
@@ -71,8 +79,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServerBusy)
     async def busy(request: Request, exc: ServerBusy) -> JSONResponse:
-        return error_response(503, "busy", "The service is busy. Try again in a few seconds.",
-                              {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return error_response(
+            503, "busy", "The service is busy. Try again in a few seconds.", {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -80,8 +89,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail),
-                              getattr(exc, "headers", None))
+        return error_response(
+            exc.status_code,
+            _HTTP_CODES.get(exc.status_code, "http_error"),
+            str(exc.detail),
+            getattr(exc, "headers", None),
+        )
 
 
 class CatchAllMiddleware:

@@ -1,4 +1,5 @@
 """Bounded inference: a few requests run at once, a few more wait, the rest are turned away at once."""
+
 from __future__ import annotations
 
 import threading

@@ -3,6 +3,7 @@
 Limits are checked on the header, before any pixel is decoded. Every photo comes out upright (EXIF
 orientation applied) as H x W x 3 uint8 RGB, with its alpha channel kept aside when it has one.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,8 +23,7 @@ JPEG_QUALITY = 92
 # what Pillow's decoders raise on damaged data
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
 # formats that are recognised only to say that they are not supported
-_KNOWN_SIGNATURES = ((b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
-                     (b"%PDF", "PDF"))
+_KNOWN_SIGNATURES = ((b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"%PDF", "PDF"))
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _RGB_PROFILE_MODES = ("RGB", "RGBA", "P", "PA")
@@ -110,8 +110,10 @@ def _unsupported_message(data: bytes) -> str:
 
 
 def _too_many_pixels(width: int, height: int, max_pixels: int) -> TooManyPixels:
-    return TooManyPixels(f"The photo has {width} x {height} pixels ({width * height / 1e6:.0f} megapixels); "
-                         f"the limit is {max_pixels / 1e6:.0f} megapixels. Send a smaller photo.")
+    return TooManyPixels(
+        f"The photo has {width} x {height} pixels ({width * height / 1e6:.0f} megapixels); "
+        f"the limit is {max_pixels / 1e6:.0f} megapixels. Send a smaller photo."
+    )
 
 
 def _rgb_and_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
@@ -133,8 +135,9 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
     try:
         image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except Image.DecompressionBombError:
-        raise TooManyPixels(f"The photo has too many pixels; the limit is {max_pixels / 1e6:.0f} megapixels. "
-                            "Send a smaller photo.") from None
+        raise TooManyPixels(
+            f"The photo has too many pixels; the limit is {max_pixels / 1e6:.0f} megapixels. Send a smaller photo."
+        ) from None
     except UnidentifiedImageError:
         raise UnsupportedImage(_unsupported_message(data)) from None
     except DECODE_ERRORS:
@@ -152,17 +155,20 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
         rgb, alpha = _rgb_and_alpha(upright)
     except DECODE_ERRORS:
         raise CorruptImage("The photo is damaged or incomplete and cannot be read.") from None
-    return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format, icc_profile=icc_profile or None)
+    return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format or "", icc_profile=icc_profile or None)
 
 
-def encode_image(rgb: np.ndarray, format_name: str, alpha: np.ndarray | None = None,
-                 icc_profile: bytes | None = None) -> bytes:
+def encode_image(
+    rgb: np.ndarray, format_name: str, alpha: np.ndarray | None = None, icc_profile: bytes | None = None
+) -> bytes:
     """H x W x 3 uint8 -> file bytes; `alpha` (H x W) is kept where the format can hold it."""
     output = OUTPUT_FORMATS[format_name]
     height, width = rgb.shape[:2]
     if max(height, width) > output.max_side:
-        raise OutputTooLarge(f"The result is {width} x {height} pixels, more than {format_name.upper()} can hold "
-                             f"({output.max_side} pixels a side). Ask for png instead.")
+        raise OutputTooLarge(
+            f"The result is {width} x {height} pixels, more than {format_name.upper()} can hold "
+            f"({output.max_side} pixels a side). Ask for png instead."
+        )
     if alpha is not None and output.keeps_alpha:
         image = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
     else:
@@ -204,5 +210,5 @@ def grid(images: list[np.ndarray], columns: int) -> np.ndarray:
     canvas = np.zeros((rows * height, min(columns, len(images)) * width, 3), np.uint8)
     for index, image in enumerate(images):
         row, column = divmod(index, columns)
-        canvas[row * height:(row + 1) * height, column * width:(column + 1) * width] = image
+        canvas[row * height : (row + 1) * height, column * width : (column + 1) * width] = image
     return canvas

@@ -1,4 +1,5 @@
 """The service: `create_app()` builds it from the settings; `uvicorn app.main:app` serves it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -69,10 +70,15 @@ def create_app(settings: Settings | None = None, editor: AgeEditor | None = None
     settings = settings or Settings.from_env()
     set_decompression_limit(settings.max_pixels)
     # Starlette spools uploads above 1 MB to a temporary file; with this they stay in memory
-    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size,
-                                         settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
-    service = Service(settings=settings, gate=InferenceGate(settings.max_concurrency, settings.max_queue),
-                      metrics=Metrics(), editor=editor)
+    MultiPartParser.spool_max_size = max(
+        MultiPartParser.spool_max_size, settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+    )
+    service = Service(
+        settings=settings,
+        gate=InferenceGate(settings.max_concurrency, settings.max_queue),
+        metrics=Metrics(),
+        editor=editor,
+    )
     service.metrics.in_flight.set_function(lambda: service.gate.admitted)
     service.metrics.model_ready.set(editor is not None)
 
@@ -88,23 +94,39 @@ def create_app(settings: Settings | None = None, editor: AgeEditor | None = None
             loading.cancel()
 
     # /docs and /redoc are served below from the files of a pinned package, not from a CDN
-    app = FastAPI(title="Face age API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
-                  generate_unique_id_function=_operation_id, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Face age API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(CatchAllMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
-                       message=f"The upload is larger than the limit of {megabytes(settings.max_upload_bytes)}.",
-                       max_uploading_bytes=settings.max_uploading_bytes, idle_timeout=settings.body_idle_timeout,
-                       timeout=settings.body_timeout, retry_after=RETRY_AFTER_SECONDS)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        message=f"The upload is larger than the limit of {megabytes(settings.max_upload_bytes)}.",
+        max_uploading_bytes=settings.max_uploading_bytes,
+        idle_timeout=settings.body_idle_timeout,
+        timeout=settings.body_timeout,
+        retry_after=RETRY_AFTER_SECONDS,
+    )
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)  # outside the body limits: no body is read
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "Accept"],
-                           expose_headers=[*api.AGE_HEADERS, *api.SERIES_HEADERS, "X-Seed", "Retry-After"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept"],
+            expose_headers=[*api.AGE_HEADERS, *api.SERIES_HEADERS, "X-Seed", "Retry-After"],
+        )
     app.include_router(api.router)
     app.include_router(api.probes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -2,6 +2,7 @@
 
 Each app gets its own registry, so that several apps in one process (tests) do not collide.
 """
+
 from __future__ import annotations
 
 import time
@@ -15,16 +16,27 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("http_requests", "HTTP requests answered", ["method", "route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("http_request_duration_seconds", "Time to answer a request",
-                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.faces = Counter("faces_processed", "Faces detected and processed", ["route"],
-                             registry=self.registry)
-        self.stage_seconds = Histogram("pipeline_stage_seconds", "Time spent in each stage of an edit",
-                                       ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.in_flight = Gauge("inference_requests_in_flight", "Requests running or waiting for a model slot",
-                               registry=self.registry)
+        self.requests = Counter(
+            "http_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time to answer a request",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.faces = Counter("faces_processed", "Faces detected and processed", ["route"], registry=self.registry)
+        self.stage_seconds = Histogram(
+            "pipeline_stage_seconds",
+            "Time spent in each stage of an edit",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "inference_requests_in_flight", "Requests running or waiting for a model slot", registry=self.registry
+        )
         self.model_ready = Gauge("model_ready", "1 once the model is loaded", registry=self.registry)
 
     def observe_timings(self, timings: dict[str, float]) -> None:

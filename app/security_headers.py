@@ -1,4 +1,5 @@
 """Security headers on every response: a same-origin content policy, no framing, no type sniffing."""
+
 from __future__ import annotations
 
 from starlette.datastructures import MutableHeaders

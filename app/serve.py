@@ -6,6 +6,7 @@ line and headers at MAX_HEADER_BYTES, a connection must deliver complete headers
 first byte (or of opening), an idle one is closed after KEEP_ALIVE_TIMEOUT, and connections beyond
 MAX_CONNECTIONS are closed as they open. Host, port and workers: UVICORN_HOST, UVICORN_PORT, WEB_CONCURRENCY.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,10 +19,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from app.settings import Settings, _integer
 
 SETTINGS = Settings.from_env()
-_TOO_LARGE_BODY = (b'{"error": {"code": "headers_too_large", "message": "The request line and headers are larger '
-                   b'than the server accepts."}}')
-HEADERS_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                     b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(_TOO_LARGE_BODY) + _TOO_LARGE_BODY)
+_TOO_LARGE_BODY = (
+    b'{"error": {"code": "headers_too_large", "message": "The request line and headers are larger '
+    b'than the server accepts."}}'
+)
+HEADERS_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(_TOO_LARGE_BODY) + _TOO_LARGE_BODY
+)
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -90,9 +95,13 @@ def uvicorn_options(settings: Settings) -> dict:
 
 def main() -> None:
     environ = os.environ
-    uvicorn.run("app.main:app", host=environ.get("UVICORN_HOST", "127.0.0.1").strip() or "127.0.0.1",
-                port=_integer(environ, "UVICORN_PORT", 8000, 1), workers=_integer(environ, "WEB_CONCURRENCY", 1, 1),
-                **uvicorn_options(SETTINGS))
+    uvicorn.run(
+        "app.main:app",
+        host=environ.get("UVICORN_HOST", "127.0.0.1").strip() or "127.0.0.1",
+        port=_integer(environ, "UVICORN_PORT", 8000, 1),
+        workers=_integer(environ, "WEB_CONCURRENCY", 1, 1),
+        **uvicorn_options(SETTINGS),
+    )
 
 
 if __name__ == "__main__":

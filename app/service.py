@@ -1,4 +1,5 @@
 """What the running service holds: its settings, the editor once loaded, the inference gate and metrics."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,12 @@ def load_editor(settings: Settings) -> AgeEditor:
         if not (settings.weights_dir / name).is_file():  # fail before the detector takes seconds to load
             raise FileNotFoundError(f"{settings.weights_dir / name} is missing")
     device = settings.torch_device()
-    aligner = FaceAligner(detect_max_side=settings.detect_max_side, min_face_size=settings.min_face_size,
-                          second_pass_side=settings.detect_second_pass_side, device=device)
+    aligner = FaceAligner(
+        detect_max_side=settings.detect_max_side,
+        min_face_size=settings.min_face_size,
+        second_pass_side=settings.detect_second_pass_side,
+        device=device,
+    )
     return AgeEditor.from_dir(settings.weights_dir, device, aligner=aligner)
 
 

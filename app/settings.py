@@ -1,4 +1,5 @@
 """Every setting of the service, read from environment variables in one place."""
+
 from __future__ import annotations
 
 import os
@@ -65,7 +66,7 @@ class Settings:
     max_connections: int = 256  # open connections; beyond them new ones are closed at once
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         return cls(
             weights_dir=Path(environ.get("WEIGHTS_DIR", "").strip() or cls.weights_dir),

@@ -7,6 +7,7 @@ the others (`interleaved`), so that a change in the machine's load hits them all
 a ratio against the first model's architecture, measured in the same run. FLOPs count convolutions and
 matrix products of one forward pass, per level, to show how much of the work the finest level takes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -72,12 +73,20 @@ def main() -> None:
         steps[name] = training_step(model, torch.optim.Adam(model.parameters(), lr=1e-4), x, condition)
     samples = interleaved(steps, args.repeats)
     baseline = samples[next(iter(CANDIDATES))].median
-    table = Table(f"Training speed by architecture, batch {args.batch}, {args.threads} thread(s)",
-                  ["architecture", "params (M)", "GFLOP/img fwd", "finest level share", "images/s", "vs v1"])
+    table = Table(
+        f"Training speed by architecture, batch {args.batch}, {args.threads} thread(s)",
+        ["architecture", "params (M)", "GFLOP/img fwd", "finest level share", "images/s", "vs v1"],
+    )
     for name in CANDIDATES:
         total = sum(flops[name])
-        table.add(name, f"{params[name] / 1e6:.2f}", f"{total:.3f}", f"{flops[name][0] / total:.0%}",
-                  f"{args.batch / samples[name].median:.1f}", f"{baseline / samples[name].median:.2f}x")
+        table.add(
+            name,
+            f"{params[name] / 1e6:.2f}",
+            f"{total:.3f}",
+            f"{flops[name][0] / total:.0%}",
+            f"{args.batch / samples[name].median:.1f}",
+            f"{baseline / samples[name].median:.2f}x",
+        )
     table.notes.append(machine_line())
     print_tables([table])
 

@@ -1,6 +1,7 @@
 """What the benchmarks share: timing with robust statistics, the machine's description and load, the test
 photos (made in memory from a small fixture, never written to disk), and tables for the terminal or
 markdown."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,12 @@ def parser_for(doc: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, default=Path("weights"))
     parser.add_argument("--repeats", type=int, default=10, help="measured runs after a warm-up")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads in this process (0: as the service sets them, see threads_per_edit)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads in this process (0: as the service sets them, see threads_per_edit)",
+    )
     return parser
 
 
@@ -108,15 +113,22 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    return {"cores": os.cpu_count(), "usable cores": len(os.sched_getaffinity(0)), "cpu": cpu_model(),
-            "torch": torch.__version__, "torch threads": torch.get_num_threads(),
-            "load average (1 min)": round(os.getloadavg()[0], 2)}
+    return {
+        "cores": os.cpu_count(),
+        "usable cores": len(os.sched_getaffinity(0)),
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "torch threads": torch.get_num_threads(),
+        "load average (1 min)": round(os.getloadavg()[0], 2),
+    }
 
 
 def machine_line() -> str:
     m = machine()
-    return (f"cores: {m['cores']} ({m['usable cores']} usable)   cpu: {m['cpu']}   torch {m['torch']}   "
-            f"torch threads: {m['torch threads']}   load average: {m['load average (1 min)']}")
+    return (
+        f"cores: {m['cores']} ({m['usable cores']} usable)   cpu: {m['cpu']}   torch {m['torch']}   "
+        f"torch threads: {m['torch threads']}   load average: {m['load average (1 min)']}"
+    )
 
 
 def _busy_seconds() -> float:
@@ -173,8 +185,9 @@ class MachineLoad:
         """The other processes that used the most CPU during the run: (command, cores on average)."""
         wall = time.perf_counter() - self.start_wall
         now = _process_times()
-        used = {pid: now[pid] - start for pid, start in self.start_processes.items()
-                if pid in now and pid != os.getpid()}
+        used = {
+            pid: now[pid] - start for pid, start in self.start_processes.items() if pid in now and pid != os.getpid()
+        }
         top = sorted(used, key=used.get, reverse=True)[:count]
         return [(_command(pid), used[pid] / wall) for pid in top if used[pid] > 0.1 * wall]
 
@@ -234,15 +247,22 @@ class Table:
 
     def text(self) -> str:
         widths = [max(len(str(c)) for c in column) for column in zip(self.columns, *self.rows)]
-        lines = [self.title, "  ".join(c.ljust(w) for c, w in zip(self.columns, widths)),
-                 "  ".join("-" * w for w in widths)]
+        lines = [
+            self.title,
+            "  ".join(c.ljust(w) for c, w in zip(self.columns, widths)),
+            "  ".join("-" * w for w in widths),
+        ]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in self.rows]
         lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
     def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join("---" for _ in self.columns) + "|"]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.columns) + " |",
+            "|" + "|".join("---" for _ in self.columns) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
         if self.notes:
             lines += [""] + self.notes

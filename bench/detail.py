@@ -8,6 +8,7 @@ Fine-detail energy is the mean square of the three Haar detail bands over the ce
 of the crop in each direction); the edits change the age only (no 64 px change), so they show what the
 detail flow alone does with the target age.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -25,7 +26,7 @@ def central_detail_energy(faces: torch.Tensor) -> torch.Tensor:
     """Mean square of the detail bands over the middle half of each face: N values."""
     detail = haar_split(faces)[1]
     side = detail.shape[-1]
-    centre = detail[:, :, side // 4:3 * side // 4, side // 4:3 * side // 4]
+    centre = detail[:, :, side // 4 : 3 * side // 4, side // 4 : 3 * side // 4]
     return centre.pow(2).flatten(1).mean(1)
 
 
@@ -52,23 +53,24 @@ def main(argv=None) -> None:
     face, age = heldout.pixels([0]), heldout.ages[:1]
     no_change = torch.zeros(1, 3, 64, 64)
     cost = measure(lambda: stage.change(face, no_change, age, age + 30), args.repeats)
-    timing = Table("cost of DetailStage.change per face (batch of 1)", ["median ms", "p95 ms"],
-                   notes=[machine_line()])
+    timing = Table("cost of DetailStage.change per face (batch of 1)", ["median ms", "p95 ms"], notes=[machine_line()])
     timing.add(ms(cost.median), ms(cost.p(95)))
     tables.append(timing)
 
     ages = heldout.ages
-    energy = torch.cat([central_detail_energy(heldout.pixels(np.arange(i, min(i + 64, len(ages)))))
-                        for i in range(0, len(ages), 64)]).numpy()
+    energy = torch.cat(
+        [central_detail_energy(heldout.pixels(np.arange(i, min(i + 64, len(ages))))) for i in range(0, len(ages), 64)]
+    ).numpy()
     old, young = energy[(ages >= 55) & (ages <= 75)], energy[(ages >= 18) & (ages <= 35)]
     detail = Table("central fine-detail energy", ["what", "faces", "median ratio"])
-    detail.add("real 55-75 over real 18-35 (medians)", f"{len(old)} / {len(young)}",
-               f"{np.median(old) / np.median(young):.2f}")
+    detail.add(
+        "real 55-75 over real 18-35 (medians)", f"{len(old)} / {len(young)}", f"{np.median(old) / np.median(young):.2f}"
+    )
     for years, chosen in ((30, (ages >= 18) & (ages <= 45)), (-25, (ages >= 45) & (ages <= 75))):
         idx = np.flatnonzero(chosen)
         ratios = []
         for i in range(0, len(idx), 32):
-            batch = idx[i:i + 32]
+            batch = idx[i : i + 32]
             faces = heldout.pixels(batch)
             after = stage.edit(faces, torch.zeros(len(batch), 3, 64, 64), ages[batch], ages[batch] + years)
             ratios += (central_detail_energy(after) / central_detail_energy(faces)).tolist()

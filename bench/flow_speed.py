@@ -4,6 +4,7 @@
 after warm-up, for the shipped architecture, with the machine's core count. Baseline in the same run:
 one face at a time against a batch of 8.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,10 @@ def main() -> None:
     config_path = args.weights / "flow_config.json"
     config = FlowConfig.load(config_path) if config_path.exists() else FlowConfig()
     print(f"cores: {os.cpu_count()}   torch threads: {torch.get_num_threads()}   torch {torch.__version__}")
-    print(f"architecture: {config.levels} levels x {config.steps} steps, width {config.width}, "
-          f"{config.coupling} coupling, {config.resolution} px")
+    print(
+        f"architecture: {config.levels} levels x {config.steps} steps, width {config.width}, "
+        f"{config.coupling} coupling, {config.resolution} px"
+    )
     model = Glow(config)
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
 
@@ -65,8 +68,9 @@ def main() -> None:
         optimizer.step()
 
     times = timed(train_step, max(5, args.repeats // 4))
-    print(f"training, batch {args.batch}:        {summary(times)}   "
-          f"{args.batch / statistics.median(times):6.1f} images/s")
+    print(
+        f"training, batch {args.batch}:        {summary(times)}   {args.batch / statistics.median(times):6.1f} images/s"
+    )
 
     model.eval()
     for n in (1, 8):
@@ -77,8 +81,7 @@ def main() -> None:
             model.decode(model.encode(faces))
 
         times = timed(round_trip, args.repeats)
-        print(f"encode+decode, batch {n}:    {summary(times)}   "
-              f"{statistics.median(times) * 1000 / n:6.1f} ms per face")
+        print(f"encode+decode, batch {n}:    {summary(times)}   {statistics.median(times) * 1000 / n:6.1f} ms per face")
 
 
 if __name__ == "__main__":

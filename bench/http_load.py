@@ -11,6 +11,7 @@ long run to see whether it grows. When the service's queue (MAX_CONCURRENCY + MA
 every client, some get 503s by design, and a second server whose queue holds them all takes the most
 clients again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,7 @@ import httpx
 import numpy as np
 
 from app.settings import Settings
-from bench.common import Table, TestPhoto, machine_line, percentile, print_tables, process_cpu_seconds, \
-    test_photos
+from bench.common import Table, TestPhoto, machine_line, percentile, print_tables, process_cpu_seconds, test_photos
 
 REPO = Path(__file__).resolve().parent.parent
 YEARS = "20"
@@ -79,8 +79,19 @@ def running_server(weights: Path, env: dict[str, str], ready_timeout: float):
     temporary file, shown when it fails to start."""
     port = free_port()
     environ = {**os.environ, "WEIGHTS_DIR": str(weights), **env}
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-               "--no-access-log", "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT)
         server = Server(process, f"http://127.0.0.1:{port}")
@@ -130,8 +141,9 @@ class Load:
 
 def post_photo(client: httpx.Client, url: str, photo: TestPhoto) -> int | str:
     try:
-        response = client.post(url + "/v1/age", files={"image": ("photo.jpg", photo.data, "image/jpeg")},
-                               data={"years": YEARS})
+        response = client.post(
+            url + "/v1/age", files={"image": ("photo.jpg", photo.data, "image/jpeg")}, data={"years": YEARS}
+        )
         return response.status_code
     except httpx.HTTPError as exc:
         return type(exc).__name__
@@ -171,12 +183,25 @@ def load(server: Server, photo: TestPhoto, concurrency: int, requests: int) -> L
 
 
 def latency_table() -> Table:
-    table = Table("End to end through HTTP: POST /v1/age, years=20",
-                  ["photo", "clients", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "edits/s",
-                   "server CPU ms per request"])
-    table.notes.append("Latency percentiles and edits/s are of the answers with status 200 (a 503 comes back at "
-                       "once and its client sends its next request). Server CPU: the uvicorn process's user + "
-                       "system time over the level, per request sent.")
+    table = Table(
+        "End to end through HTTP: POST /v1/age, years=20",
+        [
+            "photo",
+            "clients",
+            "requests",
+            "errors",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "edits/s",
+            "server CPU ms per request",
+        ],
+    )
+    table.notes.append(
+        "Latency percentiles and edits/s are of the answers with status 200 (a 503 comes back at "
+        "once and its client sends its next request). Server CPU: the uvicorn process's user + "
+        "system time over the level, per request sent."
+    )
     return table
 
 
@@ -186,8 +211,9 @@ def warm_up(server: Server, photo: TestPhoto, requests: int) -> None:
             post_photo(client, server.url, photo)
 
 
-def latency_rows(table: Table, server: Server, photo: TestPhoto, requests: int, rounds: int,
-                 levels: tuple[int, ...], warmup: int) -> dict:
+def latency_rows(
+    table: Table, server: Server, photo: TestPhoto, requests: int, rounds: int, levels: tuple[int, ...], warmup: int
+) -> dict:
     warm_up(server, photo, warmup)
     figures = {}
     for concurrency in levels:
@@ -201,8 +227,15 @@ def latency_rows(table: Table, server: Server, photo: TestPhoto, requests: int, 
 def add_row(table: Table, label: str, result: Load, requests: int) -> None:
     lat = result.latencies
     cells = [f"{percentile(lat, q) * 1000:.0f}" for q in (50, 95, 99)] if lat else ["-"] * 3
-    table.add(label, result.concurrency, requests, result.errors, *cells, f"{len(lat) / result.wall:.2f}",
-              f"{result.server_cpu / requests * 1000:.0f}")
+    table.add(
+        label,
+        result.concurrency,
+        requests,
+        result.errors,
+        *cells,
+        f"{len(lat) / result.wall:.2f}",
+        f"{result.server_cpu / requests * 1000:.0f}",
+    )
 
 
 def memory_table(server: Server, photo: TestPhoto, requests: int, every: int) -> tuple[Table, dict]:
@@ -216,25 +249,44 @@ def memory_table(server: Server, photo: TestPhoto, requests: int, every: int) ->
                 series.append((i, server.rss_mb()))
     counts, rss = np.array([s[0] for s in series], float), np.array([s[1] for s in series])
     slope = slope_mb_per_request(counts, rss)
-    later = slope_mb_per_request(counts[len(counts) // 2:], rss[len(rss) // 2:])
-    table = Table(f"Server memory over {requests} requests ({photo.label}, one client)",
-                  ["requests", *[str(c) for c, _ in series]])
+    later = slope_mb_per_request(counts[len(counts) // 2 :], rss[len(rss) // 2 :])
+    table = Table(
+        f"Server memory over {requests} requests ({photo.label}, one client)",
+        ["requests", *[str(c) for c, _ in series]],
+    )
     table.add("RSS MB", *[f"{r:.0f}" for _, r in series])
     peak = server.peak_rss_mb()
-    table.notes.append(f"Least-squares slope of RSS: {slope * 1000:+.1f} MB per 1000 requests over the whole run, "
-                       f"{later * 1000:+.1f} over its second half (after the allocator settles). Peak RSS of the "
-                       f"server so far (VmHWM): {peak:.0f} MB. Answers: "
-                       f"{', '.join(f'{n} x {code}' for code, n in statuses.items())}.")
-    return table, {"series": series, "slope": slope, "later_slope": later, "peak_mb": peak,
-                   "mean_mb": float(rss.mean()), "requests": requests}
+    table.notes.append(
+        f"Least-squares slope of RSS: {slope * 1000:+.1f} MB per 1000 requests over the whole run, "
+        f"{later * 1000:+.1f} over its second half (after the allocator settles). Peak RSS of the "
+        f"server so far (VmHWM): {peak:.0f} MB. Answers: "
+        f"{', '.join(f'{n} x {code}' for code, n in statuses.items())}."
+    )
+    return table, {
+        "series": series,
+        "slope": slope,
+        "later_slope": later,
+        "peak_mb": peak,
+        "mean_mb": float(rss.mean()),
+        "requests": requests,
+    }
 
 
 def slope_mb_per_request(counts: np.ndarray, rss: np.ndarray) -> float:
     return float(np.polyfit(counts, rss, 1)[0]) if len(counts) > 2 else float("nan")
 
 
-def http_tables(weights: Path, requests: int, rounds: int, levels: tuple[int, ...], memory_requests: int,
-                memory_every: int, warmup: int, env: dict[str, str], ready_timeout: float):
+def http_tables(
+    weights: Path,
+    requests: int,
+    rounds: int,
+    levels: tuple[int, ...],
+    memory_requests: int,
+    memory_every: int,
+    warmup: int,
+    env: dict[str, str],
+    ready_timeout: float,
+):
     """Latency for the selfie, the memory run with it, then latency for the 12 MP photo, whose large buffers
     would otherwise blur the start of the memory series; then, when the service's queue cannot hold every
     client, the selfie at the most clients again on a second server whose queue can."""
@@ -261,8 +313,10 @@ def http_tables(weights: Path, requests: int, rounds: int, levels: tuple[int, ..
             add_row(latency, f"{selfie.name}, MAX_QUEUE={queue}", result, crowd * rounds)
             figures[(selfie.name, crowd, f"MAX_QUEUE={queue}")] = result
             cpu += server.cpu_seconds()
-    latency.notes.append(f"Settings: MAX_CONCURRENCY={served.max_concurrency}, MAX_QUEUE={served.max_queue}, "
-                         f"torch threads per edit {served.threads_per_edit()}.")
+    latency.notes.append(
+        f"Settings: MAX_CONCURRENCY={served.max_concurrency}, MAX_QUEUE={served.max_queue}, "
+        f"torch threads per edit {served.threads_per_edit()}."
+    )
     return [latency, *tables], {"latency": figures, "memory": memory, "server_cpu": cpu, "settings": served}
 
 
@@ -277,15 +331,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-requests", type=int, default=1000, help="0 skips the memory run")
     parser.add_argument("--memory-every", type=int, default=100, help="RSS sample interval, in requests")
     parser.add_argument("--http-warmup", type=int, default=2, help="unmeasured requests per photo first")
-    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the service, e.g. TORCH_THREADS=1 (repeatable)")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the service, e.g. TORCH_THREADS=1 (repeatable)",
+    )
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for /readyz")
 
 
 def run(args) -> tuple[list[Table], dict]:
     levels = tuple(int(c) for c in args.clients.split(","))
-    return http_tables(args.weights, args.requests, args.rounds, levels, args.memory_requests, args.memory_every,
-                       args.http_warmup, parse_env(args.server_env), args.ready_timeout)
+    return http_tables(
+        args.weights,
+        args.requests,
+        args.rounds,
+        levels,
+        args.memory_requests,
+        args.memory_every,
+        args.http_warmup,
+        parse_env(args.server_env),
+        args.ready_timeout,
+    )
 
 
 def main() -> None:

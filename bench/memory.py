@@ -5,6 +5,7 @@ resident set (ru_maxrss), beside its resident set once the model is loaded and w
 
     .venv/bin/python -m bench.memory
 """
+
 from __future__ import annotations
 
 import io
@@ -68,8 +69,14 @@ def run_case(name: str, concurrent: int) -> dict:
         for sender in senders:
             sender.join()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"case": name, "concurrent": concurrent, "upload_mb": round(len(photo) / 1e6, 2), "statuses": statuses,
-            "warm_rss_mib": round(warm), "peak_rss_mib": round(peak)}
+    return {
+        "case": name,
+        "concurrent": concurrent,
+        "upload_mb": round(len(photo) / 1e6, 2),
+        "statuses": statuses,
+        "warm_rss_mib": round(warm),
+        "peak_rss_mib": round(peak),
+    }
 
 
 def main(argv=None) -> None:
@@ -84,12 +91,18 @@ def main(argv=None) -> None:
     print("| request (x2 at once) | upload | statuses | warm RSS | peak RSS | share of the limit |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name in CASES:
-        out = subprocess.run([sys.executable, "-m", "bench.memory", "--case", name,
-                              "--concurrent", str(args.concurrent)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.memory", "--case", name, "--concurrent", str(args.concurrent)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         row = json.loads(out.stdout.strip().splitlines()[-1])
         share = row["peak_rss_mib"] / (CONTAINER_LIMIT_GIB * 1024)
-        print(f"| {name} | {row['upload_mb']} MB | {row['statuses']} | {row['warm_rss_mib']} MiB "
-              f"| {row['peak_rss_mib']} MiB | {share:.0%} |")
+        print(
+            f"| {name} | {row['upload_mb']} MB | {row['statuses']} | {row['warm_rss_mib']} MiB "
+            f"| {row['peak_rss_mib']} MiB | {share:.0%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ measured peak), then end to end through HTTP (latency and throughput at 1, 4 and
 clients, errors, the server's memory over many requests), then the goals with a verdict for each. The
 repeat counts are flags; the defaults take a few minutes on an otherwise idle 2-core machine.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -12,8 +13,17 @@ import sys
 from pathlib import Path
 
 from bench import flops, http_load, stages
-from bench.common import MachineLoad, Table, machine, machine_line, parser_for, percentile, print_tables, \
-    test_photos, use_threads
+from bench.common import (
+    MachineLoad,
+    Table,
+    machine,
+    machine_line,
+    parser_for,
+    percentile,
+    print_tables,
+    test_photos,
+    use_threads,
+)
 
 P50_GOAL_MS = 150.0
 MEMORY_FLAT_MB = 5.0  # fitted growth over the memory run below this, or below 2% of the RSS, counts as flat
@@ -25,25 +35,35 @@ def goals_table(http: dict, levels: tuple[int, ...], selfie: str) -> Table:
     single = http["latency"].get((selfie, 1))
     if single:
         p50 = percentile(single.latencies, 50) * 1000 if single.latencies else float("inf")
-        table.add(f"p50 under {P50_GOAL_MS:.0f} ms at 1 client", f"{p50:.0f} ms",
-                  "yes" if p50 < P50_GOAL_MS and single.ok == single.sent else "no")
+        table.add(
+            f"p50 under {P50_GOAL_MS:.0f} ms at 1 client",
+            f"{p50:.0f} ms",
+            "yes" if p50 < P50_GOAL_MS and single.ok == single.sent else "no",
+        )
     top = max(levels)
     for key, crowd in http["latency"].items():
         if key[:2] == (selfie, top):
             setting = key[2] if len(key) > 2 else f"MAX_QUEUE={http['settings'].max_queue}"
-            table.add(f"no error at {top} clients ({setting})",
-                      f"{crowd.sent - crowd.ok} of {crowd.sent} failed ({crowd.errors})",
-                      "yes" if crowd.ok == crowd.sent else "no")
+            table.add(
+                f"no error at {top} clients ({setting})",
+                f"{crowd.sent - crowd.ok} of {crowd.sent} failed ({crowd.errors})",
+                "yes" if crowd.ok == crowd.sent else "no",
+            )
     memory = http["memory"]
     if memory:
         growth = memory["later_slope"] * memory["requests"]
         limit = max(MEMORY_FLAT_MB, MEMORY_FLAT_SHARE * memory["mean_mb"])
-        table.add("memory does not grow with requests",
-                  f"{growth:+.1f} MB per {memory['requests']} requests in the second half (mean RSS "
-                  f"{memory['mean_mb']:.0f} MB)", "yes" if growth < limit else "no")
-        table.notes.append(f"Memory counts as not growing when the least-squares slope of RSS over the second half "
-                           f"of the memory run, times its length, is under {MEMORY_FLAT_MB:.0f} MB or "
-                           f"{100 * MEMORY_FLAT_SHARE:.0f}% of the mean RSS, whichever is larger.")
+        table.add(
+            "memory does not grow with requests",
+            f"{growth:+.1f} MB per {memory['requests']} requests in the second half (mean RSS "
+            f"{memory['mean_mb']:.0f} MB)",
+            "yes" if growth < limit else "no",
+        )
+        table.notes.append(
+            f"Memory counts as not growing when the least-squares slope of RSS over the second half "
+            f"of the memory run, times its length, is under {MEMORY_FLAT_MB:.0f} MB or "
+            f"{100 * MEMORY_FLAT_SHARE:.0f}% of the mean RSS, whichever is larger."
+        )
     return table
 
 
@@ -54,8 +74,10 @@ def machine_table(load: MachineLoad, server_cpu: float) -> Table:
     table.add("cores", f"{info['cores']} ({info['usable cores']} usable by this process)")
     table.add("CPU (/proc/cpuinfo)", info["cpu"])
     table.add("torch", f"{info['torch']}; torch threads in the benchmark process: {info['torch threads']}")
-    table.add("other work during the run", f"{other:.2f} cores busy on average with other processes "
-                                           f"(the benchmark and its server: {own:.2f} cores)")
+    table.add(
+        "other work during the run",
+        f"{other:.2f} cores busy on average with other processes (the benchmark and its server: {own:.2f} cores)",
+    )
     busiest = ", ".join(f"`{command}` ({cores:.2f} cores)" for command, cores in load.busiest_others())
     table.add("busiest other processes", busiest or "none")
     table.add("load average at the end", f"{info['load average (1 min)']}")
@@ -102,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-http", action="store_true", help="skip the end-to-end runs")
     http_load.add_arguments(parser)
     args = parser.parse_args(argv)
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     command = "python -m bench.run_all " + " ".join(sys.argv[1:] if argv is None else argv)
     use_threads(args.threads)
     load = MachineLoad()

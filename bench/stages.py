@@ -15,6 +15,7 @@ interleaved with what it is compared with:
 - detection on the full-resolution photo against the downscaled copy (`detect_max_side`);
 - one face per call against a batch of 8 faces (`AgeEditor.edit`).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,16 +29,25 @@ import torch
 from app.imaging import decode_image, encode_image
 from app.service import load_editor
 from app.settings import Settings
-from bench.common import Samples, Table, TestPhoto, interleaved, machine_line, ms, parser_for, print_tables, \
-    test_photos, use_threads
+from bench.common import (
+    Samples,
+    Table,
+    TestPhoto,
+    interleaved,
+    machine_line,
+    ms,
+    parser_for,
+    print_tables,
+    test_photos,
+    use_threads,
+)
+from model.age import AgeReading, ConditionalPriorTrajectory
 from model.align import FaceAligner, paste_back
 from model.condition import condition_grid, condition_vector
-from model.age import AgeReading, ConditionalPriorTrajectory
 from model.config import GENDERS, RACES
 from model.editor import AgeEditor, FaceEdit
 
-STAGES = ("decode upload", "detect", "align", "encode + read age", "move + decode", "paste back",
-          "encode result")
+STAGES = ("decode upload", "detect", "align", "encode + read age", "move + decode", "paste back", "encode result")
 YEARS = 20.0
 
 
@@ -67,8 +77,9 @@ def estimate_per_condition(trajectory: ConditionalPriorTrajectory, faces: torch.
     ages = []
     for i in range(len(faces)):
         cond = condition_vector(flow.config, fine_ages, [genders[i]] * len(fine_ages), [races[i]] * len(fine_ages))
-        ll = _density_per_condition(flow, [z[i:i + 1] for z in latents],
-                                    [c if c is None else c[i:i + 1] for c in contexts], cond)[0]
+        ll = _density_per_condition(
+            flow, [z[i : i + 1] for z in latents], [c if c is None else c[i : i + 1] for c in contexts], cond
+        )[0]
         ages.append(float(fine_ages[int(ll.argmax())]))
     return AgeReading(np.array(ages), genders, races, latents, contexts)
 
@@ -98,6 +109,7 @@ def with_threads(threads: int, fn):
             return fn()
         finally:
             torch.set_num_threads(in_use)
+
     return run
 
 
@@ -147,15 +159,23 @@ def stage_table(editor: AgeEditor, photo: TestPhoto, settings: Settings, repeats
             per_stage[stage].cpu.append(cpu)
         totals.wall.append(sum(w for w, _ in times.values()))
         totals.cpu.append(sum(c for _, c in times.values()))
-    table = Table(f"Stages, in-process: {photo.label}, 1 face, {repeats} runs",
-                  ["stage", "median ms", "p95 ms", "p99 ms", "CPU ms (median)", "share of CPU"])
+    table = Table(
+        f"Stages, in-process: {photo.label}, 1 face, {repeats} runs",
+        ["stage", "median ms", "p95 ms", "p99 ms", "CPU ms (median)", "share of CPU"],
+    )
     cpu_total = sum(s.cpu_median for s in per_stage.values())
     slowest = max(STAGES, key=lambda s: per_stage[s].cpu_median)
     for stage in STAGES:
         s = per_stage[stage]
         mark = " (slowest)" if stage == slowest else ""
-        table.add(stage + mark, ms(s.median), ms(s.p(95)), ms(s.p(99)), ms(s.cpu_median),
-                  f"{100 * s.cpu_median / cpu_total:.0f}%")
+        table.add(
+            stage + mark,
+            ms(s.median),
+            ms(s.p(95)),
+            ms(s.p(99)),
+            ms(s.cpu_median),
+            f"{100 * s.cpu_median / cpu_total:.0f}%",
+        )
     table.add("total", ms(totals.median), ms(totals.p(95)), ms(totals.p(99)), ms(totals.cpu_median), "100%")
     return table, {"stages": per_stage, "total": totals, "slowest": slowest}
 
@@ -167,20 +187,27 @@ def face_crops(editor: AgeEditor, photo: TestPhoto) -> torch.Tensor:
 
 
 def ratio_row(table: Table, name: str, before: Samples, after: Samples, label_before: str, label_after: str):
-    table.add(name, f"{label_before}: {ms(before.median)} ({ms(before.cpu_median)} CPU)",
-              f"{label_after}: {ms(after.median)} ({ms(after.cpu_median)} CPU)",
-              f"{before.median / after.median:.2f}x", f"{before.cpu_median / after.cpu_median:.2f}x")
+    table.add(
+        name,
+        f"{label_before}: {ms(before.median)} ({ms(before.cpu_median)} CPU)",
+        f"{label_after}: {ms(after.median)} ({ms(after.cpu_median)} CPU)",
+        f"{before.median / after.median:.2f}x",
+        f"{before.cpu_median / after.cpu_median:.2f}x",
+    )
 
 
 def speedup_table(editor: AgeEditor, photos: list[TestPhoto], settings: Settings, repeats: int) -> Table:
     """Before and after this benchmark's speed-ups, interleaved in one run."""
-    table = Table("Speed-ups: before vs after, measured interleaved in one run (median ms)",
-                  ["what", "before", "after", "wall ratio", "CPU ratio"])
+    table = Table(
+        "Speed-ups: before vs after, measured interleaved in one run (median ms)",
+        ["what", "before", "after", "wall ratio", "CPU ratio"],
+    )
     before = editor_before(editor)
     for photo in photos:
         with torch.inference_mode():
-            runs = interleaved({"before": lambda: before.find_faces(photo.rgb),
-                                "after": lambda: editor.find_faces(photo.rgb)}, repeats)
+            runs = interleaved(
+                {"before": lambda: before.find_faces(photo.rgb), "after": lambda: editor.find_faces(photo.rgb)}, repeats
+            )
         ratio_row(table, f"detect, {photo.name}", runs["before"], runs["after"], "default layout", "channels-last")
     crops = face_crops(editor, photos[0])
     if editor.flow.config.conditional:
@@ -188,15 +215,34 @@ def speedup_table(editor: AgeEditor, photos: list[TestPhoto], settings: Settings
         for n in (1, 8):
             faces = crops.repeat(n, 1, 1, 1)
             with torch.inference_mode():
-                runs = interleaved({"before": lambda: estimate_per_condition(prior, faces),
-                                    "after": lambda: prior.estimate(faces)}, max(1, repeats // n))
-            ratio_row(table, f"age read by the conditional prior, {n} face{'s' if n > 1 else ''}", runs["before"],
-                      runs["after"], "per condition", "grid product")
+                runs = interleaved(
+                    {"before": lambda: estimate_per_condition(prior, faces), "after": lambda: prior.estimate(faces)},
+                    max(1, repeats // n),
+                )
+            ratio_row(
+                table,
+                f"age read by the conditional prior, {n} face{'s' if n > 1 else ''}",
+                runs["before"],
+                runs["after"],
+                "per condition",
+                "grid product",
+            )
         with torch.inference_mode():
-            runs = interleaved({"before": lambda: bits_per_dim_per_condition(editor.flow, crops),
-                                "after": lambda: editor.flow.bits_per_dim(crops)}, repeats)
-            ratio_row(table, "bits/dim without a condition (/v1/likelihood), 1 face", runs["before"], runs["after"],
-                      "per condition", "grid product")
+            runs = interleaved(
+                {
+                    "before": lambda: bits_per_dim_per_condition(editor.flow, crops),
+                    "after": lambda: editor.flow.bits_per_dim(crops),
+                },
+                repeats,
+            )
+            ratio_row(
+                table,
+                "bits/dim without a condition (/v1/likelihood), 1 face",
+                runs["before"],
+                runs["after"],
+                "per condition",
+                "grid product",
+            )
             ages = estimate_per_condition(prior, crops).ages[0], prior.estimate(crops).ages[0]
             bits = bits_per_dim_per_condition(editor.flow, crops)[0], editor.flow.bits_per_dim(crops)[0]
             same = f"age read {ages[0]:.0f} and {ages[1]:.0f} years; bits/dim {bits[0]:.5f} and {bits[1]:.5f}; "
@@ -205,28 +251,56 @@ def speedup_table(editor: AgeEditor, photos: list[TestPhoto], settings: Settings
     threads, default_threads = torch.get_num_threads(), len(os.sched_getaffinity(0))
     threads_label = f"{threads} thread{'s' if threads > 1 else ''}"
     with torch.inference_mode():
-        runs = interleaved({"before": with_threads(default_threads, lambda: editor.edit(crops, years=YEARS)),
-                            "after": lambda: editor.edit(crops, years=YEARS)}, repeats)
-    ratio_row(table, "edit 1 face (AgeEditor.edit): torch threads", runs["before"], runs["after"],
-              f"{default_threads} threads", threads_label)
+        runs = interleaved(
+            {
+                "before": with_threads(default_threads, lambda: editor.edit(crops, years=YEARS)),
+                "after": lambda: editor.edit(crops, years=YEARS),
+            },
+            repeats,
+        )
+    ratio_row(
+        table,
+        "edit 1 face (AgeEditor.edit): torch threads",
+        runs["before"],
+        runs["after"],
+        f"{default_threads} threads",
+        threads_label,
+    )
     old_read = isinstance(editor.trajectory, ConditionalPriorTrajectory)
     for photo in photos:
-        runs = interleaved({"before": lambda: run_stages(before, photo, settings, baseline=True),
-                            "after": lambda: run_stages(editor, photo, settings)}, repeats)
-        ratio_row(table, f"whole pipeline, {photo.name}", runs["before"], runs["after"], "code before",
-                  "code after")
-    runs = interleaved({"before": with_threads(default_threads, lambda: run_stages(editor, photos[0], settings)),
-                        "after": lambda: run_stages(editor, photos[0], settings)}, repeats)
-    ratio_row(table, f"whole pipeline, {photos[0].name}: torch threads", runs["before"], runs["after"],
-              f"{default_threads} threads", threads_label)
+        runs = interleaved(
+            {
+                "before": lambda: run_stages(before, photo, settings, baseline=True),
+                "after": lambda: run_stages(editor, photo, settings),
+            },
+            repeats,
+        )
+        ratio_row(table, f"whole pipeline, {photo.name}", runs["before"], runs["after"], "code before", "code after")
+    runs = interleaved(
+        {
+            "before": with_threads(default_threads, lambda: run_stages(editor, photos[0], settings)),
+            "after": lambda: run_stages(editor, photos[0], settings),
+        },
+        repeats,
+    )
+    ratio_row(
+        table,
+        f"whole pipeline, {photos[0].name}: torch threads",
+        runs["before"],
+        runs["after"],
+        f"{default_threads} threads",
+        threads_label,
+    )
     with torch.inference_mode():
         faces_before, faces_after = before.find_faces(photos[0].rgb), editor.find_faces(photos[0].rgb)
     shift = np.abs(faces_before[0].landmarks - faces_after[0].landmarks).max()
-    table.notes.append(f"Same results before and after: {same}landmarks differ by at most {shift:.5f} px. Whole "
-                       f"pipeline, code before: the detector in the default layout"
-                       f"{', the age read per condition' if old_read else ''}; after: as served, with the "
-                       f"{editor.trajectory.name} age trajectory; both with {threads_label}. Torch threads before: "
-                       f"torch's default, one per core.")
+    table.notes.append(
+        f"Same results before and after: {same}landmarks differ by at most {shift:.5f} px. Whole "
+        f"pipeline, code before: the detector in the default layout"
+        f"{', the age read per condition' if old_read else ''}; after: as served, with the "
+        f"{editor.trajectory.name} age trajectory; both with {threads_label}. Torch threads before: "
+        f"torch's default, one per core."
+    )
     return table
 
 
@@ -235,17 +309,32 @@ def baseline_table(editor: AgeEditor, photos: list[TestPhoto], repeats: int) -> 
     full_res = FaceAligner(detect_max_side=10**6, min_face_size=editor.aligner.min_face_size)
     for photo in photos:
         # no warm-up: the stage runs have warmed the detector code, and a full-resolution 12 MP search is slow
-        runs = interleaved({"full": lambda: full_res.detect(photo.rgb),
-                            "downscaled": lambda: editor.aligner.detect(photo.rgb)}, repeats, warmup=0)
-        ratio_row(table, f"detect, {photo.name}", runs["full"], runs["downscaled"], "full resolution",
-                  f"max side {editor.aligner.detect_max_side}")
+        runs = interleaved(
+            {"full": lambda: full_res.detect(photo.rgb), "downscaled": lambda: editor.aligner.detect(photo.rgb)},
+            repeats,
+            warmup=0,
+        )
+        ratio_row(
+            table,
+            f"detect, {photo.name}",
+            runs["full"],
+            runs["downscaled"],
+            "full resolution",
+            f"max side {editor.aligner.detect_max_side}",
+        )
     crops = face_crops(editor, photos[0])
     batch = crops.repeat(8, 1, 1, 1)
-    runs = interleaved({"one": lambda: [editor.edit(crops, years=YEARS) for _ in range(8)],
-                        "batch": lambda: editor.edit(batch, years=YEARS)}, repeats)
+    runs = interleaved(
+        {
+            "one": lambda: [editor.edit(crops, years=YEARS) for _ in range(8)],
+            "batch": lambda: editor.edit(batch, years=YEARS),
+        },
+        repeats,
+    )
     ratio_row(table, "edit 8 faces (AgeEditor.edit)", runs["one"], runs["batch"], "8 calls of 1", "1 call of 8")
-    table.notes.append(f"Per face in a batch of 8: {ms(runs['batch'].median / 8)} ms "
-                       f"({ms(runs['batch'].cpu_median / 8)} CPU).")
+    table.notes.append(
+        f"Per face in a batch of 8: {ms(runs['batch'].median / 8)} ms ({ms(runs['batch'].cpu_median / 8)} CPU)."
+    )
     return table
 
 
@@ -254,8 +343,9 @@ def served_editor(weights: Path) -> AgeEditor:
     return load_editor(Settings(weights_dir=weights, device="cpu"))
 
 
-def stage_tables(editor: AgeEditor, photos: list[TestPhoto], repeats: int,
-                 baseline_repeats: int) -> tuple[list[Table], dict]:
+def stage_tables(
+    editor: AgeEditor, photos: list[TestPhoto], repeats: int, baseline_repeats: int
+) -> tuple[list[Table], dict]:
     settings = Settings()
     tables, summary = [], {}
     for photo in photos:

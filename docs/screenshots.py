@@ -1,7 +1,8 @@
 """The README's screenshots of the page and the API docs, taken in headless Chromium with the shipped model.
 
-    .venv/bin/python docs/screenshots.py        # writes docs/screenshots/*.png
+.venv/bin/python docs/screenshots.py        # writes docs/screenshots/*.png
 """
+
 from __future__ import annotations
 
 import socket
@@ -47,8 +48,9 @@ def main() -> None:
         for name, screen in (("desktop", DESKTOP), ("phone", PHONE)):
             context = browser.new_context(**screen)
             # offline, as the service runs: every request to another host fails
-            context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url + "/")
-                          else route.abort())
+            context.route(
+                "**/*", lambda route: route.continue_() if route.request.url.startswith(url + "/") else route.abort()
+            )
             page = context.new_page()
             page.goto(url)
             page.set_input_files("#photo", str(PHOTO))

@@ -4,6 +4,7 @@ Coordinates are (x, y) in pixels. An alignment is a 2x3 similarity matrix that m
 pixels of a unit crop (side 1.0); scaling it gives the matrix for a crop of any side, so the flow crop
 and the larger work crop share one framing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -264,8 +265,9 @@ class FaceAligner:
         if boxes is None:
             return [], factor
         faces = [
-            DetectedFace(box=np.asarray(b, np.float64) / factor, landmarks=np.asarray(p, np.float64) / factor,
-                         score=float(s))
+            DetectedFace(
+                box=np.asarray(b, np.float64) / factor, landmarks=np.asarray(p, np.float64) / factor, score=float(s)
+            )
             for b, s, p in zip(boxes, scores, points)
             if s is not None and s >= self.min_score
         ]

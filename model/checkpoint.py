@@ -1,4 +1,5 @@
 """Saving and loading the flow: weights in safetensors, the architecture in JSON. Nothing is unpickled."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """The condition vector of the flow's priors: age as piecewise-linear weights over the age knots, then
 gender and ethnicity as one-hot blocks. An unknown gender or ethnicity is the uniform mixture."""
+
 from __future__ import annotations
 
 import itertools

@@ -1,4 +1,5 @@
 """The flow's architecture in one dataclass, saved as JSON beside the weights."""
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,7 @@ class FlowConfig:
         return self.level_steps[level] if self.level_steps else self.steps
 
     @classmethod
-    def realnvp(cls, **overrides) -> "FlowConfig":
+    def realnvp(cls, **overrides) -> FlowConfig:
         """RealNVP: affine masked couplings with a fixed channel reversal between them."""
         return cls(**{"coupling": "affine", "mixing": "reverse", "mask": "realnvp", **overrides})
 
@@ -72,5 +73,5 @@ class FlowConfig:
         Path(path).write_text(self.to_json())
 
     @classmethod
-    def load(cls, path: Path) -> "FlowConfig":
+    def load(cls, path: Path) -> FlowConfig:
         return cls(**json.loads(Path(path).read_text()))

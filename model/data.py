@@ -1,4 +1,5 @@
 """Loading an aligned face set written by `python -m model.prepare`."""
+
 from __future__ import annotations
 
 import csv

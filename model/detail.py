@@ -5,6 +5,7 @@ detail (three Haar bands, 9 x 64 x 64). The detail flow models p(detail | low ba
 the face's detail under its own low band and age and decodes the same standardized latent under the edited
 low band and the target age. Saved as detail.safetensors + detail_config.json; nothing is unpickled.
 """
+
 from __future__ import annotations
 
 import csv
@@ -58,8 +59,9 @@ class DetailFaces:
         return ((k + (0.5 if noise is None else noise)) / 256.0).to(device)
 
 
-def load_detail_faces(folder: Path, split: str | None = "train", sources: tuple[str, ...] = SOURCES,
-                      limit: int = 0) -> DetailFaces:
+def load_detail_faces(
+    folder: Path, split: str | None = "train", sources: tuple[str, ...] = SOURCES, limit: int = 0
+) -> DetailFaces:
     """The 128 px crops of one split from the given sources only (`model.prepare`'s format)."""
     folder = Path(folder)
     with open(folder / "labels.csv", newline="") as f:
@@ -79,7 +81,7 @@ class DetailStage:
         self.age_knots = tuple(float(a) for a in age_knots)
 
     @classmethod
-    def new(cls, config: DetailConfig | None = None, age_knots: tuple[float, ...] = DEFAULT_AGE_KNOTS) -> "DetailStage":
+    def new(cls, config: DetailConfig | None = None, age_knots: tuple[float, ...] = DEFAULT_AGE_KNOTS) -> DetailStage:
         config = replace(config or DetailConfig(), condition_dim=len(age_knots))
         return cls(DetailFlow(config), age_knots)
 
@@ -134,16 +136,17 @@ class DetailStage:
         (folder / CONFIG).write_text(self.config_json())
 
     def config_json(self) -> str:
-        return json.dumps({"resolution": RESOLUTION, "flow": self.flow.config.to_dict(),
-                           "age_knots": list(self.age_knots)}, indent=2)
+        return json.dumps(
+            {"resolution": RESOLUTION, "flow": self.flow.config.to_dict(), "age_knots": list(self.age_knots)}, indent=2
+        )
 
     @classmethod
-    def from_config_json(cls, text: str) -> "DetailStage":
+    def from_config_json(cls, text: str) -> DetailStage:
         values = json.loads(text)
         return cls(DetailFlow(DetailConfig(**values["flow"])), tuple(values["age_knots"]))
 
     @classmethod
-    def load(cls, folder: Path, device: str | torch.device = "cpu") -> "DetailStage":
+    def load(cls, folder: Path, device: str | torch.device = "cpu") -> DetailStage:
         folder = Path(folder)
         stage = cls.from_config_json((folder / CONFIG).read_text())
         stage.flow.load_state_dict(load_file(str(folder / WEIGHTS), device="cpu"))
@@ -152,8 +155,9 @@ class DetailStage:
 
 
 @torch.no_grad()
-def evaluate_detail_bits_per_dim(stage: DetailStage, faces: DetailFaces, device, limit: int = 0,
-                                 batch: int = 32) -> float:
+def evaluate_detail_bits_per_dim(
+    stage: DetailStage, faces: DetailFaces, device, limit: int = 0, batch: int = 32
+) -> float:
     """Mean held-out bits per detail coefficient of whole faces (uniform dequantization noise from a fixed
     seed, so that every evaluation sees the same noise), each under its own low band and age."""
     n = len(faces) if not limit else min(limit, len(faces))
@@ -171,8 +175,9 @@ def evaluate_detail_bits_per_dim(stage: DetailStage, faces: DetailFaces, device,
     return total / n
 
 
-def patch_batch(stage: DetailStage, faces: DetailFaces, indices, patch: int, generator: torch.Generator,
-                device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+def patch_batch(
+    stage: DetailStage, faces: DetailFaces, indices, patch: int, generator: torch.Generator, device
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """One random `patch` x `patch` window of the 64 x 64 detail grid per face (at an offset that keeps
     the flow's squeezes on the whole face's grid), a random mirror and uniform dequantization noise, all
     from `generator`; with the matching window of the padded low band. Returns detail, context and ages."""
@@ -188,6 +193,6 @@ def patch_batch(stage: DetailStage, faces: DetailFaces, indices, patch: int, gen
     low, detail = haar_split(x)
     context = padded_context(low, stage.margin)
     m2 = patch + 2 * stage.margin
-    details = torch.stack([detail[i, :, y:y + patch, x0:x0 + patch] for i, (y, x0) in enumerate(offsets.tolist())])
-    contexts = torch.stack([context[i, :, y:y + m2, x0:x0 + m2] for i, (y, x0) in enumerate(offsets.tolist())])
+    details = torch.stack([detail[i, :, y : y + patch, x0 : x0 + patch] for i, (y, x0) in enumerate(offsets.tolist())])
+    contexts = torch.stack([context[i, :, y : y + m2, x0 : x0 + m2] for i, (y, x0) in enumerate(offsets.tolist())])
     return details.to(device), contexts.to(device), faces.ages[np.asarray(indices)]

@@ -1,4 +1,5 @@
 """Held-out figures of a flow and its heads, and sample grids: shared by training, export and the tests."""
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,7 @@ def evaluate_bits_per_dim(model: Glow, faces: FaceSet, device, limit: int = 0, b
 
 
 @torch.no_grad()
-def evaluate_heads(model: Glow, heads: LatentHeads, faces: FaceSet, device, limit: int = 0,
-                   batch: int = 100) -> dict:
+def evaluate_heads(model: Glow, heads: LatentHeads, faces: FaceSet, device, limit: int = 0, batch: int = 100) -> dict:
     """Held-out readouts of the heads on the top latent of each face (bin centres, no noise): the mean
     absolute age error in years and the gender and ethnicity accuracy (over faces with that label)."""
     n = len(faces) if not limit else min(limit, len(faces))
@@ -59,9 +59,11 @@ def evaluate_heads(model: Glow, heads: LatentHeads, faces: FaceSet, device, limi
         known = truth >= 0
         return float((predicted[known] == truth[known]).float().mean()) if known.any() else float("nan")
 
-    return {"heldout_age_mae": float((torch.cat(ages) - torch.from_numpy(faces.ages[:n]).clamp(max=90)).abs().mean()),
-            "heldout_gender_acc": accuracy(torch.cat(genders), true_gender),
-            "heldout_race_acc": accuracy(torch.cat(races), true_race)}
+    return {
+        "heldout_age_mae": float((torch.cat(ages) - torch.from_numpy(faces.ages[:n]).clamp(max=90)).abs().mean()),
+        "heldout_gender_acc": accuracy(torch.cat(genders), true_gender),
+        "heldout_race_acc": accuracy(torch.cat(races), true_race),
+    }
 
 
 def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
@@ -72,5 +74,5 @@ def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
     rows = math.ceil(n / columns)
     grid = np.zeros((rows * h, columns * w, c), np.uint8)
     for i, im in enumerate(images):
-        grid[(i // columns) * h:(i // columns + 1) * h, (i % columns) * w:(i % columns + 1) * w] = im
+        grid[(i // columns) * h : (i // columns + 1) * h, (i % columns) * w : (i % columns + 1) * w] = im
     Image.fromarray(grid).save(path)

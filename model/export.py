@@ -3,6 +3,7 @@
 Writes flow.safetensors and flow_config.json, and editor.json with what /v1/model reports: the training
 data, the latest held-out bits/dim, the training steps and time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ import torch
 from model.checkpoint import CONFIG, WEIGHTS, load_flow
 from model.data import load_faces
 from model.editor import EDITOR_CONFIG
-from model.heads import HEADS_FILE
 from model.evaluation import evaluate_bits_per_dim, save_grid
+from model.heads import HEADS_FILE
 
 
 def run_summary(run: Path, faces: int | None = None) -> dict:
@@ -27,8 +28,10 @@ def run_summary(run: Path, faces: int | None = None) -> dict:
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     held = [r for r in records if "heldout_bpd" in r]
     steps = [r for r in records if "bpd" in r]
-    summary = {"training_steps": steps[-1]["step"] if steps else 0,
-               "training_minutes": round(steps[-1]["elapsed_min"], 1) if steps else 0.0}
+    summary = {
+        "training_steps": steps[-1]["step"] if steps else 0,
+        "training_minutes": round(steps[-1]["elapsed_min"], 1) if steps else 0.0,
+    }
     args = json.loads((run / "args.json").read_text()) if (run / "args.json").exists() else {}
     if faces and "batch_size" in args:
         summary["training_epochs"] = round(summary["training_steps"] * int(args["batch_size"]) / faces, 2)
@@ -46,8 +49,9 @@ def this_machine() -> str:
     cpu = platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     return f"{cpu}, {os.cpu_count()} cores, no GPU"
 
@@ -63,7 +67,10 @@ def training_faces(data: Path) -> int | None:
 def heldout_bits_per_dim_all_faces(flow, data: Path) -> dict:
     """Held-out bits/dim of `flow` over every held-out face (training logs a subset)."""
     heldout = load_faces(data, flow.config.resolution, "heldout")
-    return {"heldout_bits_per_dim": round(evaluate_bits_per_dim(flow, heldout, "cpu"), 4), "heldout_faces": len(heldout)}
+    return {
+        "heldout_bits_per_dim": round(evaluate_bits_per_dim(flow, heldout, "cpu"), 4),
+        "heldout_faces": len(heldout),
+    }
 
 
 def main(argv=None) -> None:
@@ -72,10 +79,17 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("weights"))
     parser.add_argument("--data", type=Path, default=Path("data/faces"))
     parser.add_argument("--hardware", default=this_machine())
-    parser.add_argument("--no-eval", action="store_true",
-                        help="skip measuring held-out bits/dim on every held-out face (else: a few minutes)")
-    parser.add_argument("--samples", type=Path, default=None,
-                        help="also write a grid of 32 samples at temperature 0.7 (seed 0) to this PNG")
+    parser.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="skip measuring held-out bits/dim on every held-out face (else: a few minutes)",
+    )
+    parser.add_argument(
+        "--samples",
+        type=Path,
+        default=None,
+        help="also write a grid of 32 samples at temperature 0.7 (seed 0) to this PNG",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS, CONFIG, HEADS_FILE):
@@ -91,17 +105,16 @@ def main(argv=None) -> None:
     faces = training_faces(args.data) or report.get("kept")
     model = {
         "training_data": "UTKFace (64 and 200 px) and All-Age-Faces, aligned by model.prepare; "
-                         "research and demonstration use only",
+        "research and demonstration use only",
         "training_faces": faces,
         **({"framing": report["framing"]} if "framing" in report else {}),
         "bits_per_dim_definition": f"held-out, {config['n_bits']}-bit pixels, Glow's uniform dequantization "
-                                   "(fixed seed), conditioned on each face's labels",
+        "(fixed seed), conditioned on each face's labels",
         "hardware": args.hardware,
         **run_summary(args.run, faces),
     }
     if evaluate_all:
-        model.update(heldout_bits_per_dim_all_faces(flow, args.data),
-                     heldout_bits_per_dim_step=model["training_steps"])
+        model.update(heldout_bits_per_dim_all_faces(flow, args.data), heldout_bits_per_dim_step=model["training_steps"])
     path = args.out / EDITOR_CONFIG
     settings = json.loads(path.read_text()) if path.exists() else {}
     settings["model"] = model

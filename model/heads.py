@@ -8,6 +8,7 @@ reading is the same for every face.
 Age is read as a distribution over one-year bins, 0 to `MAX_AGE` (trained on a Gaussian around the label,
 wider for older faces, whose labels are less certain), and its expectation is the regression readout.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,14 +55,18 @@ class LatentHeads(nn.Module):
         """The regression readout: the expected age under the age head, in years."""
         return torch.softmax(logits["age"], 1) @ AGE_BINS.to(logits["age"].device)
 
-    def loss(self, logits: dict[str, torch.Tensor], ages: torch.Tensor, genders: torch.Tensor,
-             races: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(
+        self, logits: dict[str, torch.Tensor], ages: torch.Tensor, genders: torch.Tensor, races: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Per-face losses in nats. `genders`/`races`: class indices, -1 where unknown (no loss there)."""
         age = -(age_label_distribution(ages) * F.log_softmax(logits["age"], 1)).sum(1)
         # the regression readout, in decades, keeps the distribution's mean on the label
         age = age + (self.age_years(logits) - ages.float().clamp(0, MAX_AGE)).abs() / 10.0
-        return {"age": age, "gender": _masked_cross_entropy(logits["gender"], genders),
-                "race": _masked_cross_entropy(logits["race"], races)}
+        return {
+            "age": age,
+            "gender": _masked_cross_entropy(logits["gender"], genders),
+            "race": _masked_cross_entropy(logits["race"], races),
+        }
 
 
 def _masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -74,11 +79,13 @@ def label_indices(values: list[str | None], names: tuple[str, ...]) -> torch.Ten
     return torch.tensor([names.index(v) if v in names else -1 for v in values], dtype=torch.long)
 
 
-
 def save_heads(heads: LatentHeads, path) -> None:
     tmp = f"{path}.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, tmp,
-              metadata={"shape": ",".join(map(str, heads.shape))})
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()},
+        tmp,
+        metadata={"shape": ",".join(map(str, heads.shape))},
+    )
     os.replace(tmp, path)
 
 

@@ -7,6 +7,7 @@ corners is dropped, never padded. The output folder holds `faces_<side>.npy` (N 
 `labels.csv` (with a fixed `split` column: train or heldout) and `report.json` (what was dropped and why).
 Work is done in shards that are kept on disk, so an interrupted run resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,8 +126,9 @@ def crop_one(task: tuple[str, np.ndarray, tuple[int, ...], str, float]) -> tuple
     matrix = FaceAligner.alignment(DetectedFace(np.zeros(4), landmarks.astype(np.float64), 1.0), framing)
     if crop_coverage(valid_pixels(image), matrix, max(sides)) < min_coverage:
         return "crop not covered", None
-    return "ok", {s: (warp_to_crop(image, matrix, s).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-                  for s in sides}
+    return "ok", {
+        s: (warp_to_crop(image, matrix, s).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8) for s in sides
+    }
 
 
 def _init_cropper() -> None:
@@ -139,15 +141,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sources", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("data/faces"))
-    parser.add_argument("--detections", type=Path, default=None,
-                        help="folder of the detection shards (default: OUT/shards); another framing of the "
-                             "same sources reuses them without running the detector again")
+    parser.add_argument(
+        "--detections",
+        type=Path,
+        default=None,
+        help="folder of the detection shards (default: OUT/shards); another framing of the "
+        "same sources reuses them without running the detector again",
+    )
     parser.add_argument("--framing", default="tight", choices=sorted(FRAMINGS))
     parser.add_argument("--sides", default="64,128", help="crop sides in pixels, comma separated")
     parser.add_argument("--pad", type=float, default=0.4, help="padding around tight crops for the detector")
     parser.add_argument("--tight", default="utkface", help="sources whose name contains this are tight crops")
-    parser.add_argument("--min-coverage", type=float, default=0.95,
-                        help="drop a face when a crop pixel takes less than this share from the photo itself")
+    parser.add_argument(
+        "--min-coverage",
+        type=float,
+        default=0.95,
+        help="drop a face when a crop pixel takes less than this share from the photo itself",
+    )
     parser.add_argument("--heldout", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -177,11 +187,18 @@ def main(argv: list[str] | None = None) -> None:
                 chunk = items[i * SHARD : (i + 1) * SHARD]
                 tasks = [(r["path"], args.pad if args.tight in r["source"] else 0.0) for r in chunk]
                 results = pool.map(detect_one, tasks, chunksize=8)
-                landmarks = np.stack([lm if lm is not None else np.full((5, 2), np.nan, np.float32)
-                                      for _, lm in results]) if results else np.zeros((0, 5, 2), np.float32)
+                landmarks = (
+                    np.stack([lm if lm is not None else np.full((5, 2), np.nan, np.float32) for _, lm in results])
+                    if results
+                    else np.zeros((0, 5, 2), np.float32)
+                )
                 tmp = shard_dir / f"{i:05d}.tmp.npz"
-                np.savez(tmp, status=np.array([s for s, _ in results]), files=np.array([r["file"] for r in chunk]),
-                         landmarks=landmarks)
+                np.savez(
+                    tmp,
+                    status=np.array([s for s, _ in results]),
+                    files=np.array([r["file"] for r in chunk]),
+                    landmarks=landmarks,
+                )
                 tmp.rename(shard_dir / f"{i:05d}.npz")
                 progress.update(len(chunk))
     progress.close()
@@ -200,12 +217,17 @@ def main(argv: list[str] | None = None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     kept = []
-    stacks = {s: np.lib.format.open_memmap(args.out / f"faces_{s}.tmp.npy", mode="w+", dtype=np.uint8,
-                                           shape=(len(detected), s, s, 3)) for s in sides}
+    stacks = {
+        s: np.lib.format.open_memmap(
+            args.out / f"faces_{s}.tmp.npy", mode="w+", dtype=np.uint8, shape=(len(detected), s, s, 3)
+        )
+        for s in sides
+    }
     tasks = [(row["path"], landmarks, sides, args.framing, args.min_coverage) for row, landmarks in detected]
     with mp.Pool(args.workers, initializer=_init_cropper) as pool:
-        for (row, _), (status, crops) in zip(detected, tqdm(pool.imap(crop_one, tasks, chunksize=16),
-                                                            total=len(tasks), unit="img", desc="cropping")):
+        for (row, _), (status, crops) in zip(
+            detected, tqdm(pool.imap(crop_one, tasks, chunksize=16), total=len(tasks), unit="img", desc="cropping")
+        ):
             if crops is None:
                 dropped[status] = dropped.get(status, 0) + 1
                 continue

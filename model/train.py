@@ -6,6 +6,7 @@ Runs on the CPU or one GPU, or on several GPUs with `torchrun --nproc_per_node N
 `--checkpoint-every` seconds and on Ctrl-C or SIGTERM, loaded with weights_only=True), the exported model
 (`flow.safetensors` + `flow_config.json`), `log.jsonl` and sample grids. `--resume` continues exactly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ from tqdm import tqdm
 from model.checkpoint import save_flow
 from model.config import GENDERS, RACES, FlowConfig
 from model.data import load_faces
-from model.flow.glow import Glow
 from model.evaluation import evaluate_bits_per_dim, evaluate_heads, save_grid
+from model.flow.glow import Glow
 from model.heads import HEADS_FILE, LatentHeads, label_indices, save_heads
 
 
@@ -37,17 +38,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=Path("data/faces"))
     p.add_argument("--run", type=Path, default=Path("runs/glow64"))
     p.add_argument("--resume", action="store_true", help="continue the run in --run exactly where it stopped")
-    p.add_argument("--init-from", type=Path, default=None,
-                   help="start from another run's model, optimizer and step count (e.g. on a larger data set)")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from another run's model, optimizer and step count (e.g. on a larger data set)",
+    )
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--width", type=int, default=96)
     p.add_argument("--level-widths", default="", help="coupling widths per level, finest first, e.g. 48,160,224")
     p.add_argument("--level-steps", default="", help="steps per level, finest first, e.g. 8,8,12")
-    p.add_argument("--heads-weight", type=float, default=150.0,
-                   help="weight of the age/gender/ethnicity heads on the top latent, in units of their natural "
-                        "scale (nats per face over the bits of a face); 0: no heads")
+    p.add_argument(
+        "--heads-weight",
+        type=float,
+        default=150.0,
+        help="weight of the age/gender/ethnicity heads on the top latent, in units of their natural "
+        "scale (nats per face over the bits of a face); 0: no heads",
+    )
     p.add_argument("--coupling", default="additive", choices=["additive", "affine"])
     p.add_argument("--mixing", default="conv1x1", choices=["conv1x1", "reverse"])
     p.add_argument("--mask", default="channel", choices=["channel", "checkerboard", "realnvp"])
@@ -76,10 +85,19 @@ def config_from(args) -> FlowConfig:
     def ints(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(",")) if text else ()
 
-    return FlowConfig(resolution=args.resolution, levels=args.levels, steps=args.steps, width=args.width,
-                      coupling=args.coupling, mixing=args.mixing, mask=args.mask, n_bits=args.n_bits,
-                      conditional=not args.unconditional, level_widths=ints(args.level_widths),
-                      level_steps=ints(args.level_steps))
+    return FlowConfig(
+        resolution=args.resolution,
+        levels=args.levels,
+        steps=args.steps,
+        width=args.width,
+        coupling=args.coupling,
+        mixing=args.mixing,
+        mask=args.mask,
+        n_bits=args.n_bits,
+        conditional=not args.unconditional,
+        level_widths=ints(args.level_widths),
+        level_steps=ints(args.level_steps),
+    )
 
 
 def main(argv=None) -> None:
@@ -127,8 +145,9 @@ def main(argv=None) -> None:
     heldout = load_faces(args.data, config.resolution, "heldout")
     train_genders = label_indices(train.genders, GENDERS)
     train_races = label_indices(train.races, RACES)
-    sampler = DistributedSampler(range(len(train)), num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
-                                 drop_last=True)
+    sampler = DistributedSampler(
+        range(len(train)), num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True
+    )
     steps_per_epoch = len(sampler) // args.batch_size
     if steps_per_epoch == 0:  # an epoch without a step would never end
         raise SystemExit(f"{len(sampler)} training faces per process are fewer than one batch of {args.batch_size}")
@@ -151,10 +170,14 @@ def main(argv=None) -> None:
     if state is None:
         init_idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:256].numpy()
         with torch.no_grad():
-            model.log_prob(train.batch(init_idx, device), train.conditions(config, init_idx).to(device)
-                           if config.conditional else None, dequantize=True)
-    wrapped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if distributed else model
+            model.log_prob(
+                train.batch(init_idx, device),
+                train.conditions(config, init_idx).to(device) if config.conditional else None,
+                dequantize=True,
+            )
+    wrapped = (
+        DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if distributed else model
+    )
 
     stop = {"now": False}
 
@@ -167,10 +190,19 @@ def main(argv=None) -> None:
         if not main_process:
             return
         gens = [generator.get_state()] * world  # every rank restarts from the same kind of state
-        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                   "heads_weight": heads_weight, **({"heads": heads.state_dict()} if heads is not None else {}),
-                   "epoch": epoch, "position": position, "elapsed": elapsed, "generator": gens,
-                   "torch_rng": torch.get_rng_state(), "config": config.to_json()}
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "heads_weight": heads_weight,
+            **({"heads": heads.state_dict()} if heads is not None else {}),
+            "epoch": epoch,
+            "position": position,
+            "elapsed": elapsed,
+            "generator": gens,
+            "torch_rng": torch.get_rng_state(),
+            "config": config.to_json(),
+        }
         tmp = state_path.with_suffix(".tmp")
         torch.save(payload, tmp)
         tmp.replace(state_path)
@@ -193,7 +225,7 @@ def main(argv=None) -> None:
         order = list(sampler)
         while position < steps_per_epoch and step < max_steps and not stop["now"]:
             t0 = time.time()
-            idx = np.array(order[position * args.batch_size:(position + 1) * args.batch_size])
+            idx = np.array(order[position * args.batch_size : (position + 1) * args.batch_size])
             x = train.batch(idx, device)
             flip = torch.rand(len(idx), generator=generator) < 0.5
             x[flip] = x[flip].flip(3)
@@ -207,8 +239,15 @@ def main(argv=None) -> None:
             head_losses = {}
             if heads is not None:
                 t = torch.from_numpy(idx)
-                head_losses = {k: v.mean() for k, v in heads.loss(heads(top.float()), torch.from_numpy(
-                    train.ages[idx]).to(device), train_genders[t].to(device), train_races[t].to(device)).items()}
+                head_losses = {
+                    k: v.mean()
+                    for k, v in heads.loss(
+                        heads(top.float()),
+                        torch.from_numpy(train.ages[idx]).to(device),
+                        train_genders[t].to(device),
+                        train_races[t].to(device),
+                    ).items()
+                }
             loss = bpd + heads_scale * sum(head_losses.values()) if head_losses else bpd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -222,12 +261,26 @@ def main(argv=None) -> None:
             progress.set_postfix(bpd=f"{bpd.item():.3f}", img_s=f"{rate:.1f}")
             progress.update(1)
             if step % 50 == 0:
-                log({"step": step, "epoch": epoch, "bpd": bpd.item(), "loss": loss.item(),
-                     **{f"{k}_nats": v.item() for k, v in head_losses.items()}, "grad_norm": float(grad_norm),
-                     "img_s": rate, "elapsed_min": elapsed / 60})
+                log(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "bpd": bpd.item(),
+                        "loss": loss.item(),
+                        **{f"{k}_nats": v.item() for k, v in head_losses.items()},
+                        "grad_norm": float(grad_norm),
+                        "img_s": rate,
+                        "elapsed_min": elapsed / 60,
+                    }
+                )
             if args.eval_every and step % args.eval_every == 0 and main_process:
-                log({"step": step, "heldout_bpd": evaluate_bits_per_dim(model, heldout, device, args.eval_limit),
-                     **(evaluate_heads(model, heads, heldout, device, args.eval_limit) if heads else {})})
+                log(
+                    {
+                        "step": step,
+                        "heldout_bpd": evaluate_bits_per_dim(model, heldout, device, args.eval_limit),
+                        **(evaluate_heads(model, heads, heldout, device, args.eval_limit) if heads else {}),
+                    }
+                )
             if time.time() - last_checkpoint > args.checkpoint_every:
                 checkpoint()
                 last_checkpoint = time.time()
@@ -237,8 +290,14 @@ def main(argv=None) -> None:
             epoch, position = epoch + 1, 0
             if main_process:
                 held = evaluate_bits_per_dim(model, heldout, device, args.eval_limit)
-                log({"step": step, "epoch": epoch, "heldout_bpd": held,
-                     **(evaluate_heads(model, heads, heldout, device, args.eval_limit) if heads else {})})
+                log(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "heldout_bpd": held,
+                        **(evaluate_heads(model, heads, heldout, device, args.eval_limit) if heads else {}),
+                    }
+                )
                 model.eval()
                 with torch.no_grad():
                     save_grid(model.sample(32, temperature=0.7, seed=0), args.run / f"samples_epoch{epoch:03d}.png")
@@ -248,8 +307,9 @@ def main(argv=None) -> None:
         signal.signal(signum, handler)
     checkpoint()
     if main_process:
-        print(json.dumps({"step": step, "epoch": epoch, "elapsed_min": round(elapsed / 60, 1),
-                          "config": asdict(config)}))
+        print(
+            json.dumps({"step": step, "epoch": epoch, "elapsed_min": round(elapsed / 60, 1), "config": asdict(config)})
+        )
     if distributed:
         dist.destroy_process_group()
 

@@ -8,6 +8,7 @@ loaded with weights_only=True), the exported stage (`detail.safetensors` + `deta
 `args.json` and `log.jsonl` (training bits/dim of patches, held-out bits/dim of whole faces). `--resume`
 continues exactly; the architecture then comes from the state.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def config_from(args) -> DetailConfig:
-    return DetailConfig(steps=tuple(int(k) for k in args.steps.split(",")), width=args.width,
-                        encoder_width=args.encoder_width, features=args.features)
+    return DetailConfig(
+        steps=tuple(int(k) for k in args.steps.split(",")),
+        width=args.width,
+        encoder_width=args.encoder_width,
+        features=args.features,
+    )
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -71,8 +76,9 @@ def main(argv=None) -> None:
     args.run.mkdir(parents=True, exist_ok=True)
     state_path = args.run / "train_state.pt"
 
-    state = torch.load(state_path, map_location="cpu", weights_only=True) \
-        if args.resume and state_path.exists() else None
+    state = (
+        torch.load(state_path, map_location="cpu", weights_only=True) if args.resume and state_path.exists() else None
+    )
     torch.manual_seed(args.seed)
     stage = DetailStage.from_config_json(state["config"]) if state is not None else DetailStage.new(config_from(args))
     stage.flow.to(device)
@@ -100,8 +106,14 @@ def main(argv=None) -> None:
             f.write(json.dumps(record) + "\n")
 
     def evaluate() -> None:
-        log({"step": step, "epoch": epoch, "elapsed_min": elapsed / 60,
-             "heldout_bpd": evaluate_detail_bits_per_dim(stage, heldout, device, args.eval_limit)})
+        log(
+            {
+                "step": step,
+                "epoch": epoch,
+                "elapsed_min": elapsed / 60,
+                "heldout_bpd": evaluate_detail_bits_per_dim(stage, heldout, device, args.eval_limit),
+            }
+        )
 
     if state is None:
         # data-dependent ActNorm initialization on one large batch of patches, then the untrained figure
@@ -120,9 +132,17 @@ def main(argv=None) -> None:
     previous_handlers = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def checkpoint() -> None:
-        payload = {"model": stage.flow.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                   "epoch": epoch, "position": position, "elapsed": elapsed, "generator": generator.get_state(),
-                   "torch_rng": torch.get_rng_state(), "config": stage.config_json()}
+        payload = {
+            "model": stage.flow.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "position": position,
+            "elapsed": elapsed,
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "config": stage.config_json(),
+        }
         tmp = state_path.with_suffix(".tmp")
         torch.save(payload, tmp)
         tmp.replace(state_path)
@@ -138,7 +158,7 @@ def main(argv=None) -> None:
         order = epoch_order(len(train), args.seed, epoch)
         while position < steps_per_epoch and step < max_steps and not stop["now"]:
             t0 = time.time()
-            idx = order[position * args.batch_size:(position + 1) * args.batch_size].numpy()
+            idx = order[position * args.batch_size : (position + 1) * args.batch_size].numpy()
             detail, context, ages = patch_batch(stage, train, idx, args.patch, generator, device)
             for group in optimizer.param_groups:
                 group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
@@ -155,8 +175,16 @@ def main(argv=None) -> None:
             progress.set_postfix(bpd=f"{bpd.item():.3f}", patches_s=f"{rate:.1f}")
             progress.update(1)
             if step % 50 == 0:
-                log({"step": step, "epoch": epoch, "bpd": bpd.item(), "grad_norm": float(grad_norm),
-                     "patches_s": rate, "elapsed_min": elapsed / 60})
+                log(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "bpd": bpd.item(),
+                        "grad_norm": float(grad_norm),
+                        "patches_s": rate,
+                        "elapsed_min": elapsed / 60,
+                    }
+                )
             if args.eval_every and step % args.eval_every == 0:
                 evaluate()
             if time.time() - last_checkpoint > args.checkpoint_every:
@@ -172,8 +200,16 @@ def main(argv=None) -> None:
     for signum, handler in previous_handlers.items():  # main() may run inside another program, e.g. the tests
         signal.signal(signum, handler)
     checkpoint()
-    print(json.dumps({"step": step, "epoch": epoch, "elapsed_min": round(elapsed / 60, 1),
-                      "config": json.loads(stage.config_json())}))
+    print(
+        json.dumps(
+            {
+                "step": step,
+                "epoch": epoch,
+                "elapsed_min": round(elapsed / 60, 1),
+                "config": json.loads(stage.config_json()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

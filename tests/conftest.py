@@ -1,4 +1,5 @@
 """Shared test settings and fixtures. The tests run beside long training jobs: one thread, no denormals."""
+
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +94,12 @@ def upload_files(photo) -> dict[str, bytes]:
     def png_header_only(width: int, height: int) -> bytes:
         """A valid PNG header claiming width x height pixels, with almost no pixel data."""
         header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-        return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
-                + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + png_chunk(b"IEND", b""))
+        return (
+            b"\x89PNG\r\n\x1a\n"
+            + png_chunk(b"IHDR", header)
+            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+            + png_chunk(b"IEND", b"")
+        )
 
     portrait = Image.fromarray(photo("frrepo_obama_small.jpg"))
     jpeg = (FIXTURES / "frrepo_obama_small.jpg").read_bytes()
@@ -117,6 +122,7 @@ def upload_files(photo) -> dict[str, bytes]:
         "webp": saved(portrait, "WEBP", quality=95),
         "heic": saved(portrait, "HEIF", quality=95),
         "mpo": saved(portrait, "MPO", save_all=True, append_images=[portrait.rotate(5)]),
-        "exif_rotated_jpeg": saved(portrait.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95,
-                                   exif=exif.tobytes()),
+        "exif_rotated_jpeg": saved(
+            portrait.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif.tobytes()
+        ),
     }

@@ -4,6 +4,7 @@ Age brightens the top band of each image (greying hair); the source folder brigh
 the older faces come mostly from one source, as in the real data. The fit must read age from the latents,
 and its age path must move the top band without taking the source's brightness along.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -23,12 +24,17 @@ def synthetic_faces(n: int, seed: int) -> FaceSet:
     bright = rng.random(n) < np.where(ages > 45, 0.85, 0.15)
     base = rng.uniform(0.3, 0.5, (n, 1, 1, 1)) + rng.normal(0, 0.03, (n, SIDE, SIDE, 3))
     images = base + 0.15 * bright[:, None, None, None]
-    images[:, :SIDE // 4] += (ages[:, None, None, None] / 90.0) * 0.3
+    images[:, : SIDE // 4] += (ages[:, None, None, None] / 90.0) * 0.3
     genders = list(rng.choice(["male", "female"], n))
     races = list(rng.choice(["white", "black", "asian"], n))
-    return FaceSet(images=np.clip(np.rint(images * 255), 0, 255).astype(np.uint8), ages=ages, genders=genders,
-                   races=races, files=[f"{i}.png" for i in range(n)],
-                   sources=["bright" if b else "dark" for b in bright])
+    return FaceSet(
+        images=np.clip(np.rint(images * 255), 0, 255).astype(np.uint8),
+        ages=ages,
+        genders=genders,
+        races=races,
+        files=[f"{i}.png" for i in range(n)],
+        sources=["bright" if b else "dark" for b in bright],
+    )
 
 
 @pytest.fixture(scope="module", params=[0, 2], ids=["all directions", "rank 2"])
@@ -63,7 +69,7 @@ def test_the_age_path_moves_the_aged_band_and_not_the_source_brightness(fitted):
     target = np.clip(reading.ages + 40, 1, 90)
     older = trajectory.move(faces, reading, target)
     change = (older - faces).mean(0).mean(0)  # S x S
-    band, rest = change[:SIDE // 4].mean().item(), change[SIDE // 4:].mean().item()
+    band, rest = change[: SIDE // 4].mean().item(), change[SIDE // 4 :].mean().item()
     expected = float(np.mean(target - reading.ages)) / 90.0 * 0.3  # how these faces brighten with age
     print(f"+40 years: top band {band:+.3f} (expected {expected:+.3f}), rest {rest:+.3f}")
     assert band > 0.7 * expected
@@ -86,6 +92,7 @@ def test_colour_control_keeps_brightness_and_greying_but_drops_an_added_tint():
     def hue(x: torch.Tensor) -> torch.Tensor:
         chroma = x - (x * luma).sum(1, keepdim=True)
         return chroma / chroma.norm(dim=1, keepdim=True)
+
     assert torch.allclose(hue(fixed), hue(before), atol=1e-4)  # no hue of its own
 
 
@@ -109,8 +116,10 @@ def test_the_cheeks_keep_their_colour_where_an_edit_reaches_the_end_of_the_pixel
     after = before + 0.15 * torch.randn(1, 3, 64, 64)  # an edit's fine detail: highlights and shadows
     clipped = keep_skin_tone(before, after).clamp(0, 1)
     settled = keep_cheek_colour(before, clipped)
-    print(f"cheek shift after clipping {cheek_shift(before, clipped).abs().max():.4f}, "
-          f"settled {cheek_shift(before, settled).abs().max():.4f}")
+    print(
+        f"cheek shift after clipping {cheek_shift(before, clipped).abs().max():.4f}, "
+        f"settled {cheek_shift(before, settled).abs().max():.4f}"
+    )
     assert cheek_shift(before, clipped).abs().max() > 0.01  # clipping alone moves the cheeks' colour
     assert cheek_shift(before, settled).abs().max() < 0.002
     assert settled.min() >= 0 and settled.max() <= 1

@@ -1,4 +1,5 @@
 """Detection, alignment to the template, and paste-back, on real public-domain photos."""
+
 import socket
 
 import numpy as np
@@ -24,27 +25,27 @@ def mapped(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def astronaut(photo, aligner):
     image = photo("skimage_astronaut.png")
-    face, = aligner.detect(image)
+    (face,) = aligner.detect(image)
     return image, aligner.align(image, face, (64, 256))
 
 
 def test_aligned_crop_shows_each_landmark_where_the_alignment_maps_it(astronaut, aligner):
     image, aligned = astronaut
-    redetected, = aligner.detect(to_uint8(aligned.crops[256]))
+    (redetected,) = aligner.detect(to_uint8(aligned.crops[256]))
     expected = mapped(aligned.face.landmarks, scaled(aligned.matrix, 256))
     assert np.abs(redetected.landmarks - expected).max() < 2.5
 
 
 def test_aligned_crop_centres_the_landmarks_on_the_template_centre(astronaut, aligner):
     _, aligned = astronaut
-    redetected, = aligner.detect(to_uint8(aligned.crops[256]))
+    (redetected,) = aligner.detect(to_uint8(aligned.crops[256]))
     offset = redetected.landmarks.mean(0) - template_in_pixels(256).mean(0)
     assert np.hypot(*offset) < 2.0
 
 
 def test_aligned_astronaut_has_its_eyes_at_the_template_positions(astronaut, aligner):
     _, aligned = astronaut
-    redetected, = aligner.detect(to_uint8(aligned.crops[256]))
+    (redetected,) = aligner.detect(to_uint8(aligned.crops[256]))
     eye_errors = np.hypot(*(redetected.landmarks[:2] - template_in_pixels(256)[:2]).T)
     assert eye_errors.max() < 0.025 * 256
 
@@ -60,12 +61,12 @@ def test_paste_back_alters_only_pixels_inside_the_face_region(astronaut):
     changed = np.abs(out.astype(int) - image.astype(int)).max(2) > 0
     ys, xs = np.nonzero(changed)
     crop_positions = mapped(np.stack([xs, ys], 1).astype(np.float64), aligned.matrix)
-    assert changed.sum() > 0.5 * aligned.face.size ** 2
+    assert changed.sum() > 0.5 * aligned.face.size**2
     assert np.all((crop_positions > 0) & (crop_positions < 1))
     x1, y1, x2, y2 = aligned.face.box
     margin = aligned.face.size
     far = np.ones_like(changed)
-    far[int(max(0, y1 - margin)):int(y2 + margin), int(max(0, x1 - margin)):int(x2 + margin)] = False
+    far[int(max(0, y1 - margin)) : int(y2 + margin), int(max(0, x1 - margin)) : int(x2 + margin)] = False
     assert not changed[far].any()
 
 
@@ -95,7 +96,7 @@ def test_rgba_photo_yields_its_main_face(photo, aligner):
 def test_grayscale_photo_gives_the_landmarks_of_the_colour_photo(astronaut, aligner):
     image, aligned = astronaut
     gray = np.asarray(Image.fromarray(image).convert("L").convert("RGB"))
-    face, = aligner.detect(gray)
+    (face,) = aligner.detect(gray)
     assert np.abs(face.landmarks - aligned.face.landmarks).max() < 3.0
 
 
@@ -107,7 +108,7 @@ def test_grayscale_camera_photo_yields_its_face(photo, aligner):
 def test_rotated_photo_gives_the_same_aligned_crop(astronaut, aligner):
     image, aligned = astronaut
     rotated = np.asarray(Image.fromarray(image).rotate(20, resample=Image.BICUBIC, expand=True))
-    face, = aligner.detect(rotated)
+    (face,) = aligner.detect(rotated)
     crop = aligner.align(rotated, face, (64,)).crops[64]
     assert (crop - aligned.crops[64]).abs().mean().item() < 0.03
 
@@ -123,7 +124,7 @@ def test_detection_on_a_large_photo_maps_faces_back_to_full_resolution(astronaut
     image, aligned = astronaut
     scale = 5
     large = np.asarray(Image.fromarray(image).resize((512 * scale, 512 * scale), Image.BICUBIC))
-    face, = aligner.detect(large)
+    (face,) = aligner.detect(large)
     assert np.abs(face.landmarks - aligned.face.landmarks * scale).max() < 3 * scale
     assert face.size == pytest.approx(aligned.face.size * scale, rel=0.1)
 

@@ -1,4 +1,5 @@
 """The HTTP API: every route, every error a bad upload or parameter can cause, and real edits of real photos."""
+
 import base64
 import io
 import json
@@ -41,8 +42,12 @@ def small_jpeg(fixtures_dir) -> bytes:
 
 
 def post(client, route, data: bytes, filename="photo.jpg", headers=None, **fields):
-    return client.post(route, files={"image": (filename, data, "application/octet-stream")},
-                       data={k: str(v) for k, v in fields.items()}, headers=headers)
+    return client.post(
+        route,
+        files={"image": (filename, data, "application/octet-stream")},
+        data={k: str(v) for k, v in fields.items()},
+        headers=headers,
+    )
 
 
 def error_of(response, status: int) -> str:
@@ -63,6 +68,7 @@ def from_base64(image_json: dict) -> Image.Image:
 
 
 # ---- probes and model information ----------------------------------------------------------------------
+
 
 def test_healthz_answers_ok(client):
     assert client.get("/healthz").json() == {"status": "ok"}
@@ -139,21 +145,31 @@ def test_web_page_is_served(client):
 def test_openapi_documents_every_route_with_examples(client):
     spec = client.get("/openapi.json").json()
     operations = {path: spec["paths"][path] for path in spec["paths"]}
-    for path, method in [("/v1/age", "post"), ("/v1/age/series", "post"), ("/v1/faces", "post"),
-                         ("/v1/likelihood", "post"), ("/v1/samples", "get"), ("/v1/model", "get"),
-                         ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get")]:
+    for path, method in [
+        ("/v1/age", "post"),
+        ("/v1/age/series", "post"),
+        ("/v1/faces", "post"),
+        ("/v1/likelihood", "post"),
+        ("/v1/samples", "get"),
+        ("/v1/model", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+    ]:
         assert operations[path][method]["summary"]
     age = operations["/v1/age"]["post"]
     assert "multipart/form-data" in age["requestBody"]["content"]
     assert {"image/jpeg", "image/png", "image/webp", "application/json"} <= set(age["responses"]["200"]["content"])
     assert "X-Ages-Before" in age["responses"]["200"]["headers"]
     assert {"no_face", "face_too_small", "invalid_parameters"} <= set(
-        age["responses"]["422"]["content"]["application/json"]["examples"])
+        age["responses"]["422"]["content"]["application/json"]["examples"]
+    )
     assert spec["components"]["schemas"]["AgeForm"]["properties"]["years"]["examples"] == [30]
     assert age["operationId"] == "age_photo"
 
 
 # ---- ageing photos -----------------------------------------------------------------------------------------
+
 
 def test_age_returns_the_photo_with_ages_in_headers(client, small_jpeg):
     response = post(client, "/v1/age", small_jpeg, years=20)
@@ -167,8 +183,15 @@ def test_age_returns_the_photo_with_ages_in_headers(client, small_jpeg):
 
 def test_age_edits_inside_the_face_and_leaves_the_rest_alone(client, fixtures_dir, photo):
     original = photo("skimage_astronaut.png")
-    response = post(client, "/v1/age", (fixtures_dir / "skimage_astronaut.png").read_bytes(),
-                    filename="astronaut.png", years=40, format="png", headers={"Accept": "application/json"})
+    response = post(
+        client,
+        "/v1/age",
+        (fixtures_dir / "skimage_astronaut.png").read_bytes(),
+        filename="astronaut.png",
+        years=40,
+        format="png",
+        headers={"Accept": "application/json"},
+    )
     assert response.status_code == 200
     body = response.json()
     edited = np.asarray(from_base64(body["image"]).convert("RGB")).astype(int)
@@ -177,21 +200,26 @@ def test_age_edits_inside_the_face_and_leaves_the_rest_alone(client, fixtures_di
     assert inside > 0.5
     size = max(x2 - x1, y2 - y1)
     far = np.ones(original.shape[:2], bool)
-    far[max(0, y1 - size):y2 + size, max(0, x1 - size):x2 + size] = False
+    far[max(0, y1 - size) : y2 + size, max(0, x1 - size) : x2 + size] = False
     np.testing.assert_array_equal(edited[far], original[far])
 
 
 def test_age_to_a_target_age(client, small_jpeg, age_editor):
     target = min(70.0, age_editor.age_range[1])
     response = post(client, "/v1/age", small_jpeg, target_age=target, headers={"Accept": "application/json"})
-    face, = response.json()["faces"]
+    (face,) = response.json()["faces"]
     assert face["age_after"] == pytest.approx(target)
     assert face["shift"] == pytest.approx(face["age_after"] - face["age_before"])
 
 
 def test_age_json_describes_each_face(client, fixtures_dir):
-    response = post(client, "/v1/age", (fixtures_dir / "frrepo_two_people.jpg").read_bytes(), years=-10,
-                    headers={"Accept": "application/json"})
+    response = post(
+        client,
+        "/v1/age",
+        (fixtures_dir / "frrepo_two_people.jpg").read_bytes(),
+        years=-10,
+        headers={"Accept": "application/json"},
+    )
     body = response.json()
     assert len(body["faces"]) == 2
     for face in body["faces"]:
@@ -202,14 +230,14 @@ def test_age_json_describes_each_face(client, fixtures_dir):
 
 
 def test_largest_face_only(client, fixtures_dir):
-    response = post(client, "/v1/age", (fixtures_dir / "frrepo_two_people.jpg").read_bytes(), years=10,
-                    faces="largest")
+    response = post(client, "/v1/age", (fixtures_dir / "frrepo_two_people.jpg").read_bytes(), years=10, faces="largest")
     assert response.headers["x-faces"] == "1"
 
 
 def test_face_output_is_a_strip_of_aligned_faces(client, fixtures_dir, age_editor):
-    response = post(client, "/v1/age", (fixtures_dir / "frrepo_two_people.jpg").read_bytes(), years=10,
-                    output="face", format="png")
+    response = post(
+        client, "/v1/age", (fixtures_dir / "frrepo_two_people.jpg").read_bytes(), years=10, output="face", format="png"
+    )
     side = age_editor.work_size
     assert opened(response.content).size == (2 * side, side)
 
@@ -230,12 +258,13 @@ def test_png_output_keeps_the_uploads_alpha(client, fixtures_dir):
 
 
 def test_exif_rotated_jpeg_comes_back_upright(client, upload_files, age_editor, photo):
-    response = post(client, "/v1/age", upload_files["exif_rotated_jpeg"], years=10,
-                    headers={"Accept": "application/json"})
+    response = post(
+        client, "/v1/age", upload_files["exif_rotated_jpeg"], years=10, headers={"Accept": "application/json"}
+    )
     assert response.status_code == 200
     body = response.json()
     assert (body["image"]["width"], body["image"]["height"]) == (320, 240)
-    expected, = age_editor.aligner.detect(photo(SMALL_PHOTO))
+    (expected,) = age_editor.aligner.detect(photo(SMALL_PHOTO))
     np.testing.assert_allclose(body["faces"][0]["box"], expected.box, atol=8)
 
 
@@ -254,6 +283,7 @@ def test_grayscale_fixture_is_aged(client, fixtures_dir):
 
 # ---- series, faces, likelihood, samples -----------------------------------------------------------------------
 
+
 def test_series_returns_a_strip_of_faces(client, small_jpeg, age_editor):
     response = post(client, "/v1/age/series", small_jpeg, ages="10,30,50,70", format="png")
     assert response.status_code == 200
@@ -264,8 +294,9 @@ def test_series_returns_a_strip_of_faces(client, small_jpeg, age_editor):
 
 
 def test_series_strip_labels_each_age_beneath_its_frame(client, small_jpeg, age_editor):
-    strip = np.asarray(opened(post(client, "/v1/age/series", small_jpeg, ages="10,70", format="png").content)
-                       .convert("L"), np.int16)
+    strip = np.asarray(
+        opened(post(client, "/v1/age/series", small_jpeg, ages="10,70", format="png").content).convert("L"), np.int16
+    )
     side = age_editor.work_size
     bands = [strip[side:, :side], strip[side:, side:]]
     assert all((band < 128).any() and (band > 200).mean() > 0.5 for band in bands)  # dark text on white
@@ -273,8 +304,9 @@ def test_series_strip_labels_each_age_beneath_its_frame(client, small_jpeg, age_
 
 
 def test_series_of_photos_as_json(client, small_jpeg):
-    response = post(client, "/v1/age/series", small_jpeg, ages="20,60", output="photo",
-                    headers={"Accept": "application/json"})
+    response = post(
+        client, "/v1/age/series", small_jpeg, ages="20,60", output="photo", headers={"Accept": "application/json"}
+    )
     body = response.json()
     assert [step["target_age"] for step in body["steps"]] == [20, 60]
     assert all(from_base64(step["image"]).size == (320, 240) for step in body["steps"])
@@ -295,13 +327,13 @@ def test_faces_on_a_photo_without_faces_is_an_empty_list(client, fixtures_dir):
 
 
 def test_faces_flags_a_face_too_small(client, tiny_face_png, min_face_40):
-    face, = post(client, "/v1/faces", tiny_face_png).json()["faces"]
+    (face,) = post(client, "/v1/faces", tiny_face_png).json()["faces"]
     assert face["too_small"] and face["age"] is None
 
 
 def test_likelihood_reports_bits_per_dim(client, small_jpeg):
     body = post(client, "/v1/likelihood", small_jpeg).json()
-    face, = body["faces"]
+    (face,) = body["faces"]
     assert 0 < face["bits_per_dim"] < 10
     if body["heldout_bits_per_dim"] is None:
         assert face["typicality"] is None
@@ -314,7 +346,7 @@ def test_likelihood_says_how_typical_against_heldout_faces(client, small_jpeg, a
     info = age_editor.info()
     monkeypatch.setattr(age_editor, "info", lambda: {**info, "heldout_bits_per_dim": bits / 1.1})
     body = post(client, "/v1/likelihood", small_jpeg).json()
-    face, = body["faces"]
+    (face,) = body["faces"]
     assert body["heldout_bits_per_dim"] == pytest.approx(bits / 1.1)
     assert face["difference_from_heldout"] == pytest.approx(bits - bits / 1.1, abs=1e-4)
     assert face["typicality"] == "unusual"
@@ -336,6 +368,7 @@ def test_samples_as_json(client):
 
 # ---- errors: bad uploads ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def min_face_40(age_editor, monkeypatch):
     """The editor refusing faces under 40 px, so that the 26 px face of `tiny_face_png` is too small."""
@@ -352,20 +385,24 @@ def tiny_face_png(photo) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("name, status, code", [
-    ("truncated_jpeg", 400, "corrupt_image"),
-    ("random_bytes", 415, "unsupported_image"),
-    ("text", 415, "unsupported_image"),
-    ("gif", 415, "unsupported_image"),
-    ("bmp", 415, "unsupported_image"),
-    ("png_bomb", 413, "too_many_pixels"),
-])
+@pytest.mark.parametrize(
+    "name, status, code",
+    [
+        ("truncated_jpeg", 400, "corrupt_image"),
+        ("random_bytes", 415, "unsupported_image"),
+        ("text", 415, "unsupported_image"),
+        ("gif", 415, "unsupported_image"),
+        ("bmp", 415, "unsupported_image"),
+        ("png_bomb", 413, "too_many_pixels"),
+    ],
+)
 def test_bad_files_get_clear_errors(client, upload_files, name, status, code):
     assert error_of(post(client, "/v1/age", upload_files[name], years=10), status) == code
 
 
-@pytest.mark.parametrize("route, fields", [("/v1/age/series", {"ages": "30"}), ("/v1/faces", {}),
-                                           ("/v1/likelihood", {})])
+@pytest.mark.parametrize(
+    "route, fields", [("/v1/age/series", {"ages": "30"}), ("/v1/faces", {}), ("/v1/likelihood", {})]
+)
 def test_every_upload_route_refuses_bad_files(client, upload_files, route, fields):
     assert error_of(post(client, route, upload_files["text"], **fields), 415) == "unsupported_image"
 
@@ -405,14 +442,17 @@ def test_oversized_body_is_413_before_reading_it(limited_client, fixtures_dir):
 
 def test_oversized_streamed_body_is_413(limited_client):
     def chunks():
-        yield (b'--edge\r\nContent-Disposition: form-data; name="years"\r\n\r\n5\r\n'
-               b'--edge\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n')
+        yield (
+            b'--edge\r\nContent-Disposition: form-data; name="years"\r\n\r\n5\r\n'
+            b'--edge\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+        )
         for _ in range(200):
             yield bytes(1024)
         yield b"\r\n--edge--\r\n"
 
-    response = limited_client.post("/v1/age", content=chunks(),
-                                   headers={"Content-Type": "multipart/form-data; boundary=edge"})
+    response = limited_client.post(
+        "/v1/age", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=edge"}
+    )
     assert error_of(response, 413) == "upload_too_large"
 
 
@@ -427,8 +467,11 @@ def test_photo_with_too_many_pixels_is_413(limited_client, small_jpeg):
 
 
 def test_malformed_multipart_body_is_400(client):
-    response = client.post("/v1/age", content=b"--edge\r\ngarbage without headers",
-                           headers={"Content-Type": "multipart/form-data; boundary=edge"})
+    response = client.post(
+        "/v1/age",
+        content=b"--edge\r\ngarbage without headers",
+        headers={"Content-Type": "multipart/form-data; boundary=edge"},
+    )
     assert response.status_code in (400, 422)
     assert response.json()["error"]["message"]
 
@@ -448,8 +491,9 @@ def test_uploads_are_never_written_to_disk(client, fixtures_dir, monkeypatch):
 
 def test_nothing_of_the_upload_reaches_the_logs(client, small_jpeg, caplog):
     caplog.set_level(logging.DEBUG)
-    response = post(client, "/v1/age", small_jpeg, filename="private-holiday.jpg", years=10,
-                    headers={"Accept": "application/json"})
+    response = post(
+        client, "/v1/age", small_jpeg, filename="private-holiday.jpg", years=10, headers={"Accept": "application/json"}
+    )
     assert response.status_code == 200
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "private-holiday" not in logged
@@ -458,18 +502,22 @@ def test_nothing_of_the_upload_reaches_the_logs(client, small_jpeg, caplog):
 
 # ---- errors: bad parameters ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fields", [
-    {"years": 10, "target_age": 40},
-    {},
-    {"years": "ten"},
-    {"years": "nan"},
-    {"years": 500},
-    {"target_age": -5},
-    {"years": 10, "faces": "some"},
-    {"years": 10, "output": "video"},
-    {"years": 10, "format": "gif"},
-    {"years": 10, "colour": "red"},
-])
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"years": 10, "target_age": 40},
+        {},
+        {"years": "ten"},
+        {"years": "nan"},
+        {"years": 500},
+        {"target_age": -5},
+        {"years": 10, "faces": "some"},
+        {"years": 10, "output": "video"},
+        {"years": 10, "format": "gif"},
+        {"years": 10, "colour": "red"},
+    ],
+)
 def test_bad_parameters_are_422(client, small_jpeg, fields):
     assert error_of(post(client, "/v1/age", small_jpeg, **fields), 422) == "invalid_parameters"
 
@@ -517,6 +565,7 @@ def test_unknown_route_is_a_json_404(client):
 
 # ---- concurrency, keys, CORS, unexpected errors --------------------------------------------------------------
 
+
 def test_requests_beyond_the_queue_get_503_with_retry_after(age_editor, small_jpeg):
     busy_app = create_app(Settings(max_concurrency=1, max_queue=0), editor=age_editor)
     with TestClient(busy_app) as client, busy_app.state.service.gate.slot():
@@ -532,8 +581,9 @@ def test_waiting_requests_run_when_a_slot_frees(age_editor, small_jpeg):
     with TestClient(queued_app) as client:
         slot = queued_app.state.service.gate.slot()
         slot.__enter__()
-        waiting = threading.Thread(target=lambda: statuses.append(post(client, "/v1/age", small_jpeg,
-                                                                       years=10).status_code))
+        waiting = threading.Thread(
+            target=lambda: statuses.append(post(client, "/v1/age", small_jpeg, years=10).status_code)
+        )
         waiting.start()
         deadline = time.monotonic() + 10
         while queued_app.state.service.gate.admitted < 2 and time.monotonic() < deadline:
@@ -559,8 +609,9 @@ def test_api_keys_are_required_on_v1_routes_only(age_editor):
 def test_cors_allows_the_configured_origins(age_editor):
     cors_app = create_app(Settings(cors_origins=("https://app.example",)), editor=age_editor)
     with TestClient(cors_app) as client:
-        preflight = client.options("/v1/age", headers={"Origin": "https://app.example",
-                                                       "Access-Control-Request-Method": "POST"})
+        preflight = client.options(
+            "/v1/age", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+        )
         assert preflight.headers["access-control-allow-origin"] == "https://app.example"
         answer = client.get("/v1/model", headers={"Origin": "https://app.example"})
         assert "X-Ages-Before" in answer.headers["access-control-expose-headers"]
@@ -568,8 +619,9 @@ def test_cors_allows_the_configured_origins(age_editor):
         assert "access-control-allow-origin" not in other.headers
 
 
-def test_unexpected_errors_are_a_generic_500_that_logs_only_the_type(client, small_jpeg, age_editor,
-                                                                       monkeypatch, caplog):
+def test_unexpected_errors_are_a_generic_500_that_logs_only_the_type(
+    client, small_jpeg, age_editor, monkeypatch, caplog
+):
     def broken(*args, **kwargs):
         raise RuntimeError("details that must not be logged")
 
@@ -583,21 +635,56 @@ def test_unexpected_errors_are_a_generic_500_that_logs_only_the_type(client, sma
 
 # ---- settings -------------------------------------------------------------------------------------------------
 
+
 def test_settings_come_from_the_environment():
-    settings = Settings.from_env({
-        "WEIGHTS_DIR": "/models/age", "MAX_UPLOAD_BYTES": "1000", "MAX_PIXELS": "2000", "DEVICE": "CPU",
-        "TORCH_THREADS": "3", "MAX_CONCURRENCY": "4", "MAX_QUEUE": "0", "API_KEYS": "one, two,,",
-        "CORS_ORIGINS": "https://a.example", "MIN_FACE_SIZE": "64", "DETECT_MAX_SIDE": "1024",
-        "DETECT_SECOND_PASS_SIDE": "2000", "MAX_FACES": "4", "WORK_BUDGET_MEGAPIXELS": "10",
-        "MAX_UPLOADING_BYTES": "5000", "BODY_IDLE_TIMEOUT": "3", "BODY_TIMEOUT": "30", "MAX_HEADER_BYTES": "4096",
-        "HEADER_TIMEOUT": "2", "KEEP_ALIVE_TIMEOUT": "7", "MAX_CONNECTIONS": "9"})
-    assert settings == Settings(weights_dir=Path("/models/age"), max_upload_bytes=1000, max_pixels=2000,
-                                device="cpu", torch_threads=3, max_concurrency=4, max_queue=0,
-                                api_keys=("one", "two"), cors_origins=("https://a.example",), min_face_size=64,
-                                detect_max_side=1024, detect_second_pass_side=2000, max_faces=4,
-                                work_budget_megapixels=10, max_uploading_bytes=5000, body_idle_timeout=3,
-                                body_timeout=30, max_header_bytes=4096, header_timeout=2, keep_alive_timeout=7,
-                                max_connections=9)
+    settings = Settings.from_env(
+        {
+            "WEIGHTS_DIR": "/models/age",
+            "MAX_UPLOAD_BYTES": "1000",
+            "MAX_PIXELS": "2000",
+            "DEVICE": "CPU",
+            "TORCH_THREADS": "3",
+            "MAX_CONCURRENCY": "4",
+            "MAX_QUEUE": "0",
+            "API_KEYS": "one, two,,",
+            "CORS_ORIGINS": "https://a.example",
+            "MIN_FACE_SIZE": "64",
+            "DETECT_MAX_SIDE": "1024",
+            "DETECT_SECOND_PASS_SIDE": "2000",
+            "MAX_FACES": "4",
+            "WORK_BUDGET_MEGAPIXELS": "10",
+            "MAX_UPLOADING_BYTES": "5000",
+            "BODY_IDLE_TIMEOUT": "3",
+            "BODY_TIMEOUT": "30",
+            "MAX_HEADER_BYTES": "4096",
+            "HEADER_TIMEOUT": "2",
+            "KEEP_ALIVE_TIMEOUT": "7",
+            "MAX_CONNECTIONS": "9",
+        }
+    )
+    assert settings == Settings(
+        weights_dir=Path("/models/age"),
+        max_upload_bytes=1000,
+        max_pixels=2000,
+        device="cpu",
+        torch_threads=3,
+        max_concurrency=4,
+        max_queue=0,
+        api_keys=("one", "two"),
+        cors_origins=("https://a.example",),
+        min_face_size=64,
+        detect_max_side=1024,
+        detect_second_pass_side=2000,
+        max_faces=4,
+        work_budget_megapixels=10,
+        max_uploading_bytes=5000,
+        body_idle_timeout=3,
+        body_timeout=30,
+        max_header_bytes=4096,
+        header_timeout=2,
+        keep_alive_timeout=7,
+        max_connections=9,
+    )
 
 
 def test_settings_without_environment_are_the_defaults():
@@ -611,8 +698,9 @@ def test_threads_per_edit_divide_the_cores_among_the_edits_that_run_at_once(monk
     assert Settings(torch_threads=3, max_concurrency=2).threads_per_edit() == 3
 
 
-@pytest.mark.parametrize("environ", [{"MAX_UPLOAD_BYTES": "lots"}, {"MAX_CONCURRENCY": "0"},
-                                     {"DEVICE": "gpu"}, {"MAX_QUEUE": "-1"}])
+@pytest.mark.parametrize(
+    "environ", [{"MAX_UPLOAD_BYTES": "lots"}, {"MAX_CONCURRENCY": "0"}, {"DEVICE": "gpu"}, {"MAX_QUEUE": "-1"}]
+)
 def test_bad_settings_name_the_variable(environ):
     with pytest.raises(SettingsError, match=next(iter(environ))):
         Settings.from_env(environ)

@@ -3,6 +3,7 @@
 The flow's priors get small random weights, as a trained flow has, so that each split prior's mean and
 scale depend on the coarser latent (its context) and on the age condition.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -31,11 +32,17 @@ def flow() -> Glow:
 def path_tensors(flow: Glow, seed: int = 1) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     knots = len(flow.config.age_knots)
-    tensors = {f"level{i}_age": 0.3 * torch.randn(knots, *shape, generator=generator)
-               for i, shape in enumerate(flow.latent_shapes())}
+    tensors = {
+        f"level{i}_age": 0.3 * torch.randn(knots, *shape, generator=generator)
+        for i, shape in enumerate(flow.latent_shapes())
+    }
     dim = sum(int(np.prod(shape)) for shape in flow.latent_shapes())
-    tensors.update(latent_mean=torch.zeros(dim), latent_std=torch.ones(dim),
-                   age_weights=0.01 * torch.randn(dim, generator=generator), age_bias=torch.tensor([35.0]))
+    tensors.update(
+        latent_mean=torch.zeros(dim),
+        latent_std=torch.ones(dim),
+        age_weights=0.01 * torch.randn(dim, generator=generator),
+        age_bias=torch.tensor([35.0]),
+    )
     return tensors
 
 

@@ -1,4 +1,5 @@
 """`python -m app.cli`: the service's pipeline and errors on files and folders."""
+
 import os
 import shutil
 import socket
@@ -48,8 +49,10 @@ def test_output_suffix_chooses_the_format(photos, tmp_path):
 
 def test_largest_face_only(fixtures_dir, tmp_path, capsys):
     output = tmp_path / "one.jpg"
-    assert main([str(fixtures_dir / "frrepo_two_people.jpg"), "--years", "-10", "--faces", "largest",
-                 "-o", str(output)]) == 0
+    assert (
+        main([str(fixtures_dir / "frrepo_two_people.jpg"), "--years", "-10", "--faces", "largest", "-o", str(output)])
+        == 0
+    )
     assert "1 face(s)" in capsys.readouterr().out
 
 
@@ -64,8 +67,10 @@ def test_folder_to_folder_reports_failures_and_ages_the_rest(photos, tmp_path, c
 
 def test_several_files_go_to_a_folder(photos, tmp_path):
     output = tmp_path / "aged"
-    assert main([str(photos / "frrepo_obama_small.jpg"), str(photos / "phone.heic"), "--years", "5",
-                 "-o", str(output)]) == 0
+    assert (
+        main([str(photos / "frrepo_obama_small.jpg"), str(photos / "phone.heic"), "--years", "5", "-o", str(output)])
+        == 0
+    )
     assert sorted(p.name for p in output.iterdir()) == ["frrepo_obama_small.jpg", "phone.jpg"]
 
 
@@ -96,39 +101,77 @@ def test_missing_input_is_a_usage_error(tmp_path, capsys):
 
 def test_target_age_outside_the_models_range_is_refused(photos, tmp_path, age_editor, capsys):
     too_old = str(age_editor.age_range[1] + 5)
-    assert main([str(photos / "frrepo_obama_small.jpg"), "--target-age", too_old, "-o",
-                 str(tmp_path / "out.jpg")]) == 2
+    assert main([str(photos / "frrepo_obama_small.jpg"), "--target-age", too_old, "-o", str(tmp_path / "out.jpg")]) == 2
     assert "outside the model's range" in capsys.readouterr().err
 
 
 def test_years_and_target_age_together_are_refused(photos, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        main([str(photos / "frrepo_obama_small.jpg"), "--years", "5", "--target-age", "50", "-o",
-              str(tmp_path / "out.jpg")])
+        main(
+            [
+                str(photos / "frrepo_obama_small.jpg"),
+                "--years",
+                "5",
+                "--target-age",
+                "50",
+                "-o",
+                str(tmp_path / "out.jpg"),
+            ]
+        )
     assert exit_info.value.code == 2
 
 
 def test_runs_as_a_module(photos, tmp_path):
     output = tmp_path / "older.jpg"
-    finished = subprocess.run([sys.executable, "-m", "app.cli", str(photos / "frrepo_obama_small.jpg"),
-                               "--years", "30", "-o", str(output)], cwd=ROOT, capture_output=True, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    finished = subprocess.run(
+        [sys.executable, "-m", "app.cli", str(photos / "frrepo_obama_small.jpg"), "--years", "30", "-o", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert finished.returncode == 0, finished.stderr
     assert Image.open(output).size == (320, 240)
 
 
 def test_server_ages_several_photos_in_one_call(photos, tmp_path, server_url, capsys):
     output = tmp_path / "aged"
-    assert main([str(photos / "frrepo_obama_small.jpg"), str(photos / "phone.heic"), "--years", "20",
-                 "-o", str(output), "--server", server_url]) == 0
+    assert (
+        main(
+            [
+                str(photos / "frrepo_obama_small.jpg"),
+                str(photos / "phone.heic"),
+                "--years",
+                "20",
+                "-o",
+                str(output),
+                "--server",
+                server_url,
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in output.iterdir()) == ["frrepo_obama_small.jpg", "phone.jpg"]
     assert Image.open(output / "phone.jpg").size == (320, 240)
     assert capsys.readouterr().out.count("1 face(s), ages ") == 2
 
 
 def test_server_errors_are_the_services_messages(photos, tmp_path, server_url, capsys):
-    assert main([str(photos / "skimage_coffee_noface.png"), "--years", "20", "-o", str(tmp_path / "out.png"),
-                 "--server", server_url]) == 1
+    assert (
+        main(
+            [
+                str(photos / "skimage_coffee_noface.png"),
+                "--years",
+                "20",
+                "-o",
+                str(tmp_path / "out.png"),
+                "--server",
+                server_url,
+            ]
+        )
+        == 1
+    )
     assert "skimage_coffee_noface.png: No face was found" in capsys.readouterr().err
 
 
@@ -137,12 +180,19 @@ def test_an_unreachable_server_is_said_so(photos, tmp_path, capsys):
     closed.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{closed.getsockname()[1]}"
     closed.close()
-    assert main([str(photos / "frrepo_obama_small.jpg"), "--years", "5", "-o", str(tmp_path / "out.jpg"),
-                 "--server", url]) == 1
+    assert (
+        main([str(photos / "frrepo_obama_small.jpg"), "--years", "5", "-o", str(tmp_path / "out.jpg"), "--server", url])
+        == 1
+    )
     assert f"the service at {url} cannot be reached" in capsys.readouterr().err
 
 
 def test_with_a_server_torch_is_never_imported():
-    finished = subprocess.run([sys.executable, "-c", "import sys, app.cli; print('torch' in sys.modules)"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import sys, app.cli; print('torch' in sys.modules)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert finished.stdout.strip() == "False", finished.stderr

@@ -1,5 +1,6 @@
 """The 128 px detail stage: the Haar split, patch training on real faces (resumable, learning that
 generalizes), and the edit the editor calls (a zero edit changes nothing)."""
+
 import csv
 import json
 import math
@@ -13,13 +14,30 @@ from test_training import FACES, jittered
 
 from model import train_detail
 from model.align import warp_to_crop
-from model.detail import (DetailStage, evaluate_detail_bits_per_dim, load_detail_faces, padded_context,
-                          patch_batch)
+from model.detail import DetailStage, evaluate_detail_bits_per_dim, load_detail_faces, padded_context, patch_batch
 from model.flow.detail import DetailConfig, haar_merge, haar_split
 
 COPIES = 12
-TINY = ["--steps", "1,2", "--width", "16", "--encoder-width", "8", "--features", "8", "--patch", "16",
-        "--device", "cpu", "--threads", "1", "--checkpoint-every", "100000", "--eval-every", "0"]
+TINY = [
+    "--steps",
+    "1,2",
+    "--width",
+    "16",
+    "--encoder-width",
+    "8",
+    "--features",
+    "8",
+    "--patch",
+    "16",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--checkpoint-every",
+    "100000",
+    "--eval-every",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +120,11 @@ def test_encoder_features_of_a_patch_are_the_crop_of_the_whole_faces_features():
     condition = stage.condition([30.0], "cpu")
     whole = stage.flow.features(context, condition)
     y, x, side = 8, 20, 16  # offsets on the coarsest level's grid (multiples of 4)
-    patch = stage.flow.features(context[:, :, y:y + side + 2 * m, x:x + side + 2 * m], condition)
+    patch = stage.flow.features(context[:, :, y : y + side + 2 * m, x : x + side + 2 * m], condition)
     for level, (a, b) in enumerate(zip(patch, whole)):
         s = 2**level
-        torch.testing.assert_close(a, b[:, :, y // s:(y + side) // s, x // s:(x + side) // s], atol=1e-5, rtol=1e-5)
-        shifted = b[:, :, y // s + 1:(y + side) // s + 1, x // s:(x + side) // s]
+        torch.testing.assert_close(a, b[:, :, y // s : (y + side) // s, x // s : (x + side) // s], atol=1e-5, rtol=1e-5)
+        shifted = b[:, :, y // s + 1 : (y + side) // s + 1, x // s : (x + side) // s]
         assert (a - shifted).abs().max() > 1e-2  # a window one row off is not the same
 
 
@@ -149,8 +167,9 @@ def test_resumed_detail_training_ends_with_the_weights_of_an_uninterrupted_run(f
 
 def test_training_with_fewer_faces_than_a_batch_stops_with_a_message(face_folder, tmp_path):
     with pytest.raises(SystemExit, match="fewer than one batch"):
-        train_detail.main(["--data", str(face_folder), *TINY, "--batch-size", "8", "--train-limit", "5",
-                           "--run", str(tmp_path)])
+        train_detail.main(
+            ["--data", str(face_folder), *TINY, "--batch-size", "8", "--train-limit", "5", "--run", str(tmp_path)]
+        )
 
 
 def heldout_faces(face_folder, n: int = 2) -> tuple[torch.Tensor, np.ndarray]:
@@ -198,5 +217,6 @@ def test_saved_stage_loads_with_the_same_likelihood(face_folder, trained_run, tm
     stage.save(tmp_path)
     faces, ages = heldout_faces(face_folder)
     with torch.no_grad():
-        torch.testing.assert_close(DetailStage.load(tmp_path).bits_per_dim(faces, ages),
-                                   stage.bits_per_dim(faces, ages), atol=0, rtol=0)
+        torch.testing.assert_close(
+            DetailStage.load(tmp_path).bits_per_dim(faces, ages), stage.bits_per_dim(faces, ages), atol=0, rtol=0
+        )

@@ -1,4 +1,5 @@
 """/docs and /redoc from the shipped files, the schema's Try-it-out defaults, and the security headers."""
+
 import re
 
 import pytest

@@ -1,5 +1,6 @@
 """Every invertible layer: exact inverse, cancelling log-determinants, and log-determinants equal to the
 log|det J| of the numerical Jacobian, all checked after training has moved the layer off its identity init."""
+
 import copy
 
 import pytest
@@ -42,8 +43,17 @@ class DetailBijection(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.flow = DetailFlow(DetailConfig(channels=CHANNELS, context_channels=2, condition_dim=2, steps=(1, 2),
-                                            width=8, encoder_width=8, features=3))
+        self.flow = DetailFlow(
+            DetailConfig(
+                channels=CHANNELS,
+                context_channels=2,
+                condition_dim=2,
+                steps=(1, 2),
+                width=8,
+                encoder_width=8,
+                features=3,
+            )
+        )
 
     def _features(self, x_shape, dtype):
         context = fixed_condition(x_shape, 2, dtype, grow=self.flow.config.margin)
@@ -56,6 +66,7 @@ class DetailBijection(torch.nn.Module):
         n, c, h, w = y.shape
         return self.flow.untransform(y, self._features((n, c // 4, 2 * h, 2 * w), y.dtype))
 
+
 LAYERS = {
     "actnorm": lambda: ActNorm(CHANNELS),
     "conv1x1": lambda: InvertibleConv1x1(CHANNELS, seed=3),
@@ -67,8 +78,7 @@ LAYERS = {
     "affine-checkerboard-odd": lambda: Coupling(CHANNELS, 8, affine=True, mask="checkerboard", parity=1),
     "additive-checkerboard": lambda: Coupling(CHANNELS, 8, affine=False, mask="checkerboard", parity=1),
     "step-glow": lambda: FlowStep(CHANNELS, 8, affine=False, mixing="conv1x1", mask="channel", parity=0, seed=1),
-    "step-realnvp": lambda: FlowStep(CHANNELS, 8, affine=True, mixing="reverse", mask="checkerboard", parity=1,
-                                     seed=0),
+    "step-realnvp": lambda: FlowStep(CHANNELS, 8, affine=True, mixing="reverse", mask="checkerboard", parity=1, seed=0),
     "haar-split": lambda: HaarSplit(),
     "conditional-coupling-even": lambda: WithCondition(ConditionalCoupling(CHANNELS, CONDITION_CHANNELS, 8, parity=0)),
     "conditional-coupling-odd": lambda: WithCondition(ConditionalCoupling(CHANNELS, CONDITION_CHANNELS, 8, parity=1)),
@@ -141,8 +151,17 @@ def test_logdet_equals_log_abs_det_of_numerical_jacobian(name):
 
 
 def test_scaling_layers_change_volume_after_training():
-    for name in ("actnorm", "conv1x1", "affine-channel-even", "affine-checkerboard-odd", "step-realnvp",
-                 "haar-split", "conditional-coupling-even", "conditional-step", "detail-flow"):
+    for name in (
+        "actnorm",
+        "conv1x1",
+        "affine-channel-even",
+        "affine-checkerboard-odd",
+        "step-realnvp",
+        "haar-split",
+        "conditional-coupling-even",
+        "conditional-step",
+        "detail-flow",
+    ):
         _, logdet = trained(name)(torch.randn(1, CHANNELS, 2, 2))
         assert abs(logdet.item()) > 1e-3, name
 
@@ -211,7 +230,7 @@ def test_coupling_passes_its_conditioning_half_through_unchanged(mask):
         y, _ = coupling(x)
     if mask == "channel":
         kept = torch.zeros(1, CHANNELS, 1, 1, dtype=torch.bool)
-        kept[:, CHANNELS // 2:] = True
+        kept[:, CHANNELS // 2 :] = True
     else:
         kept = ((torch.arange(4)[:, None] + torch.arange(4)[None, :]) % 2 == 1)[None, None]
     kept = kept.expand_as(x)
@@ -231,5 +250,5 @@ def test_squeeze_moves_each_2x2_block_into_the_channels_of_one_pixel():
     for c in range(2):
         for i in range(2):
             for j in range(2):
-                block = x[0, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2].flatten()
-                assert torch.equal(y[0, 4 * c:4 * c + 4, i, j], block)
+                block = x[0, c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].flatten()
+                assert torch.equal(y[0, 4 * c : 4 * c + 4, i, j], block)

@@ -1,5 +1,6 @@
 """The multi-scale model as a whole: exact reconstruction, log-determinant, likelihood, conditioning, the
 standardized edit space, sampling, and saving."""
+
 import copy
 import math
 import pickle
@@ -153,8 +154,9 @@ def test_condition_grid_log_likelihoods_equal_each_age_gender_and_ethnicity_comb
         for j, (gender, race) in enumerate(combos):
             for m, age in enumerate(ages):
                 cond = condition_vector(model.config, [age] * 2, [gender] * 2, [race] * 2)
-                torch.testing.assert_close(table[:, j, m], model.prior_log_prob(latents, contexts, cond),
-                                           atol=1e-3, rtol=1e-6)
+                torch.testing.assert_close(
+                    table[:, j, m], model.prior_log_prob(latents, contexts, cond), atol=1e-3, rtol=1e-6
+                )
     assert table.shape == (2, len(combos), len(ages))
 
 
@@ -177,8 +179,7 @@ def test_log_prob_without_condition_averages_the_likelihood_over_the_condition_g
     with torch.no_grad():
         per_condition = model.log_prob(x01.repeat_interleave(len(grid), 0), grid.repeat(2, 1)).view(2, len(grid))
         marginal = model.log_prob(x01)
-    torch.testing.assert_close(marginal, torch.logsumexp(per_condition, 1) - math.log(len(grid)), atol=1e-2,
-                               rtol=1e-6)
+    torch.testing.assert_close(marginal, torch.logsumexp(per_condition, 1) - math.log(len(grid)), atol=1e-2, rtol=1e-6)
 
 
 def test_standardize_then_generate_under_the_same_condition_reconstructs_input(conditional_glow):
@@ -194,8 +195,10 @@ def test_standardized_latents_depend_on_the_condition(conditional_glow):
     young = condition_vector(conditional_glow.config, [5], ["female"], ["asian"])
     old = condition_vector(conditional_glow.config, [80], ["female"], ["asian"])
     with torch.no_grad():
-        difference = sum((a - b).abs().sum() for a, b in zip(conditional_glow.standardize(x, young),
-                                                              conditional_glow.standardize(x, old)))
+        difference = sum(
+            (a - b).abs().sum()
+            for a, b in zip(conditional_glow.standardize(x, young), conditional_glow.standardize(x, old))
+        )
     assert difference > 1e-2
 
 
@@ -246,5 +249,5 @@ def test_load_flow_does_not_unpickle(conditional_glow, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
     loaded = load_flow(tmp_path)
     header_length = int.from_bytes((tmp_path / WEIGHTS).read_bytes()[:8], "little")
-    assert (tmp_path / WEIGHTS).read_bytes()[8:8 + header_length].startswith(b"{")
+    assert (tmp_path / WEIGHTS).read_bytes()[8 : 8 + header_length].startswith(b"{")
     assert loaded.config == conditional_glow.config

@@ -1,4 +1,5 @@
 """The supervised heads on the top latent: soft age labels, the regression readout, unknown labels."""
+
 import torch
 
 from model.heads import MAX_AGE, LatentHeads, age_label_distribution, label_indices
@@ -20,7 +21,11 @@ def test_age_readout_is_the_expected_age_under_the_head():
 def test_unknown_labels_add_no_loss():
     heads = LatentHeads((4, 2, 2))
     logits = heads(torch.randn(3, 4, 2, 2))
-    losses = heads.loss(logits, torch.tensor([10.0, 20.0, 30.0]), label_indices(["male", None, "female"], ("male", "female")),
-                        torch.tensor([-1, -1, -1]))
+    losses = heads.loss(
+        logits,
+        torch.tensor([10.0, 20.0, 30.0]),
+        label_indices(["male", None, "female"], ("male", "female")),
+        torch.tensor([-1, -1, -1]),
+    )
     assert losses["race"].eq(0).all()
     assert losses["gender"][1] == 0 and losses["gender"][0] > 0 and losses["age"].gt(0).all()

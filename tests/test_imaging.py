@@ -1,12 +1,22 @@
 """Decoding uploads (limits before pixels, every mode to upright RGB) and encoding results."""
+
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import (CorruptImage, OutputTooLarge, TooManyPixels, UnsupportedImage, UploadTooLarge,
-                         decode_image, encode_image, grid, set_decompression_limit)
+from app.imaging import (
+    CorruptImage,
+    OutputTooLarge,
+    TooManyPixels,
+    UnsupportedImage,
+    UploadTooLarge,
+    decode_image,
+    encode_image,
+    grid,
+    set_decompression_limit,
+)
 
 MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
@@ -27,8 +37,7 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("name", ["jpeg", "cmyk_jpeg", "png16", "palette_png", "grayscale_png", "webp", "heic",
-                                  "mpo"])
+@pytest.mark.parametrize("name", ["jpeg", "cmyk_jpeg", "png16", "palette_png", "grayscale_png", "webp", "heic", "mpo"])
 def test_supported_files_decode_to_upright_rgb(upload_files, name):
     decoded = decode(upload_files[name])
     assert decoded.rgb.shape == (240, 320, 3)

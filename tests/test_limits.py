@@ -1,5 +1,6 @@
 """Caps and budgets under hostile load: faces per request, the work budget, detections that are not faces,
 faces the first detection pass misses, API keys before the body, and the bytes uploads in progress hold."""
+
 import asyncio
 import io
 
@@ -22,8 +23,12 @@ def png(image: np.ndarray | Image.Image) -> bytes:
 
 
 def post(client, route, data: bytes, headers=None, **fields):
-    return client.post(route, files={"image": ("photo.png", data, "application/octet-stream")},
-                       data={k: str(v) for k, v in fields.items()}, headers=headers)
+    return client.post(
+        route,
+        files={"image": ("photo.png", data, "application/octet-stream")},
+        data={k: str(v) for k, v in fields.items()},
+        headers=headers,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +53,23 @@ def test_faces_beyond_the_cap_are_reported_as_skipped(age_editor, mosaic):
 def test_a_series_beyond_the_work_budget_edits_the_largest_face_and_says_so(age_editor, fixtures_dir):
     two_people = (fixtures_dir / "frrepo_two_people.jpg").read_bytes()
     with TestClient(create_app(Settings(work_budget_megapixels=1), editor=age_editor)) as client:
-        body = post(client, "/v1/age/series", two_people, ages="10,20,30,40,50,60,70,80", output="photo",
-                    headers={"Accept": "application/json"}).json()
-        ample = post(client, "/v1/age/series", two_people, ages="20", output="photo",
-                     headers={"Accept": "application/json"}).json()
+        body = post(
+            client,
+            "/v1/age/series",
+            two_people,
+            ages="10,20,30,40,50,60,70,80",
+            output="photo",
+            headers={"Accept": "application/json"},
+        ).json()
+        ample = post(
+            client, "/v1/age/series", two_people, ages="20", output="photo", headers={"Accept": "application/json"}
+        ).json()
     assert len(body["faces"]) == 1 and body["faces_found"] == 2
     assert [s["reason"] for s in body["skipped"]] == ["work_budget"]
-    assert body["skipped"][0]["box"][2] - body["skipped"][0]["box"][0] <= body["faces"][0]["box"][2] - \
-        body["faces"][0]["box"][0]
+    assert (
+        body["skipped"][0]["box"][2] - body["skipped"][0]["box"][0]
+        <= body["faces"][0]["box"][2] - body["faces"][0]["box"][0]
+    )
     assert len(ample["faces"]) == 2 and ample["skipped"] == []
 
 
@@ -70,9 +84,10 @@ def portrait_with_a_dark_blur(photo):
     return image
 
 
-def test_a_detection_the_flow_finds_implausible_as_a_face_is_skipped(age_editor, portrait_with_a_dark_blur,
-                                                                     monkeypatch):
-    real, = age_editor.aligner.detect(portrait_with_a_dark_blur[:, :320])
+def test_a_detection_the_flow_finds_implausible_as_a_face_is_skipped(
+    age_editor, portrait_with_a_dark_blur, monkeypatch
+):
+    (real,) = age_editor.aligner.detect(portrait_with_a_dark_blur[:, :320])
     offset = np.array([480.0, 120.0]) - real.landmarks.mean(0)
     false = DetectedFace(box=real.box + np.r_[offset, offset], landmarks=real.landmarks + offset, score=0.95)
     monkeypatch.setattr(age_editor.aligner, "detect", lambda image, smallest=20.0: [real, false])
@@ -120,11 +135,22 @@ def test_result_canvas_shrinks_to_the_pixel_limit_keeping_the_aspect_ratio():
 
 # ---- keys and uploads, at the ASGI level: what the app reads of a body ------------------------------------
 
+
 def http_scope(path: str, headers: dict[str, str]) -> dict:
-    return {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
-            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()], "root_path": "",
-            "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1), "http_version": "1.1",
-            "asgi": {"version": "3.0"}}
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "root_path": "",
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1),
+        "http_version": "1.1",
+        "asgi": {"version": "3.0"},
+    }
 
 
 async def answer(app, scope, receive) -> tuple[int, dict, bytes]:
@@ -145,8 +171,9 @@ async def body_never_read():
 @pytest.mark.parametrize("path", ["/v1/age", "/v1/faces", "/metrics"])
 def test_with_keys_a_request_without_one_is_401_before_its_body_is_read(age_editor, path):
     keyed = create_app(Settings(api_keys=("k1",)), editor=age_editor)
-    status, headers, body = asyncio.run(answer(keyed, http_scope(path, {"content-length": "19000000"}),
-                                               body_never_read))
+    status, headers, body = asyncio.run(
+        answer(keyed, http_scope(path, {"content-length": "19000000"}), body_never_read)
+    )
     assert status == 401 and b'"unauthorized"' in body and headers[b"connection"] == b"close"
 
 
@@ -165,8 +192,14 @@ async def read_body(scope, receive, send):
 
 
 def limited(app=read_body, **overrides):
-    options = dict(max_body_bytes=10_000, message="too large", max_uploading_bytes=5_000, idle_timeout=0.2,
-                   timeout=5.0, retry_after=5)
+    options = dict(
+        max_body_bytes=10_000,
+        message="too large",
+        max_uploading_bytes=5_000,
+        idle_timeout=0.2,
+        timeout=5.0,
+        retry_after=5,
+    )
     return BodyLimitMiddleware(app, **{**options, **overrides})
 
 
@@ -186,8 +219,11 @@ def test_uploads_beyond_the_bytes_in_progress_get_503_until_the_first_is_answere
         second = await answer(middleware, http_scope("/", {"content-length": "2000"}), body_never_read)
         release.set()
         done = await first
-        third = await answer(middleware, http_scope("/", {"content-length": "2000"}), lambda: asyncio.sleep(
-            0, {"type": "http.request", "body": bytes(2000), "more_body": False}))
+        third = await answer(
+            middleware,
+            http_scope("/", {"content-length": "2000"}),
+            lambda: asyncio.sleep(0, {"type": "http.request", "body": bytes(2000), "more_body": False}),
+        )
         return second, done, third, middleware.uploading_bytes
 
     second, first, third, held_after = asyncio.run(scenario())

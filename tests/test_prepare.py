@@ -1,4 +1,5 @@
 """`python -m model.prepare` on small labelled folders built from the fixture photos."""
+
 import csv
 import json
 import shutil
@@ -54,14 +55,34 @@ def sources(tmp_path_factory, fixtures_dir):
     rows.append(["broken.jpg", 50, "male", "asian"])
     write_labels(photos, rows, with_race=True)
     shutil.copy(photos / "images" / "obama.jpg", tight / "images" / "obama.jpg")
-    write_labels(tight, [["astronaut_tight.png", 41, "female", ""], ["astronaut_cut.png", 41, "female", ""],
-                         ["obama.jpg", 1, "female", ""]], with_race=False)
+    write_labels(
+        tight,
+        [
+            ["astronaut_tight.png", 41, "female", ""],
+            ["astronaut_cut.png", 41, "female", ""],
+            ["obama.jpg", 1, "female", ""],
+        ],
+        with_race=False,
+    )
     return photos, tight
 
 
 def run_prepare(sources, out) -> dict:
-    prepare.main([str(s) for s in sources] + ["--out", str(out), "--sides", ",".join(map(str, SIDES)),
-                                             "--heldout", str(HELDOUT), "--seed", "3", "--workers", "1"])
+    prepare.main(
+        [str(s) for s in sources]
+        + [
+            "--out",
+            str(out),
+            "--sides",
+            ",".join(map(str, SIDES)),
+            "--heldout",
+            str(HELDOUT),
+            "--seed",
+            "3",
+            "--workers",
+            "1",
+        ]
+    )
     return json.loads((out / "report.json").read_text())
 
 

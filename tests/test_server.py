@@ -1,4 +1,5 @@
 """The HTTP server's limits (app.serve), with raw sockets against a real uvicorn on 127.0.0.1."""
+
 import socket
 import threading
 import time
@@ -11,8 +12,9 @@ from app.serve import GuardedH11Protocol, uvicorn_options
 from app.settings import Settings
 
 KEY = "server-test-key"
-SETTINGS = Settings(api_keys=(KEY,), max_header_bytes=8 * 1024, keep_alive_timeout=1, max_connections=8,
-                    body_idle_timeout=1)
+SETTINGS = Settings(
+    api_keys=(KEY,), max_header_bytes=8 * 1024, keep_alive_timeout=1, max_connections=8, body_idle_timeout=1
+)
 WAIT = 8.0  # seconds any single wait for the server may take: every loop here is bounded
 
 
@@ -27,8 +29,13 @@ def server(age_editor):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(SETTINGS, editor=age_editor), host="127.0.0.1", port=port,
-                            log_level="critical", **{**uvicorn_options(SETTINGS), "http": QuickProtocol})
+    config = uvicorn.Config(
+        create_app(SETTINGS, editor=age_editor),
+        host="127.0.0.1",
+        port=port,
+        log_level="critical",
+        **{**uvicorn_options(SETTINGS), "http": QuickProtocol},
+    )
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
@@ -122,16 +129,28 @@ def test_connections_beyond_the_cap_are_closed_as_they_open(server):
 
 def test_with_keys_an_upload_without_one_is_401_before_its_body_arrives(server):
     with connect(server) as sock:
-        sock.sendall(request("/v1/age", "Content-Type: multipart/form-data; boundary=x\r\n"
-                                        "Content-Length: 19000000\r\n", method="POST"))
+        sock.sendall(
+            request(
+                "/v1/age",
+                "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 19000000\r\n",
+                method="POST",
+            )
+        )
         answer = read_until_closed(sock)  # no body byte was sent: the server answers and closes
     assert answer.startswith(b"HTTP/1.1 401") and b'"unauthorized"' in answer
 
 
 def test_a_stalled_upload_with_a_key_is_closed_with_a_json_408(server):
     with connect(server) as sock:
-        sock.sendall(request("/v1/age", f"Authorization: Bearer {KEY}\r\n"
-                                        "Content-Type: multipart/form-data; boundary=x\r\n"
-                                        "Content-Length: 1000000\r\n", method="POST") + b"--x\r\n")
+        sock.sendall(
+            request(
+                "/v1/age",
+                f"Authorization: Bearer {KEY}\r\n"
+                "Content-Type: multipart/form-data; boundary=x\r\n"
+                "Content-Length: 1000000\r\n",
+                method="POST",
+            )
+            + b"--x\r\n"
+        )
         answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 408") and b'"upload_timeout"' in answer

@@ -3,6 +3,7 @@
 The faces are the public-domain fixture photos, none of which is in the training data. Their ages are the
 people's ages when the photos were taken (to within a year or two).
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,10 @@ def test_latent_age_estimate_beats_always_guessing_the_mean_training_age(editor,
     mean_training_age = float(load_file(str(WEIGHTS / POSTHOC_WEIGHTS))["age_bias"])
     estimate_error = np.abs(editor.estimate_age(faces) - ages).mean()
     mean_guess_error = np.abs(mean_training_age - ages).mean()
-    print(f"latent age error {estimate_error:.1f} years; always guessing {mean_training_age:.1f}: "
-          f"{mean_guess_error:.1f} years")
+    print(
+        f"latent age error {estimate_error:.1f} years; always guessing {mean_training_age:.1f}: "
+        f"{mean_guess_error:.1f} years"
+    )
     assert estimate_error < mean_guess_error
 
 
@@ -76,8 +79,11 @@ def test_thirty_years_older_raises_the_latent_age_by_twenty_on_average(thirty_ye
     assert thirty_years_older.mean() >= 20.0
 
 
-@pytest.mark.xfail(strict=True, reason="not met by the shipped model for every face: +30 years raises the latent "
-                   "reading of these faces by 15 to 41 years (the independent judge reads +21.4 on average)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="not met by the shipped model for every face: +30 years raises the latent "
+    "reading of these faces by 15 to 41 years (the independent judge reads +21.4 on average)",
+)
 def test_thirty_years_older_raises_the_latent_age_by_at_least_twenty(thirty_years_older):
     assert thirty_years_older.min() >= 20.0
 

@@ -1,4 +1,5 @@
 """`python -m model.train` on a small set of real aligned faces: exact resume, and learning that generalizes."""
+
 import csv
 import math
 import signal
@@ -14,8 +15,8 @@ from model.checkpoint import load_flow
 from model.config import FlowConfig
 from model.data import load_faces
 from model.evaluation import evaluate_bits_per_dim, evaluate_heads
-from model.heads import load_heads
 from model.flow.glow import Glow
+from model.heads import load_heads
 
 # (photo, face index, age, gender, race); the last face is held out
 FACES = [
@@ -79,8 +80,21 @@ def test_prepared_format_loads_as_train_and_heldout_faces(face_folder):
 
 
 def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(face_folder, tmp_path):
-    common = ["--data", str(face_folder), "--resolution", "16", *TINY, "--batch-size", "4", "--train-limit", "12",
-              "--warmup", "3", "--eval-limit", "4"]
+    common = [
+        "--data",
+        str(face_folder),
+        "--resolution",
+        "16",
+        *TINY,
+        "--batch-size",
+        "4",
+        "--train-limit",
+        "12",
+        "--warmup",
+        "3",
+        "--eval-limit",
+        "4",
+    ]
     train.main([*common, "--run", str(tmp_path / "straight"), "--max-steps", "8"])
     train.main([*common, "--run", str(tmp_path / "resumed"), "--max-steps", "4"])
     train.main([*common, "--run", str(tmp_path / "resumed"), "--max-steps", "8", "--resume"])
@@ -96,8 +110,19 @@ def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(face_fol
 
 
 def test_resume_continues_from_the_saved_step(face_folder, tmp_path):
-    common = ["--data", str(face_folder), "--resolution", "16", *TINY, "--batch-size", "4", "--train-limit", "12",
-              "--run", str(tmp_path)]
+    common = [
+        "--data",
+        str(face_folder),
+        "--resolution",
+        "16",
+        *TINY,
+        "--batch-size",
+        "4",
+        "--train-limit",
+        "12",
+        "--run",
+        str(tmp_path),
+    ]
     train.main([*common, "--max-steps", "2"])
     train.main([*common, "--max-steps", "5", "--resume"])
     state = torch.load(tmp_path / "train_state.pt", weights_only=True)
@@ -106,26 +131,75 @@ def test_resume_continues_from_the_saved_step(face_folder, tmp_path):
 
 def test_training_with_fewer_faces_than_a_batch_stops_with_a_message(face_folder, tmp_path):
     with pytest.raises(SystemExit, match="fewer than one batch"):
-        train.main(["--data", str(face_folder), "--resolution", "16", *TINY, "--batch-size", "8", "--train-limit", "5",
-                    "--max-steps", "3", "--run", str(tmp_path)])
+        train.main(
+            [
+                "--data",
+                str(face_folder),
+                "--resolution",
+                "16",
+                *TINY,
+                "--batch-size",
+                "8",
+                "--train-limit",
+                "5",
+                "--max-steps",
+                "3",
+                "--run",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_training_restores_the_signal_handlers_it_replaced(face_folder, tmp_path):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    train.main(["--data", str(face_folder), "--resolution", "16", *TINY, "--batch-size", "4", "--train-limit", "8",
-                "--max-steps", "1", "--run", str(tmp_path)])
+    train.main(
+        [
+            "--data",
+            str(face_folder),
+            "--resolution",
+            "16",
+            *TINY,
+            "--batch-size",
+            "4",
+            "--train-limit",
+            "8",
+            "--max-steps",
+            "1",
+            "--run",
+            str(tmp_path),
+        ]
+    )
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_evaluation_without_heldout_faces_is_nan_rather_than_an_error(face_folder):
     no_faces = load_faces(face_folder, 16, split="absent")
     assert len(no_faces) == 0
-    assert math.isnan(evaluate_bits_per_dim(Glow(FlowConfig(resolution=16, levels=2, steps=1, width=8)), no_faces, "cpu"))
+    assert math.isnan(
+        evaluate_bits_per_dim(Glow(FlowConfig(resolution=16, levels=2, steps=1, width=8)), no_faces, "cpu")
+    )
 
 
 def test_short_training_on_real_faces_lowers_heldout_bits_per_dim(face_folder, tmp_path):
-    common = ["--data", str(face_folder), "--resolution", "32", "--levels", "2", "--steps", "4", "--width", "32", *CPU,
-              "--batch-size", "16", "--lr", "2e-3", "--warmup", "10"]
+    common = [
+        "--data",
+        str(face_folder),
+        "--resolution",
+        "32",
+        "--levels",
+        "2",
+        "--steps",
+        "4",
+        "--width",
+        "32",
+        *CPU,
+        "--batch-size",
+        "16",
+        "--lr",
+        "2e-3",
+        "--warmup",
+        "10",
+    ]
     train.main([*common, "--run", str(tmp_path / "initial"), "--epochs", "0"])
     train.main([*common, "--run", str(tmp_path / "trained"), "--max-steps", "100"])
     heldout = load_faces(face_folder, 32, "heldout")
@@ -136,17 +210,50 @@ def test_short_training_on_real_faces_lowers_heldout_bits_per_dim(face_folder, t
 
 
 def test_per_level_capacity_is_built_and_saved_with_the_model(face_folder, tmp_path):
-    train.main(["--data", str(face_folder), "--resolution", "16", "--levels", "2", "--level-widths", "8,24",
-                "--level-steps", "1,3", *CPU, "--batch-size", "4", "--train-limit", "8", "--max-steps", "1",
-                "--run", str(tmp_path)])
+    train.main(
+        [
+            "--data",
+            str(face_folder),
+            "--resolution",
+            "16",
+            "--levels",
+            "2",
+            "--level-widths",
+            "8,24",
+            "--level-steps",
+            "1,3",
+            *CPU,
+            "--batch-size",
+            "4",
+            "--train-limit",
+            "8",
+            "--max-steps",
+            "1",
+            "--run",
+            str(tmp_path),
+        ]
+    )
     flow = load_flow(tmp_path)
     assert [len(steps) for steps in flow.levels] == [1, 3]
     assert flow.levels[1][0].layers[2].net[0].out_channels == 24
 
 
 def test_training_the_heads_teaches_the_top_latent_the_training_faces_labels(face_folder, tmp_path):
-    common = ["--data", str(face_folder), "--resolution", "16", *TINY, "--batch-size", "16", "--lr", "2e-3",
-              "--warmup", "5", "--heads-weight", "3000"]
+    common = [
+        "--data",
+        str(face_folder),
+        "--resolution",
+        "16",
+        *TINY,
+        "--batch-size",
+        "16",
+        "--lr",
+        "2e-3",
+        "--warmup",
+        "5",
+        "--heads-weight",
+        "3000",
+    ]
     train.main([*common, "--run", str(tmp_path), "--max-steps", "60"])
     flow, heads = load_flow(tmp_path), load_heads(tmp_path / "heads.safetensors")
     faces = load_faces(face_folder, 16, "train")

@@ -1,4 +1,5 @@
 """The web page and the API documentation in a real headless Chromium, on a desktop and a phone screen."""
+
 import base64
 import io
 from pathlib import Path
@@ -8,8 +9,16 @@ import pytest
 from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DESKTOP = {"viewport": {"width": 1280, "height": 800}}
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 2}
 SCREENS = {"desktop": DESKTOP, "phone": PHONE}
@@ -42,8 +51,12 @@ def browser():
 def open_page(browser, server_url: str, screen: dict, path: str = "/"):
     """A page in its own context; every request to another host fails, as it would offline."""
     context = browser.new_context(**screen)
-    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server_url + "/")
-                  else route.abort("internetdisconnected"))
+    context.route(
+        "**/*",
+        lambda route: (
+            route.continue_() if route.request.url.startswith(server_url + "/") else route.abort("internetdisconnected")
+        ),
+    )
     page = context.new_page()
     page.console_errors = []
     page.on("console", lambda message: message.type == "error" and page.console_errors.append(message.text))
@@ -137,8 +150,10 @@ def test_compare_divider_follows_a_drag(desktop_page, fixtures_dir):
     all_before = drag_to(1.0)
     assert int(page.input_value("#closeups .split")) >= 98
     # the face itself changed, so the two ends of the drag show different pictures of it
-    centre = (slice(all_after.shape[0] // 4, 3 * all_after.shape[0] // 4),
-              slice(all_after.shape[1] // 4, 3 * all_after.shape[1] // 4))
+    centre = (
+        slice(all_after.shape[0] // 4, 3 * all_after.shape[0] // 4),
+        slice(all_after.shape[1] // 4, 3 * all_after.shape[1] // 4),
+    )
     assert np.abs(all_after[centre] - all_before[centre]).mean() > 2
 
 
@@ -160,8 +175,10 @@ def test_several_faces_get_a_closeup_each_and_the_whole_photo_is_one_tap_away(de
     page.click("#show-whole")
     assert page.is_visible("#whole .compare") and not page.is_visible("#closeups")
     width, height = Image.open(fixtures_dir / "frrepo_two_people.jpg").size
-    assert page.evaluate("[...document.querySelectorAll('#whole canvas')].map(c => [c.width, c.height])") \
-        == [[width, height], [width, height]]
+    assert page.evaluate("[...document.querySelectorAll('#whole canvas')].map(c => [c.width, c.height])") == [
+        [width, height],
+        [width, height],
+    ]
 
 
 def test_while_working_the_previous_result_stays_dimmed_with_a_spinner(desktop_page, fixtures_dir):
@@ -231,14 +248,27 @@ def test_faces_the_service_did_not_edit_are_said_so(desktop_page, fixtures_dir, 
 
     page = desktop_page
     photo = fixtures_dir / "frrepo_obama_small.jpg"
-    answer = httpx.post(f"{server_url}/v1/age", files={"image": ("photo", photo.read_bytes())},
-                        data={"years": "20"}, headers={"Accept": "application/json"}, timeout=60).json()
-    answer["skipped"] = [{"box": [1, 1, 20, 20], "landmarks": [[5, 5]] * 5, "score": 0.9, "reason": "too_small",
-                          "explanation": "smaller than the smallest face that can be edited"}]
+    answer = httpx.post(
+        f"{server_url}/v1/age",
+        files={"image": ("photo", photo.read_bytes())},
+        data={"years": "20"},
+        headers={"Accept": "application/json"},
+        timeout=60,
+    ).json()
+    answer["skipped"] = [
+        {
+            "box": [1, 1, 20, 20],
+            "landmarks": [[5, 5]] * 5,
+            "score": 0.9,
+            "reason": "too_small",
+            "explanation": "smaller than the smallest face that can be edited",
+        }
+    ]
     page.route("**/v1/age", lambda route: route.fulfill(json=answer))
     upload(page, photo)
-    assert page.text_content("#clamp-note") == ("1 more face was not edited: smaller than the smallest face that "
-                                                "can be edited.")
+    assert page.text_content("#clamp-note") == (
+        "1 more face was not edited: smaller than the smallest face that can be edited."
+    )
 
 
 def test_older_wording_and_download_name(desktop_page, fixtures_dir):
@@ -279,12 +309,15 @@ def test_a_photo_without_a_face_shows_the_reason(page, fixtures_dir):
 
 def test_photo_dropped_on_the_page_is_aged(desktop_page, fixtures_dir):
     encoded = base64.b64encode((fixtures_dir / "frrepo_obama_small.jpg").read_bytes()).decode()
-    desktop_page.evaluate("""(encoded) => {
+    desktop_page.evaluate(
+        """(encoded) => {
         const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
         const transfer = new DataTransfer();
         transfer.items.add(new File([bytes], "dropped.jpg", { type: "image/jpeg" }));
         document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer }));
-    }""", encoded)
+    }""",
+        encoded,
+    )
     desktop_page.wait_for_function(RESULT_SHOWN, timeout=60_000)
     assert desktop_page.get_attribute("#download", "download") == "dropped-20-years-older.jpg"
 

@@ -1,4 +1,5 @@
 """The contract every invertible layer keeps, stated once."""
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable

@@ -6,12 +6,12 @@ opaque vector, both read by a small encoder whose features feed every coupling a
 uses only valid convolutions on a context padded by `DetailConfig.margin`, so the features of a patch are
 exactly the matching crop of the features of the whole image: the flow trains on patches and runs on faces.
 """
+
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import asdict, dataclass
-
 from typing import cast
 
 import torch
@@ -73,7 +73,7 @@ class ConditionalCoupling(nn.Module):
         self.net = coupling_network(kept + condition_channels, 2 * (channels - kept), width)
 
     def _halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        first, second = x[:, :self.split], x[:, self.split:]
+        first, second = x[:, : self.split], x[:, self.split :]
         return (first, second) if self.parity == 0 else (second, first)
 
     def _join(self, kept: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
@@ -138,18 +138,28 @@ class ContextEncoder(nn.Module):
         super().__init__()
         self.margin, self.margins = context_margins(levels)
         self.trunk = nn.Sequential(
-            nn.Conv2d(context_channels + condition_dim, width, 3), nn.ReLU(),
-            nn.Conv2d(width, width, 3), nn.ReLU(),
-            nn.Conv2d(width, features, 3), nn.ReLU(),
+            nn.Conv2d(context_channels + condition_dim, width, 3),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3),
+            nn.ReLU(),
+            nn.Conv2d(width, features, 3),
+            nn.ReLU(),
         )
-        self.coarser = nn.ModuleList([nn.Sequential(
-            nn.Conv2d(features, width, 3), nn.ReLU(),
-            nn.Conv2d(width, features, 3), nn.ReLU(),
-        ) for _ in range(levels - 1)])
+        self.coarser = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(features, width, 3),
+                    nn.ReLU(),
+                    nn.Conv2d(width, features, 3),
+                    nn.ReLU(),
+                )
+                for _ in range(levels - 1)
+            ]
+        )
 
     @staticmethod
     def _crop(h: torch.Tensor, margin: int) -> torch.Tensor:
-        return h[:, :, margin:h.shape[2] - margin, margin:h.shape[3] - margin] if margin else h
+        return h[:, :, margin : h.shape[2] - margin, margin : h.shape[3] - margin] if margin else h
 
     def forward(self, context: torch.Tensor, condition: torch.Tensor | None) -> list[torch.Tensor]:
         if condition is not None and condition.shape[1]:
@@ -199,16 +209,22 @@ class DetailFlow(nn.Module):
     def __init__(self, config: DetailConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = ContextEncoder(config.context_channels, config.condition_dim, config.encoder_width,
-                                      config.features, config.levels)
+        self.encoder = ContextEncoder(
+            config.context_channels, config.condition_dim, config.encoder_width, config.features, config.levels
+        )
         self.levels = nn.ModuleList()
         channels = config.channels
         for level, n_steps in enumerate(config.steps):
             if level:
                 channels *= 4
-            self.levels.append(nn.ModuleList([
-                ConditionalFlowStep(channels, config.features, config.width, parity=k % 2, seed=100 * level + k)
-                for k in range(n_steps)]))
+            self.levels.append(
+                nn.ModuleList(
+                    [
+                        ConditionalFlowStep(channels, config.features, config.width, parity=k % 2, seed=100 * level + k)
+                        for k in range(n_steps)
+                    ]
+                )
+            )
         self.latent_channels = channels
         # mean and log-std from the last level's features through a zero-initialized 1x1 map: local, so a
         # patch's prior is the crop of the whole image's
@@ -262,10 +278,10 @@ class DetailFlow(nn.Module):
         mean, logs = self.prior_params(features)
         return (z - mean) * torch.exp(-logs)
 
-    def generate(self, eps: torch.Tensor, context: torch.Tensor, condition: torch.Tensor | None,
-                 temperature: float = 1.0) -> torch.Tensor:
+    def generate(
+        self, eps: torch.Tensor, context: torch.Tensor, condition: torch.Tensor | None, temperature: float = 1.0
+    ) -> torch.Tensor:
         """Standardized latent -> x under the context and condition: the inverse of `standardize`."""
         features = self.features(context, condition)
         mean, logs = self.prior_params(features)
         return self.untransform(mean + torch.exp(logs) * eps * temperature, features)[0]
-

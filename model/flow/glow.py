@@ -6,6 +6,7 @@ latents (`standardize`): each latent minus its prior's mean, divided by its prio
 depends on the coarser latents and on the condition (age, gender, ethnicity). `generate` maps
 standardized latents under any condition back to an image.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,12 +40,22 @@ class Glow(nn.Module):
                     mask = "checkerboard" if k < n_steps // 2 else "channel"
                 else:
                     mask = config.mask
-                steps.append(FlowStep(channels, config.width_at(level), config.coupling == "affine", config.mixing,
-                                      mask, parity=k % 2, seed=1000 * level + k))
+                steps.append(
+                    FlowStep(
+                        channels,
+                        config.width_at(level),
+                        config.coupling == "affine",
+                        config.mixing,
+                        mask,
+                        parity=k % 2,
+                        seed=1000 * level + k,
+                    )
+                )
             self.levels.append(steps)
             if level < config.levels - 1:
-                self.priors.append(ConditionalGaussianPrior((channels // 2, side, side), channels // 2,
-                                                            config.condition_dim))
+                self.priors.append(
+                    ConditionalGaussianPrior((channels // 2, side, side), channels // 2, config.condition_dim)
+                )
                 channels //= 2
         self.priors.append(ConditionalGaussianPrior((channels, side, side), 0, config.condition_dim))
 
@@ -131,8 +142,9 @@ class Glow(nn.Module):
     def _discretization(self) -> float:
         return -self.config.dimensions * math.log(2**self.config.n_bits)
 
-    def log_prob(self, x01: torch.Tensor, condition: torch.Tensor | None = None,
-                 dequantize: bool = False) -> torch.Tensor:
+    def log_prob(
+        self, x01: torch.Tensor, condition: torch.Tensor | None = None, dequantize: bool = False
+    ) -> torch.Tensor:
         """Log-likelihood in nats of each image's discretized pixels (Glow's objective, per sample).
 
         Without a condition, a conditional model gives the likelihood averaged over a uniform grid of
@@ -149,17 +161,20 @@ class Glow(nn.Module):
             prior = self.prior_log_prob(latents, contexts, condition)
         return prior + logdet + self._discretization()
 
-    def bits_per_dim(self, x01: torch.Tensor, condition: torch.Tensor | None = None,
-                     dequantize: bool = False) -> torch.Tensor:
+    def bits_per_dim(
+        self, x01: torch.Tensor, condition: torch.Tensor | None = None, dequantize: bool = False
+    ) -> torch.Tensor:
         return -self.log_prob(x01, condition, dequantize) / (self.config.dimensions * math.log(2.0))
 
     def condition_log_likelihoods(self, latents, contexts, conditions: torch.Tensor) -> torch.Tensor:
         """Prior log-density of N encoded faces under each of M conditions: N x M (the flow is shared)."""
-        return self.condition_grid_log_likelihoods(latents, contexts, conditions,
-                                                   conditions.new_zeros(1, conditions.shape[1]))[:, 0]
+        return self.condition_grid_log_likelihoods(
+            latents, contexts, conditions, conditions.new_zeros(1, conditions.shape[1])
+        )[:, 0]
 
-    def condition_grid_log_likelihoods(self, latents, contexts, first: torch.Tensor,
-                                       second: torch.Tensor) -> torch.Tensor:
+    def condition_grid_log_likelihoods(
+        self, latents, contexts, first: torch.Tensor, second: torch.Tensor
+    ) -> torch.Tensor:
         """Prior log-density of N encoded faces under every condition `first[m] + second[j]`: N x J x M.
 
         The priors map conditions affinely, and a Gaussian's quadratic term with log-scale s_nj + t_m,
@@ -185,8 +200,12 @@ class Glow(nn.Module):
             c = cond_mean - centre
             u, v = torch.exp(-2.0 * face_logs), torch.exp(-2.0 * cond_logs)
             square = torch.cat([u * r * r, -2.0 * u * r, u], 1) @ torch.cat([v, c * v, c * c * v], 1).T
-            level = (-0.5 * r.shape[1] * math.log(2 * math.pi) - face_logs.sum(1, keepdim=True)
-                     - cond_logs.sum(1)[None] - 0.5 * square)
+            level = (
+                -0.5 * r.shape[1] * math.log(2 * math.pi)
+                - face_logs.sum(1, keepdim=True)
+                - cond_logs.sum(1)[None]
+                - 0.5 * square
+            )
             total = total + level.view(n, j, -1)
         return total
 
@@ -209,8 +228,9 @@ class Glow(nn.Module):
             eps.append((z - mean) * torch.exp(-logs))
         return eps
 
-    def generate(self, eps: list[torch.Tensor], condition, temperature: float = 1.0,
-                 offsets: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def generate(
+        self, eps: list[torch.Tensor], condition, temperature: float = 1.0, offsets: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Standardized latents -> images under `condition`: z = mean + scale * temperature * eps, plus
         each level's raw `offsets` where given. Each level's mean and scale come from its prior under the
         context the coarser levels make, so a changed coarse latent carries the finer ones along."""
@@ -226,8 +246,9 @@ class Glow(nn.Module):
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         return [p.shape for p in self.all_priors()]
 
-    def sample(self, n: int, temperature: float = 0.7, seed: int = 0,
-               condition: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, temperature: float = 0.7, seed: int = 0, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """n new faces, the same for the same seed. Without a condition, a conditional model draws each
         face's age (5 to 80), gender and ethnicity from the same seed."""
         generator = torch.Generator().manual_seed(seed)

@@ -1,5 +1,6 @@
 """Invertible layers, each an `InvertibleLayer` (see model/flow/contract.py). The networks inside the
 couplings are in nets.py, the priors in priors.py."""
+
 from __future__ import annotations
 
 from typing import cast
@@ -190,11 +191,13 @@ class FlowStep(nn.Module):
 
     def __init__(self, channels: int, width: int, affine: bool, mixing: str, mask: str, parity: int, seed: int):
         super().__init__()
-        self.layers = nn.ModuleList([
-            ActNorm(channels),
-            InvertibleConv1x1(channels, seed) if mixing == "conv1x1" else ChannelReverse(),
-            Coupling(channels, width, affine, mask, parity),
-        ])
+        self.layers = nn.ModuleList(
+            [
+                ActNorm(channels),
+                InvertibleConv1x1(channels, seed) if mixing == "conv1x1" else ChannelReverse(),
+                Coupling(channels, width, affine, mask, parity),
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logdet = x.new_zeros(x.shape[0])

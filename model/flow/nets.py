@@ -1,4 +1,5 @@
 """The networks inside the couplings and priors: ordinary, not invertible, modules."""
+
 from __future__ import annotations
 
 from typing import cast

@@ -1,5 +1,6 @@
 """The flow's priors: diagonal Gaussians whose parameters come from the coarser levels and an opaque
 condition vector (the flow does not know what the condition means)."""
+
 from __future__ import annotations
 
 import numpy as np
