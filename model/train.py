@@ -31,6 +31,7 @@ from model.data import load_faces
 from model.evaluation import evaluate_bits_per_dim, evaluate_heads, save_grid
 from model.flow.glow import Glow
 from model.heads import HEADS_FILE, LatentHeads, label_indices, save_heads
+from model.run_options import add_machine_arguments, add_schedule_arguments
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,22 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mask", default="channel", choices=["channel", "checkerboard", "realnvp"])
     p.add_argument("--n-bits", type=int, default=5)
     p.add_argument("--unconditional", action="store_true", help="priors not conditioned on age/gender/race")
-    p.add_argument("--batch-size", type=int, default=32, help="per process")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=500, help="steps of linear learning-rate warm-up")
-    p.add_argument("--clip", type=float, default=50.0, help="gradient norm clip")
-    p.add_argument("--epochs", type=float, default=100.0)
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
-    p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this much wall time")
-    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
-    p.add_argument("--eval-every", type=int, default=0, help="steps between held-out evaluations (0: per epoch)")
-    p.add_argument("--eval-limit", type=int, default=1000, help="held-out faces per evaluation (0: all)")
-    p.add_argument("--train-limit", type=int, default=0, help="use only the first N training faces")
+    add_schedule_arguments(
+        p, batch_size=32, warmup=500, epochs=100.0, eval_every=0, eval_limit=1000, batch_help="per process"
+    )
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only; slower on CPUs here)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_machine_arguments(p)
     return p.parse_args(argv)
 
 

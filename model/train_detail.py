@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from model.detail import BITS_OFFSET, DetailStage, evaluate_detail_bits_per_dim, load_detail_faces, patch_batch
 from model.flow.detail import DetailConfig
+from model.run_options import add_machine_arguments, add_schedule_arguments
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,20 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--encoder-width", type=int, default=48)
     p.add_argument("--features", type=int, default=32)
     p.add_argument("--patch", type=int, default=32, help="side of the detail window (of 64) per face and step")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=200, help="steps of linear learning-rate warm-up")
-    p.add_argument("--clip", type=float, default=50.0, help="gradient norm clip")
-    p.add_argument("--epochs", type=float, default=50.0)
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
-    p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this much wall time")
-    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
-    p.add_argument("--eval-every", type=int, default=500, help="steps between held-out evaluations (0: per epoch)")
-    p.add_argument("--eval-limit", type=int, default=128, help="held-out faces per evaluation (0: all)")
-    p.add_argument("--train-limit", type=int, default=0, help="use only the first N training faces")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_schedule_arguments(p, batch_size=16, warmup=200, epochs=50.0, eval_every=500, eval_limit=128)
+    add_machine_arguments(p)
     return p.parse_args(argv)
 
 
