@@ -45,19 +45,23 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
 
 from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory, fit_posthoc, reduce_rank
-from model.align import face_mask
+from model.align import crop_grid, face_mask
 from model.checkpoint import WEIGHTS, load_flow
 from model.data import FaceSet, load_faces
-from model.editor import AgeEditor, blur
+from model.editor import EDITOR_CONFIG, GUARD_KEY, AgeEditor, blur
 from model.flow.glow import Glow
+from model.transport import TransportTrajectory, load_transport
 
-METHODS = (ConditionalPriorTrajectory.name, PosthocTrajectory.name)
+METHODS = (ConditionalPriorTrajectory.name, PosthocTrajectory.name, TransportTrajectory.name)
 OLDER, YOUNGER = 30.0, -25.0
 OLDER_GOAL, YOUNGER_GOAL = 20.0, -15.0
 TARGET_AGES = (5, 15, 30, 50, 70, 85)
 RANGE_ENDS = {"years -40": dict(years=-40.0), "years +50": dict(years=50.0),
               "to age 1": dict(target_age=1.0), "to age 90": dict(target_age=90.0)}
 CROP_SIDE = 128
+# "patchy" (the flow issue's definition): the share of the central face where the edit's lightness change,
+# after a 2 px blur, departs from its own median there by more than 12 L*; a face is patchy beyond 0.05
+PATCH_LIGHTNESS, PATCH_SHARE, PATCH_BLUR = 12.0, 0.05, 2.0
 DLIB_SIDE = 256
 MATCH_THRESHOLD = 0.6  # dlib's standard threshold for "same person"
 # the median box of dlib's own HOG face detector on aligned crops, as fractions of the crop
@@ -276,15 +280,23 @@ def posthoc_tensors(flow: Glow, weights: Path, data: Path, cache: Path) -> dict[
 
 
 def build_editor(flow: Glow, method: str, strengths, weights: Path, data: Path, cache: Path,
-                 rank: int, details: str) -> AgeEditor:
-    if method == PosthocTrajectory.name:
+                 rank: int, details: str, transport: Path | None = None, guard: bool = False) -> AgeEditor:
+    """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
+    likelihood guard of weights/editor.json."""
+    if method == TransportTrajectory.name:
+        tensors = posthoc_tensors(flow, weights, data, cache)
+        trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)
+    elif method == PosthocTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = PosthocTrajectory(flow, reduce_rank(tensors, rank) if rank else tensors, strengths,
                                        details=details)
     else:
         trajectory = ConditionalPriorTrajectory(flow, strengths)
+    settings = {}
+    if guard:
+        settings[GUARD_KEY] = json.loads((weights / EDITOR_CONFIG).read_text())[GUARD_KEY]
     # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
-    return AgeEditor(ReadingOnce(trajectory), {}, work_size=CROP_SIDE)
+    return AgeEditor(ReadingOnce(trajectory), settings, work_size=CROP_SIDE)
 
 
 class ReadingOnce:
@@ -311,6 +323,7 @@ class EditRun:
     shown: np.ndarray  # N x 128 x 128 x 3 uint8, the change applied to the 128 px crop under the face mask
     age_before: np.ndarray
     age_after: np.ndarray
+    strength: np.ndarray  # the share of the asked change applied (below 1: scaled back by the guard)
 
 
 @torch.no_grad()
@@ -329,10 +342,12 @@ def run_edits(editor: AgeEditor, faces: torch.Tensor, crops: np.ndarray,
             shown = np.clip(np.rint(batch_crops + 255.0 * change), 0, 255).astype(np.uint8)
             parts[name].append(EditRun(torch.stack([e.after for e in edits]), shown,
                                        np.array([e.age_before for e in edits]),
-                                       np.array([e.age_after for e in edits])))
+                                       np.array([e.age_after for e in edits]),
+                                       np.array([e.strength for e in edits])))
     runs = {name: EditRun(torch.cat([p.after for p in pieces]), np.concatenate([p.shown for p in pieces]),
                           np.concatenate([p.age_before for p in pieces]),
-                          np.concatenate([p.age_after for p in pieces]))
+                          np.concatenate([p.age_after for p in pieces]),
+                          np.concatenate([p.strength for p in pieces]))
             for name, pieces in parts.items()}
     return runs, np.concatenate(readings)
 
@@ -369,6 +384,22 @@ def grain(changes: torch.Tensor) -> float:
     mask = face_mask(changes.shape[-1])
     detail = (changes - blur(changes, 1.0)).abs().mean(1)
     return float(((detail * mask).sum((1, 2)) / mask.sum()).mean())
+
+
+def central_face(side: int) -> np.ndarray:
+    """Cheeks, eyes, nose and mouth of an aligned crop: side x side booleans."""
+    ys, xs = crop_grid(side)
+    return ((((xs - 0.5) / 0.2) ** 2 + ((ys - 0.6) / 0.2) ** 2) <= 1.0).numpy()
+
+
+def patch_shares(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Per face (N x S x S x 3 uint8 each), the share of the central face where the lightness change,
+    blurred by 2 px, departs from its median over the central face by more than 12 L*."""
+    change = cielab(after.astype(np.float64) / 255.0)[..., 0] - cielab(before.astype(np.float64) / 255.0)[..., 0]
+    smooth = blur(torch.from_numpy(change).float()[:, None], PATCH_BLUR)[:, 0].numpy()
+    region = central_face(before.shape[1])
+    inside = smooth[:, region]
+    return (np.abs(inside - np.median(inside, 1, keepdims=True)) > PATCH_LIGHTNESS).mean(1)
 
 
 def different_people(genders: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -509,7 +540,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     flow = load_flow(args.weights)
     strengths = args.level_strengths or [1.0] * len(flow.priors)
     editor = build_editor(flow, args.method, strengths, args.weights, args.data, args.posthoc_dir, args.rank,
-                          args.details)
+                          args.details, args.transport, args.guard)
     lap("editor")
 
     chosen = stratified(heldout.ages, args.faces, args.seed)
@@ -520,6 +551,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     groups = [heldout.races[i] or "unlabelled" for i in chosen]
 
     read_before, female_before = judge(estimator, crops)
+    bits_before = editor.bits_per_dim(faces)
     describe = FaceDescriptors()
     descriptors_before = describe(crops)
     colour_before = skin_colour(crops)
@@ -550,6 +582,12 @@ def evaluate(args: argparse.Namespace) -> dict:
                "gender_flips": float(np.mean((female_after > 0.5) != (female_before[idx] > 0.5))),
                "identity": identity(descriptors_before[idx], describe(shown)),
                "grain": grain(runs[name].after[idx] - faces[idx])}
+        shares = patch_shares(crops[idx], shown)
+        bits = editor.bits_per_dim(runs[name].after[idx])
+        row.update(patchy=float(np.mean(shares > PATCH_SHARE)), patch_share=summary(shares),
+                   bits_per_dim=summary(bits), bits_rise=summary(bits - bits_before[idx]),
+                   strength=float(np.mean(runs[name].strength[idx])),
+                   scaled_back=float(np.mean(runs[name].strength[idx] < 1)))
         if years:
             # the same change of age in real faces: the estimator's reading of real held-out faces at the
             # labelled age + years, less its reading at the labelled age
@@ -576,7 +614,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     stability = {"originals": broken(faces), **{name: broken(runs[name].after) for name in RANGE_ENDS}}
     lap("judging")
 
-    label = config_label(args.method, strengths, args.details)
+    label = config_label(args.method, strengths, args.details) + (" guarded" if args.guard else "")
     figures = []
     if args.figures:
         editors = [(label, editor)]
@@ -592,7 +630,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     return {
         "config": {"weights": str(args.weights), "flow_sha256": file_digest(args.weights / WEIGHTS),
                    "flow": json.loads(flow.config.to_json()), "method": args.method, "rank": args.rank,
-                   "details": args.details,
+                   "details": args.details, "guard": args.guard,
+                   "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name
+                   else None,
                    "level_strengths": strengths, "data": str(args.data), "data_sha256": data_fingerprint(args.data),
                    "seed": args.seed, "heldout_faces": len(heldout), "faces": len(chosen),
                    "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
@@ -607,6 +647,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                        "mean_guess_mae": float(np.mean(np.abs(mean_age - ages))), "train_mean_age": mean_age},
         "edits": edits,
         "different_people": identity(descriptors_before[firsts], descriptors_before[seconds]),
+        "real_bits_per_dim": summary(bits_before) | {"p95": float(np.percentile(bits_before, 95))},
         "target_sweep": sweep,
         "skin_colour": colour,
         "stability": stability,
@@ -652,6 +693,14 @@ def print_report(report: dict) -> None:
     people = report["different_people"]
     print(f"{'different people':<16}{people['pairs']:>6}{'':>66}{people['distance']:>9.3f}"
           f"{people['match_rate']:>7.2f}")
+    real = report["real_bits_per_dim"]
+    print(f"\n{'edit':<16}{'patchy':>8}{'patch share p90':>17}{'bits/dim median':>17}{'rise median':>13}"
+          f"{'strength':>10}{'scaled back':>13}   (real faces: median {real['median']:.3f}, p95 {real['p95']:.3f})")
+    for name, row in report["edits"].items():
+        if row["faces"]:
+            print(f"{name:<16}{row['patchy']:>8.2f}{row['patch_share']['p90']:>17.3f}"
+                  f"{row['bits_per_dim']['median']:>17.3f}{row['bits_rise']['median']:>+13.3f}"
+                  f"{row['strength']:>10.2f}{row['scaled_back']:>13.2f}")
     print(f"\n{'target':<10}{'read age':>9}{'p10..p90':>14}{'|read - target|':>17}{'gender flip':>12}")
     for name, row in report["target_sweep"].items():
         ra = row["read_age"]
@@ -698,6 +747,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--estimator-epochs", type=int, default=15)
     parser.add_argument("--posthoc-dir", type=Path, default=Path("runs/posthoc"),
                         help="where a post-hoc trajectory fitted here is kept, one file per flow")
+    parser.add_argument("--transport", type=Path, default=None,
+                        help="transport only: the folder of age_transport.* (default --weights)")
+    parser.add_argument("--guard", action="store_true",
+                        help="with the likelihood guard of --weights/editor.json (edits scaled back)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.compare and args.compare.partition(":")[0] not in METHODS:

@@ -253,7 +253,7 @@ def reduce_rank(tensors: dict[str, torch.Tensor], rank: int, log=None) -> dict[s
 def save_trajectory(folder: Path, trajectory: AgeTrajectory, **facts) -> None:
     """The trajectory's settings (and `facts` about how it was made) as JSON, a post-hoc fit's tensors."""
     folder = Path(folder)
-    posthoc = isinstance(trajectory, PosthocTrajectory)
+    posthoc = trajectory.name == PosthocTrajectory.name  # the transport reads ages with, not writes, a fit
     meta = {"method": trajectory.name, "level_strengths": trajectory.level_strengths,
             "age_range": list(trajectory.age_range), "keep_skin_tone": trajectory.keep_skin_tone,
             **({"details": trajectory.details} if posthoc else {}), **facts}
@@ -272,6 +272,12 @@ def load_trajectory(folder: Path, flow: Glow, settings: dict | None = None) -> A
     if meta["method"] == PosthocTrajectory.name:
         tensors = load_file(str(folder / POSTHOC_WEIGHTS), device=str(next(flow.parameters()).device))
         return PosthocTrajectory(flow, tensors, details=meta.get("details", "kept"), **kwargs)
+    if meta["method"] == "transport":
+        from model.transport import TransportTrajectory, load_transport  # it builds on this module
+
+        device = next(flow.parameters()).device
+        tensors = load_file(str(folder / POSTHOC_WEIGHTS), device=str(device))
+        return TransportTrajectory(flow, tensors, *load_transport(folder, device), **kwargs)
     if not flow.config.conditional:
         raise ValueError("an unconditional flow needs a post-hoc age trajectory (age_posthoc.safetensors)")
     return ConditionalPriorTrajectory(flow, **kwargs)

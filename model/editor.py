@@ -24,6 +24,9 @@ from model.checkpoint import load_flow
 EDITOR_CONFIG = "editor.json"
 # editor.json key: [low, high] bits/dim of an aligned crop outside which a detection is not edited as a face
 PLAUSIBLE_BITS_KEY = "plausible_face_bits_per_dim"
+# editor.json key: {"max_bits_per_dim": ...}, real held-out faces' 95th percentile (model.guard)
+GUARD_KEY = "likelihood_guard"
+GUARD_ROUNDS = 5  # bisection rounds on the strength: it ends within 1/32 of the largest one allowed
 PASTE_STRIP_PIXELS = 1 << 20  # photo pixels pasted at once: bounds paste_back's float copies per face
 
 # why a detected face was not edited, for the person who sent the photo
@@ -55,7 +58,10 @@ class FaceEdit:
     before: torch.Tensor  # 3 x S x S in [0, 1]
     after: torch.Tensor  # 3 x S x S in [0, 1]
     age_before: float
-    age_after: float
+    age_after: float  # the age the face was taken to: age_before + strength x (age_target - age_before)
+    age_target: float | None = None  # the age asked for, clamped into the age range (None: age_after)
+    clamped: bool = False  # the age asked for was outside the age range
+    strength: float = 1.0  # the share of the change applied; below 1 where the likelihood guard scaled it back
 
     @property
     def change(self) -> torch.Tensor:
@@ -76,6 +82,9 @@ class FaceResult:
     aligned_before: torch.Tensor
     aligned_after: torch.Tensor
     work_after: np.ndarray | None = None  # work_size x work_size x 3 uint8: the aligned face as pasted back
+    age_target: float | None = None  # as FaceEdit's
+    clamped: bool = False
+    strength: float = 1.0
 
     @property
     def shift(self) -> float:
@@ -269,15 +278,57 @@ class AgeEditor:
             target = reading.ages + np.broadcast_to(np.asarray(years, np.float64), reading.ages.shape)
         else:
             target = np.broadcast_to(np.asarray(target_age, np.float64), reading.ages.shape).copy()
+        clamped = (target < low) | (target > high)
         target = np.clip(target, low, high)
+        after = self._moved(faces, reading, target)
+        strength = np.ones(len(faces))
+        if self.guard_limit is not None:
+            after, strength = self._guarded(faces, reading, target, after, self.guard_limit)
+        unmoved = torch.from_numpy((target == reading.ages) | (strength == 0)).to(faces.device)
+        after = torch.where(unmoved[:, None, None, None], faces, after)  # a zero edit gives the face back exactly
+        return [FaceEdit(before=f.cpu(), after=a.cpu(), age_before=float(b), age_after=float(b + s * (t - b)),
+                         age_target=float(t), clamped=bool(c), strength=float(s))
+                for f, a, b, t, c, s in zip(faces, after, reading.ages, target, clamped, strength)]
+
+    def _moved(self, faces: torch.Tensor, reading: AgeReading, target: np.ndarray) -> torch.Tensor:
+        """The faces taken to `target` ages along the trajectory, with the colour and gamut controls."""
         after = self.trajectory.move(faces, reading, target)
         if self.trajectory.keep_skin_tone:
             after = keep_skin_tone(faces, no_added_tint(faces, after))
         after = within_gamut(faces, after).clamp(0, 1)
         if self.trajectory.keep_skin_tone:
             after = keep_cheek_colour(faces, after)
-        return [FaceEdit(before=f.cpu(), after=a.cpu(), age_before=float(b), age_after=float(t))
-                for f, a, b, t in zip(faces, after, reading.ages, target)]
+        return after
+
+    @property
+    def guard_limit(self) -> tuple[float, float] | None:
+        """Bits/dim (editor.json) above which an edited face is less likely than real faces, and the rise
+        over its original allowed to a face already beyond that (the real faces' spread)."""
+        guard = self.settings.get(GUARD_KEY)
+        return (float(guard["max_bits_per_dim"]), float(guard.get("max_rise_bits_per_dim", 0.0))) if guard else None
+
+    def _guarded(self, faces: torch.Tensor, reading: AgeReading, target: np.ndarray, after: torch.Tensor,
+                 limit: tuple[float, float]) -> tuple[torch.Tensor, np.ndarray]:
+        """The likelihood guard: each edited face less likely under the flow than the `limit` (bits/dim, or
+        its original's plus the allowed rise, where that is more) is edited again at a smaller strength,
+        found by bisection, until it is within; returns the faces and the strength each got."""
+        strength = np.ones(len(faces))
+        allowed = np.maximum(limit[0], self.bits_per_dim(faces) + limit[1])
+        over = np.flatnonzero(self.bits_per_dim(after) > allowed)
+        if not len(over):
+            return after, strength
+        after = after.clone()
+        low, high = np.zeros(len(over)), np.ones(len(over))
+        best = faces[over].clone()
+        part = subset_reading(reading, over)
+        for _ in range(GUARD_ROUNDS):
+            middle = (low + high) / 2
+            trial = self._moved(faces[over], part, part.ages + middle * (target[over] - part.ages))
+            fits = self.bits_per_dim(trial) <= allowed[over]
+            low, high = np.where(fits, middle, low), np.where(fits, high, middle)
+            best[torch.from_numpy(fits)] = trial[torch.from_numpy(fits)]
+        after[over], strength[over] = best, low
+        return after, strength
 
     @torch.no_grad()
     def bits_per_dim(self, faces: torch.Tensor) -> np.ndarray:
@@ -420,11 +471,20 @@ class AgeEditor:
                 face_results.append(FaceResult(
                     box=[float(v) for v in a.face.box], landmarks=a.face.landmarks.tolist(), score=a.face.score,
                     age_before=e.age_before, age_after=e.age_after, aligned_before=e.before,
-                    aligned_after=e.after, work_after=self.work_after(a, change) if out is None else None))
+                    aligned_after=e.after, work_after=self.work_after(a, change) if out is None else None,
+                    age_target=e.age_target, clamped=e.clamped, strength=e.strength))
             watch.lap("paste_back")
             results.append(PhotoResult(image=out, faces=face_results, timings=dict(timings),
                                        skipped=plan.skipped))
         return results
+
+
+def subset_reading(reading: AgeReading, index: np.ndarray) -> AgeReading:
+    """The reading of some of the faces (`index`)."""
+    pick = torch.from_numpy(np.asarray(index))
+    return AgeReading(reading.ages[index], [reading.genders[i] for i in index], [reading.races[i] for i in index],
+                      [z[pick.to(z.device)] for z in reading.latents],
+                      [None if c is None else c[pick.to(c.device)] for c in reading.contexts])
 
 
 def result_canvas(image: np.ndarray, photo_pixels: int | None) -> tuple[np.ndarray | None, np.ndarray]:

@@ -1,0 +1,198 @@
+"""The learned age transport (model/transport.py), the likelihood guard and the editor's exact zero edit.
+
+The transport is trained for real on vectors whose age is known: one coordinate follows age, one is the
+person's own trait; a small flow whose priors have small random weights stands in for the face flow.
+"""
+import numpy as np
+import pytest
+import torch
+
+from model.age import load_trajectory, save_trajectory
+from model.condition import condition_vector
+from model.config import FlowConfig
+from model.editor import GUARD_KEY, AgeEditor
+from model.flow.glow import Glow
+from model.transport import (
+    ConditionalCoupling,
+    LatentBasis,
+    TransportTrajectory,
+    coarse_latents,
+    fit_basis,
+    load_transport,
+    save_transport,
+    train_transport,
+    transport_condition,
+)
+
+SIDE = 16
+KNOTS = (0.0, 20.0, 45.0, 90.0)
+
+
+def vectors(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """x[:, 0] rises with age, x[:, 1] is the person's own (age-free) trait, the rest is noise."""
+    rng = np.random.default_rng(seed)
+    ages = rng.uniform(1, 90, n)
+    x = rng.normal(size=(n, 6)) * 0.5
+    x[:, 0] += 2.0 * (ages - 45) / 45
+    x[:, 1] = rng.normal(size=n)
+    return torch.tensor(x, dtype=torch.float32), ages
+
+
+@pytest.fixture(scope="module")
+def trained():
+    x, ages = vectors(3000, seed=0)
+    transport, history = train_transport(x, ages, ["female"] * len(ages), [None] * len(ages), KNOTS, steps=800,
+                                         batch=128, blocks=4, hidden=32, log=None)
+    return transport
+
+
+def test_a_coupling_inverts_and_its_logdet_is_the_log_jacobian():
+    torch.manual_seed(0)
+    coupling = ConditionalCoupling(5, 3, 16, seed=0)
+    for parameter in coupling.parameters():
+        parameter.data.normal_(0, 0.3)
+    x, c = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    coupling = coupling.double()
+    y, logdet = coupling(x, c)
+    back, inverse_logdet = coupling.inverse(y, c)
+    torch.testing.assert_close(back, x)
+    torch.testing.assert_close(logdet + inverse_logdet, torch.zeros(4, dtype=torch.float64))
+    for i in range(4):
+        jacobian = torch.autograd.functional.jacobian(lambda v: coupling(v[None], c[i:i + 1])[0][0], x[i])
+        torch.testing.assert_close(logdet[i], torch.linalg.slogdet(jacobian)[1])
+
+
+def test_moving_to_the_same_age_gives_the_vectors_back(trained):
+    x, ages = vectors(200, seed=1)
+    c = transport_condition(KNOTS, ages)
+    torch.testing.assert_close(trained.move(x, c, c), x, atol=1e-4, rtol=0)
+
+
+def test_thirty_years_older_moves_the_age_coordinate_and_keeps_the_persons_trait(trained):
+    x, ages = vectors(400, seed=2)
+    young = ages <= 55
+    x, ages = x[young], ages[young]
+    with torch.no_grad():
+        older = trained.move(x, transport_condition(KNOTS, ages), transport_condition(KNOTS, ages + 30))
+    rise = (older[:, 0] - x[:, 0]).mean().item()
+    assert 2.0 * 30 / 45 * 0.7 < rise < 2.0 * 30 / 45 * 1.3  # the age coordinate's slope times 30 years
+    assert np.corrcoef(older[:, 1].numpy(), x[:, 1].numpy())[0, 1] > 0.95
+
+
+def test_each_vector_keeps_its_rank_among_vectors_of_its_age(trained):
+    x, _ = vectors(100, seed=3)
+    ages = np.full(100, 30.0)
+    with torch.no_grad():
+        older = trained.move(x, transport_condition(KNOTS, ages), transport_condition(KNOTS, ages + 30))
+    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    assert np.corrcoef(ranks(older[:, 0].numpy()), ranks(x[:, 0].numpy()))[0, 1] > 0.95
+
+
+def test_the_base_variable_carries_less_age_than_the_vectors(trained):
+    x, ages = vectors(1000, seed=4)
+    with torch.no_grad():
+        u, _ = trained(x, transport_condition(KNOTS, ages))
+    age_correlation = lambda v: abs(np.corrcoef(v.numpy(), ages)[0, 1])  # noqa: E731
+    assert age_correlation(x[:, 0]) > 0.8
+    assert max(age_correlation(u[:, i]) for i in range(u.shape[1])) < 0.2
+
+
+# ---- the trajectory on a flow -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def flow() -> Glow:
+    torch.manual_seed(0)
+    flow = Glow(FlowConfig(resolution=SIDE, levels=3, steps=2, width=16)).eval()
+    with torch.no_grad():
+        flow.log_prob(torch.rand(64, 3, SIDE, SIDE), condition_vector(flow.config, np.full(64, 30.0)))
+        for prior in flow.priors:
+            for parameter in prior.parameters():
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    return flow
+
+
+def faces(n: int = 6) -> torch.Tensor:
+    return torch.rand(n, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(scope="module")
+def trajectory(flow) -> TransportTrajectory:
+    train = torch.rand(80, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(5))
+    ages = np.random.default_rng(5).uniform(1, 90, 80)
+    with torch.no_grad():
+        coarse = coarse_latents(flow.encode(train))
+    basis = fit_basis(coarse, ages, rank=12, age_directions=3)
+    basis = LatentBasis(basis.mean, basis.std, basis.basis.half().float())  # as saved
+    transport, _ = train_transport(basis.vectors(coarse), ages, [None] * 80, [None] * 80, flow.config.age_knots,
+                                   steps=100, batch=32, blocks=2, hidden=16, log=None)
+    dim = sum(int(np.prod(shape)) for shape in flow.latent_shapes())
+    generator = torch.Generator().manual_seed(6)
+    tensors = {"latent_mean": torch.zeros(dim), "latent_std": torch.ones(dim),
+               "age_weights": 0.01 * torch.randn(dim, generator=generator), "age_bias": torch.tensor([35.0])}
+    return TransportTrajectory(flow, tensors, transport, basis, [1.0, 1.0, 1.0], keep_skin_tone=False)
+
+
+def test_a_transport_edit_to_the_current_age_gives_the_face_back(trajectory):
+    x = faces()
+    reading = trajectory.estimate(x)
+    assert (trajectory.move(x, reading, reading.ages) - x).abs().max().item() < 1e-4
+
+
+def test_a_transport_edit_changes_the_face(trajectory):
+    x = faces()
+    reading = trajectory.estimate(x)
+    assert (trajectory.move(x, reading, np.minimum(reading.ages + 30, 90)) - x).abs().max().item() > 1e-3
+
+
+def test_a_saved_transport_loads_as_the_same_trajectory(trajectory, flow, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(trajectory.tensors, str(tmp_path / "age_posthoc.safetensors"))
+    save_transport(tmp_path, trajectory.transport, trajectory.basis, {"trained_on": "test vectors"})
+    save_trajectory(tmp_path, trajectory)
+    loaded = load_trajectory(tmp_path, flow)
+    assert isinstance(loaded, TransportTrajectory)
+    x = faces()
+    reading = trajectory.estimate(x)
+    target = np.minimum(reading.ages + 30, 90)
+    assert torch.equal(loaded.move(x, reading, target), trajectory.move(x, reading, target))
+    transport, _ = load_transport(tmp_path)
+    assert transport.rank == 12
+
+
+# ---- the editor ---------------------------------------------------------------------------------------
+def test_a_zero_edit_returns_the_faces_bit_identical(trajectory):
+    editor = AgeEditor(trajectory, {})
+    x = faces()
+    for edit in editor.edit(x, years=0):
+        assert torch.equal(edit.after, edit.before)
+        assert edit.strength == 1.0
+
+
+def test_a_target_beyond_the_range_is_clamped_and_says_so(trajectory):
+    editor = AgeEditor(trajectory, {})
+    edits = editor.edit(faces(2), target_age=[95.0, 50.0])
+    assert (edits[0].age_target, edits[0].clamped) == (90.0, True)
+    assert (edits[1].age_target, edits[1].clamped) == (50.0, False)
+
+
+def test_with_a_generous_guard_every_edit_gets_its_full_strength(trajectory):
+    editor = AgeEditor(trajectory, {GUARD_KEY: {"max_bits_per_dim": 1e6}})
+    assert all(edit.strength == 1.0 for edit in editor.edit(faces(), years=30))
+
+
+def test_the_guard_leaves_no_edited_face_less_likely_than_real_faces_or_its_original(trajectory):
+    editor = AgeEditor(trajectory, {})
+    x = faces()
+    unguarded = torch.stack([e.after for e in editor.edit(x, years=30)])
+    limit = float(np.median(editor.bits_per_dim(unguarded)))  # half the faces must be scaled back, or kept
+    guard = {"max_bits_per_dim": limit, "max_rise_bits_per_dim": 0.0}
+    guarded = AgeEditor(trajectory, {GUARD_KEY: guard}).edit(x, years=30)
+    after = torch.stack([e.after for e in guarded])
+    allowed = np.maximum(limit, editor.bits_per_dim(x))
+    assert (editor.bits_per_dim(after) <= allowed + 1e-6).all()
+    assert any(e.strength < 1.0 for e in guarded)
+    for edit in guarded:
+        assert 0.0 <= edit.strength <= 1.0
+        assert edit.age_after == pytest.approx(edit.age_before + edit.strength * (edit.age_target - edit.age_before))
+        if edit.strength == 0.0:
+            assert torch.equal(edit.after, edit.before)
