@@ -175,6 +175,8 @@ AGE_HEADERS = {
     "X-Ages-Before": "Estimated age of each face, years, comma separated, largest face first.",
     "X-Ages-After": "Age each face was taken to, years, comma separated.",
     "X-Age-Shift": "Years added to each face (negative: younger), comma separated.",
+    "X-Edit-Strengths": "Share of each face's asked change applied, comma separated: below 1 where the "
+                        "likelihood guard scaled the edit back.",
 }
 
 
@@ -200,8 +202,8 @@ def age_photo(request: Request, form: Annotated[AgeForm, Form(media_type=MULTIPA
     service.metrics.faces.labels("age").inc(len(result.faces))
     service.metrics.observe_timings(result.timings)
     if wants_json(request):
-        faces = [AgedFace(**face_fields(f), age_before=f.age_before, age_after=f.age_after, shift=f.shift)
-                 for f in result.faces]
+        faces = [AgedFace(**face_fields(f), age_before=f.age_before, age_after=f.age_after, shift=f.shift,
+                          age_target=f.age_target, clamped=f.clamped, strength=f.strength) for f in result.faces]
         return AgeResponse(faces=faces, faces_found=result.found, skipped=skipped_faces(result),
                            image=describe(encoded, image, form.format))
     return image_file(encoded, form.format, {
@@ -209,6 +211,7 @@ def age_photo(request: Request, form: Annotated[AgeForm, Form(media_type=MULTIPA
         "X-Ages-Before": years_list(f.age_before for f in result.faces),
         "X-Ages-After": years_list(f.age_after for f in result.faces),
         "X-Age-Shift": years_list(f.shift for f in result.faces),
+        "X-Edit-Strengths": ",".join(f"{f.strength:.2f}" for f in result.faces),
     })
 
 

@@ -129,6 +129,14 @@ class AgedFace(Face):
     age_before: float = Field(description="Estimated age of the face in the upload, years.", examples=[34.0])
     age_after: float = Field(description="Age the face was taken to, years.", examples=[64.0])
     shift: float = Field(description="age_after - age_before, years.", examples=[30.0])
+    age_target: float | None = Field(default=None, description="The age the edit aimed at: age_before + years, or "
+                                     "target_age, clamped into the model's age range.", examples=[64.0])
+    clamped: bool = Field(default=False, description="The age asked for was outside the model's age range and "
+                          "the end of the range was used instead.", examples=[False])
+    strength: float = Field(default=1.0, description="Share of the change to age_target applied: 1, or less "
+                            "where the likelihood guard scaled back an edit the model found less likely than "
+                            "real faces (age_after = age_before + strength x (age_target - age_before)).",
+                            examples=[1.0])
 
 
 class SkippedFace(Face):

@@ -208,8 +208,22 @@ def test_age_to_a_target_age(client, small_jpeg, age_editor):
     target = min(70.0, age_editor.age_range[1])
     response = post(client, "/v1/age", small_jpeg, target_age=target, headers={"Accept": "application/json"})
     (face,) = response.json()["faces"]
-    assert face["age_after"] == pytest.approx(target)
+    assert (face["age_target"], face["clamped"]) == (pytest.approx(target), False)
+    assert face["age_after"] == pytest.approx(face["age_before"] + face["strength"] * (target - face["age_before"]))
     assert face["shift"] == pytest.approx(face["age_after"] - face["age_before"])
+
+
+def test_years_beyond_the_age_range_say_which_target_was_used(client, small_jpeg, age_editor):
+    response = post(client, "/v1/age", small_jpeg, years=100, headers={"Accept": "application/json"})
+    (face,) = response.json()["faces"]
+    assert (face["age_target"], face["clamped"]) == (pytest.approx(age_editor.age_range[1]), True)
+    assert 0.0 <= face["strength"] <= 1.0
+
+
+def test_the_image_answer_reports_the_strength_applied(client, small_jpeg):
+    response = post(client, "/v1/age", small_jpeg, years=30)
+    strengths = [float(v) for v in response.headers["X-Edit-Strengths"].split(",")]
+    assert len(strengths) == int(response.headers["X-Faces"]) and all(0.0 <= v <= 1.0 for v in strengths)
 
 
 def test_age_json_describes_each_face(client, fixtures_dir):
