@@ -313,8 +313,12 @@ class AgeEditor:
         its original's plus the allowed rise, where that is more) is edited again at a smaller strength,
         found by bisection, until it is within; returns the faces and the strength each got."""
         strength = np.ones(len(faces))
-        allowed = np.maximum(limit[0], self.bits_per_dim(faces) + limit[1])
-        over = np.flatnonzero(self.bits_per_dim(after) > allowed)
+        allowed = np.full(len(faces), limit[0])
+        bits = self.bits_per_dim(after)
+        beyond = np.flatnonzero(bits > limit[0])  # only these need their original's bits/dim
+        if len(beyond):
+            allowed[beyond] = np.maximum(limit[0], self.bits_per_dim(faces[beyond]) + limit[1])
+        over = np.flatnonzero(bits > allowed)
         if not len(over):
             return after, strength
         after = after.clone()
