@@ -1,4 +1,5 @@
 """Request forms and response bodies of the API, with the examples shown on /docs."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -14,7 +15,6 @@ FacesChoice = Literal["all", "largest"]
 OutputChoice = Literal["photo", "face"]
 FormatChoice = Literal["jpeg", "png", "webp"]
 Typicality = Literal["typical", "unusual", "very unusual"]
-SkipReason = Literal[tuple(SKIP_REASONS)]  # type: ignore[valid-type]
 
 IMAGE_DESCRIPTION = "The photo: JPEG, PNG, WebP or HEIC (any colour mode); EXIF orientation is applied."
 FACES_DESCRIPTION = "`all` edits every face found; `largest` only the largest one."
@@ -31,16 +31,31 @@ class PhotoForm(BaseModel):
 
 
 class AgeForm(PhotoForm):
-    years: float | None = Field(None, ge=-100, le=100, allow_inf_nan=False, examples=[30],
-                                description="Years to add (negative: younger). Give this or `target_age`.")
+    years: float | None = Field(
+        None,
+        ge=-100,
+        le=100,
+        allow_inf_nan=False,
+        examples=[30],
+        description="Years to add (negative: younger). Give this or `target_age`.",
+    )
     # Try-it-out on /docs fills every field in, this one with its example: null, sent as the word "null"
-    target_age: float | None = Field(None, ge=0, le=120, allow_inf_nan=False, examples=[None],
-                                     description="Age in years to take every face to, e.g. 70. Give this or "
-                                                 "`years`; it must lie within the model's age range "
-                                                 "(GET /v1/model).")
-    output: OutputChoice = Field("photo", description="`photo`: the whole photo with the aged faces pasted "
-                                                      "back, same size and orientation as the upload. `face`: "
-                                                      "the aligned face(s), several side by side.")
+    target_age: float | None = Field(
+        None,
+        ge=0,
+        le=120,
+        allow_inf_nan=False,
+        examples=[None],
+        description="Age in years to take every face to, e.g. 70. Give this or "
+        "`years`; it must lie within the model's age range "
+        "(GET /v1/model).",
+    )
+    output: OutputChoice = Field(
+        "photo",
+        description="`photo`: the whole photo with the aged faces pasted "
+        "back, same size and orientation as the upload. `face`: "
+        "the aligned face(s), several side by side.",
+    )
     format: FormatChoice = Field("jpeg", description=FORMAT_DESCRIPTION)
 
     @field_validator("years", "target_age", mode="before")
@@ -50,18 +65,21 @@ class AgeForm(PhotoForm):
         return None if isinstance(value, str) and value.strip().lower() in ("", "null") else value
 
     @model_validator(mode="after")
-    def one_kind_of_edit(self) -> "AgeForm":
+    def one_kind_of_edit(self) -> AgeForm:
         if (self.years is None) == (self.target_age is None):
-            raise ValueError("Give exactly one of years and target_age: years to add, or the age to take the "
-                             "faces to.")
+            raise ValueError("Give exactly one of years and target_age: years to add, or the age to take the faces to.")
         return self
 
 
 class SeriesForm(PhotoForm):
-    ages: str = Field(examples=["10,30,50,70"], description=f"Target ages in years, comma separated "
-                                                            f"(at most {MAX_SERIES_AGES}).")
-    output: OutputChoice = Field("face", description="`face`: the aligned faces at each age side by side "
-                                                     "(one row per face). `photo`: the whole photos side by side.")
+    ages: str = Field(
+        examples=["10,30,50,70"], description=f"Target ages in years, comma separated (at most {MAX_SERIES_AGES})."
+    )
+    output: OutputChoice = Field(
+        "face",
+        description="`face`: the aligned faces at each age side by side "
+        "(one row per face). `photo`: the whole photos side by side.",
+    )
     format: FormatChoice = Field("jpeg", description=FORMAT_DESCRIPTION)
 
     @field_validator("ages")
@@ -94,14 +112,17 @@ def check_target_ages(ages: list[float], age_range: tuple[float, float]) -> None
     low, high = age_range
     for age in ages:
         if not low <= age <= high:
-            raise TargetAgeOutOfRange(f"The target age {age:g} is outside the model's range of {low:g} to "
-                                      f"{high:g} years.")
+            raise TargetAgeOutOfRange(
+                f"The target age {age:g} is outside the model's range of {low:g} to {high:g} years."
+            )
 
 
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable, machine-readable reason.", examples=["no_face"])
-    message: str = Field(description="What went wrong, for people.",
-                         examples=["No face was found in the photo. Use a photo where a face is clearly visible."])
+    message: str = Field(
+        description="What went wrong, for people.",
+        examples=["No face was found in the photo. Use a photo where a face is clearly visible."],
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -116,12 +137,13 @@ class EncodedImage(BaseModel):
 
 
 class Face(BaseModel):
-    box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the upright photo.",
-                             examples=[[105.4, 37.6, 215.1, 189.0]])
-    landmarks: list[list[float]] = Field(description="(x, y) of the left eye, right eye, nose tip, left and "
-                                                     "right mouth corner.",
-                                         examples=[[[133.2, 97.4], [184.9, 96.1], [160.3, 124.8],
-                                                    [139.0, 153.2], [182.5, 152.0]]])
+    box: list[float] = Field(
+        description="x1, y1, x2, y2 in pixels of the upright photo.", examples=[[105.4, 37.6, 215.1, 189.0]]
+    )
+    landmarks: list[list[float]] = Field(
+        description="(x, y) of the left eye, right eye, nose tip, left and right mouth corner.",
+        examples=[[[133.2, 97.4], [184.9, 96.1], [160.3, 124.8], [139.0, 153.2], [182.5, 152.0]]],
+    )
     score: float = Field(description="Detector confidence, 0 to 1.", examples=[0.999])
 
 
@@ -129,20 +151,31 @@ class AgedFace(Face):
     age_before: float = Field(description="Estimated age of the face in the upload, years.", examples=[34.0])
     age_after: float = Field(description="Age the face was taken to, years.", examples=[64.0])
     shift: float = Field(description="age_after - age_before, years.", examples=[30.0])
-    age_target: float | None = Field(default=None, description="The age the edit aimed at: age_before + years, or "
-                                     "target_age, clamped into the model's age range.", examples=[64.0])
-    clamped: bool = Field(default=False, description="The age asked for was outside the model's age range and "
-                          "the end of the range was used instead.", examples=[False])
-    strength: float = Field(default=1.0, description="Share of the change to age_target applied: 1, or less "
-                            "where the likelihood guard scaled back an edit the model found less likely than "
-                            "real faces (age_after = age_before + strength x (age_target - age_before)).",
-                            examples=[1.0])
+    age_target: float | None = Field(
+        default=None,
+        description="The age the edit aimed at: age_before + years, or target_age, clamped into the model's age range.",
+        examples=[64.0],
+    )
+    clamped: bool = Field(
+        default=False,
+        description="The age asked for was outside the model's age range and the end of the range was used instead.",
+        examples=[False],
+    )
+    strength: float = Field(
+        default=1.0,
+        description="Share of the change to age_target applied: 1, or less "
+        "where the likelihood guard scaled back an edit the model found less likely than "
+        "real faces (age_after = age_before + strength x (age_target - age_before)).",
+        examples=[1.0],
+    )
 
 
 class SkippedFace(Face):
-    reason: SkipReason = Field(description="Why the face was not edited: "
-                                           + "; ".join(f"`{k}` {v}" for k, v in SKIP_REASONS.items()) + ".",
-                               examples=["face_limit"])
+    reason: str = Field(
+        description="Why the face was not edited: " + "; ".join(f"`{k}` {v}" for k, v in SKIP_REASONS.items()) + ".",
+        json_schema_extra={"enum": list(SKIP_REASONS)},
+        examples=["face_limit"],
+    )
     explanation: str = Field(description="The reason, for people.", examples=[SKIP_REASONS["face_limit"]])
 
 
@@ -163,8 +196,10 @@ class SeriesFace(Face):
 
 class SeriesStep(BaseModel):
     target_age: float = Field(examples=[70.0])
-    ages_after: list[float] = Field(description="Age each face was taken to (the target, within the model's "
-                                                "age range), in the order of `faces`.", examples=[[70.0]])
+    ages_after: list[float] = Field(
+        description="Age each face was taken to (the target, within the model's age range), in the order of `faces`.",
+        examples=[[70.0]],
+    )
     image: EncodedImage = Field(description="The photo or the aligned face(s) at this age.")
 
 
@@ -176,10 +211,12 @@ class SeriesResponse(BaseModel):
 
 
 class DetectedFace(Face):
-    age: float | None = Field(description="Estimated age in years; null when the face is too small to use.",
-                              examples=[34.0])
-    too_small: bool = Field(description="Smaller than the service's minimum face size: it cannot be edited.",
-                            examples=[False])
+    age: float | None = Field(
+        description="Estimated age in years; null when the face is too small to use.", examples=[34.0]
+    )
+    too_small: bool = Field(
+        description="Smaller than the service's minimum face size: it cannot be edited.", examples=[False]
+    )
 
 
 class FacesResponse(BaseModel):
@@ -190,19 +227,25 @@ class FacesResponse(BaseModel):
 
 
 class LikelihoodFace(Face):
-    bits_per_dim: float = Field(description="Negative log-likelihood of the aligned face under the flow, in bits "
-                                            "per dimension: lower means more likely.", examples=[1.31])
+    bits_per_dim: float = Field(
+        description="Negative log-likelihood of the aligned face under the flow, in bits "
+        "per dimension: lower means more likely.",
+        examples=[1.31],
+    )
     difference_from_heldout: float | None = Field(
-        description="bits_per_dim minus the model's mean over held-out faces; null when unknown.",
-        examples=[0.04])
+        description="bits_per_dim minus the model's mean over held-out faces; null when unknown.", examples=[0.04]
+    )
     typicality: Typicality | None = Field(
         description="`typical` within 5% of the held-out mean (or below it), `unusual` within 15%, "
-                    "`very unusual` beyond; null when the held-out mean is unknown.", examples=["typical"])
+        "`very unusual` beyond; null when the held-out mean is unknown.",
+        examples=["typical"],
+    )
 
 
 class LikelihoodResponse(BaseModel):
-    heldout_bits_per_dim: float | None = Field(description="Mean bits/dim of held-out faces (GET /v1/model).",
-                                               examples=[1.27])
+    heldout_bits_per_dim: float | None = Field(
+        description="Mean bits/dim of held-out faces (GET /v1/model).", examples=[1.27]
+    )
     faces: list[LikelihoodFace]
 
 
@@ -215,25 +258,39 @@ class SamplesResponse(BaseModel):
 class ModelInfo(BaseModel):
     """What the model is, from the weights folder; editor.json may add more fields than these."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "resolution": 64, "age_range": [1.0, 90.0], "trajectory": "conditional_prior",
-        "training_data": "UTKFace (64 and 200 px) and All-Age-Faces, aligned by model.prepare; research and "
-                         "demonstration use only",
-        "training_faces": 31000, "heldout_bits_per_dim": 1.27, "training_epochs": 5.57,
-        "heldout_age_error_years": 8.05,
-        "bits_per_dim_definition": "held-out, 5-bit pixels, conditioned on each face's labels"}]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "resolution": 64,
+                    "age_range": [1.0, 90.0],
+                    "trajectory": "conditional_prior",
+                    "training_data": "UTKFace (64 and 200 px) and All-Age-Faces, aligned by model.prepare; "
+                    "research and demonstration use only",
+                    "training_faces": 31000,
+                    "heldout_bits_per_dim": 1.27,
+                    "training_epochs": 5.57,
+                    "heldout_age_error_years": 8.05,
+                    "bits_per_dim_definition": "held-out, 5-bit pixels, conditioned on each face's labels",
+                }
+            ]
+        },
+    )
 
     resolution: int = Field(description="Side of the aligned face the flow works on, pixels.")
     age_range: list[float] = Field(description="Youngest and oldest age, years, a face can be taken to.")
     trajectory: str = Field(description="How ages move through the flow's latent space.")
     training_data: str | None = Field(None, description="What the model was trained on, and its terms of use.")
     training_faces: int | None = Field(None, description="Number of training faces.")
-    heldout_bits_per_dim: float | None = Field(None, description="Negative log-likelihood of held-out faces, "
-                                                                 "bits per dimension: lower is better.")
+    heldout_bits_per_dim: float | None = Field(
+        None, description="Negative log-likelihood of held-out faces, bits per dimension: lower is better."
+    )
     bits_per_dim_definition: str | None = Field(None, description="How heldout_bits_per_dim was measured.")
     training_epochs: float | None = Field(None, description="Passes over the training faces the flow was trained for.")
-    heldout_age_error_years: float | None = Field(None, description="Mean absolute error, years, of the current "
-                                                                    "age the model reads from held-out faces.")
+    heldout_age_error_years: float | None = Field(
+        None, description="Mean absolute error, years, of the current age the model reads from held-out faces."
+    )
 
 
 class Health(BaseModel):

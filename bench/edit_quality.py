@@ -23,6 +23,7 @@ crop, applied under the face mask to the 128 px aligned crop. A method of `posth
 folder's age_posthoc.safetensors, or fits one on train faces and keeps it in --posthoc-dir; --details says
 whether its finer levels are carried by their priors (as shipped) or kept and shifted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,12 @@ METHODS = (ConditionalPriorTrajectory.name, PosthocTrajectory.name, TransportTra
 OLDER, YOUNGER = 30.0, -25.0
 OLDER_GOAL, YOUNGER_GOAL = 20.0, -15.0
 TARGET_AGES = (5, 15, 30, 50, 70, 85)
-RANGE_ENDS = {"years -40": dict(years=-40.0), "years +50": dict(years=50.0),
-              "to age 1": dict(target_age=1.0), "to age 90": dict(target_age=90.0)}
+RANGE_ENDS = {
+    "years -40": dict(years=-40.0),
+    "years +50": dict(years=50.0),
+    "to age 1": dict(target_age=1.0),
+    "to age 90": dict(target_age=90.0),
+}
 CROP_SIDE = 128
 # "patchy" (the flow issue's definition): the share of the central face where the edit's lightness change,
 # after a 2 px blur, departs from its own median there by more than 12 L*; a face is patchy beyond 0.05
@@ -70,9 +75,16 @@ DLIB_FACE_BOX = (0.25, 0.30, 0.74, 0.82)
 SKIN_PATCHES = ((0.33, 0.55, 0.44, 0.66), (0.56, 0.55, 0.67, 0.66))
 EDIT_BATCH = 16
 # figure rows: (youngest, oldest, gender, ethnicity), relaxed when no held-out face matches
-FIGURE_ROWS = ((1, 10, "female", "white"), (11, 20, "male", "black"), (21, 30, "female", "asian"),
-               (31, 40, "male", "indian"), (41, 50, "female", "black"), (51, 60, "male", "white"),
-               (61, 75, "female", "indian"), (76, 116, "male", "asian"))
+FIGURE_ROWS = (
+    (1, 10, "female", "white"),
+    (11, 20, "male", "black"),
+    (21, 30, "female", "asian"),
+    (31, 40, "male", "indian"),
+    (41, 50, "female", "black"),
+    (51, 60, "male", "white"),
+    (61, 75, "female", "indian"),
+    (76, 116, "male", "asian"),
+)
 
 
 # ---- selection --------------------------------------------------------------------------------------
@@ -94,8 +106,14 @@ def figure_faces(faces: FaceSet, seed: int) -> list[int]:
     chosen: list[int] = []
     for low, high, gender, race in FIGURE_ROWS:
         for strict in (2, 1, 0):  # drop the ethnicity, then the gender, when nobody fits
-            match = [int(i) for i in order if low <= faces.ages[i] <= high and i not in chosen
-                     and (strict < 1 or faces.genders[i] == gender) and (strict < 2 or faces.races[i] == race)]
+            match = [
+                int(i)
+                for i in order
+                if low <= faces.ages[i] <= high
+                and i not in chosen
+                and (strict < 1 or faces.genders[i] == gender)
+                and (strict < 2 or faces.races[i] == race)
+            ]
             if match:
                 chosen.append(match[0])
                 break
@@ -104,8 +122,11 @@ def figure_faces(faces: FaceSet, seed: int) -> list[int]:
 
 # ---- the independent age estimator ------------------------------------------------------------------
 def _conv(c_in: int, c_out: int, stride: int, kernel: int = 3) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class AgeEstimator(nn.Module):
@@ -139,7 +160,7 @@ def judge(estimator: AgeEstimator, images: np.ndarray, batch: int = 256) -> tupl
     """The estimator's ages and P(female) for N x S x S x 3 uint8 faces."""
     ages, female = [], []
     for start in range(0, len(images), batch):
-        age, logit = estimator(to_tensor(images[start:start + batch]))
+        age, logit = estimator(to_tensor(images[start : start + batch]))
         ages.append(age.numpy())
         female.append(torch.sigmoid(logit).numpy())
     return np.concatenate(ages).astype(np.float64), np.concatenate(female).astype(np.float64)
@@ -164,6 +185,7 @@ def reading_curve(labels: np.ndarray, readings: np.ndarray, sigma: float = 3.0):
     def curve(ages) -> np.ndarray:
         w = np.exp(-0.5 * ((np.asarray(ages, np.float64)[:, None] - labels[None]) / sigma) ** 2)
         return (w * readings[None]).sum(1) / w.sum(1)
+
     return curve
 
 
@@ -192,16 +214,15 @@ def train_estimator(train: FaceSet, epochs: int, seed: int, batch: int = 64) -> 
     for epoch in range(epochs):
         order = rng.permutation(len(train))
         for step in range(steps_per_epoch):
-            idx = np.sort(order[step * batch:(step + 1) * batch])
+            idx = np.sort(order[step * batch : (step + 1) * batch])
             x = train.batch(idx)
             x = torch.where(torch.rand(len(idx), 1, 1, 1) < 0.5, x.flip(3), x)
             # a shift of a few pixels: the aligner's framing varies about that much between photos
             dx, dy = (int(v) for v in rng.integers(0, 7, 2))
-            x = F.pad(x, (3, 3, 3, 3), mode="replicate")[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
+            x = F.pad(x, (3, 3, 3, 3), mode="replicate")[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
             age, logit = model(x)
             age_loss = F.smooth_l1_loss(age, ages[idx], beta=2.0, reduction="none")
-            loss = ((age_loss * weights[idx]).mean() / 10
-                    + F.binary_cross_entropy_with_logits(logit, female[idx]))
+            loss = (age_loss * weights[idx]).mean() / 10 + F.binary_cross_entropy_with_logits(logit, female[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -236,8 +257,13 @@ def load_or_train_estimator(folder: Path, data: Path, epochs: int) -> tuple[AgeE
     epochs; else a new one, trained and saved there."""
     meta_path, weights_path = folder / "age_estimator.json", folder / "age_estimator.safetensors"
     shapes = repr([(k, tuple(v.shape)) for k, v in AgeEstimator().state_dict().items()])
-    wanted = {"data": data_fingerprint(data), "epochs": epochs, "seed": 0, "age_balanced": True,
-              "architecture": hashlib.sha256(shapes.encode()).hexdigest()[:16]}
+    wanted = {
+        "data": data_fingerprint(data),
+        "epochs": epochs,
+        "seed": 0,
+        "age_balanced": True,
+        "architecture": hashlib.sha256(shapes.encode()).hexdigest()[:16],
+    }
     if meta_path.exists() and weights_path.exists():
         meta = json.loads(meta_path.read_text())
         if all(meta.get(k) == v for k, v in wanted.items()):
@@ -248,8 +274,12 @@ def load_or_train_estimator(folder: Path, data: Path, epochs: int) -> tuple[AgeE
     print(f"training the age estimator on {len(train)} train faces, {epochs} epochs", flush=True)
     start, cpu_start = time.perf_counter(), time.process_time()
     model = train_estimator(train, epochs, seed=0)
-    meta = {**wanted, "train_faces": len(train), "train_seconds": round(time.perf_counter() - start, 1),
-            "train_cpu_seconds": round(time.process_time() - cpu_start, 1)}
+    meta = {
+        **wanted,
+        "train_faces": len(train),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "train_cpu_seconds": round(time.process_time() - cpu_start, 1),
+    }
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(model.state_dict(), weights_path)
     meta_path.write_text(json.dumps(meta, indent=2))
@@ -279,8 +309,18 @@ def posthoc_tensors(flow: Glow, weights: Path, data: Path, cache: Path) -> dict[
     return load_file(str(path))
 
 
-def build_editor(flow: Glow, method: str, strengths, weights: Path, data: Path, cache: Path,
-                 rank: int, details: str, transport: Path | None = None, guard: bool = False) -> AgeEditor:
+def build_editor(
+    flow: Glow,
+    method: str,
+    strengths,
+    weights: Path,
+    data: Path,
+    cache: Path,
+    rank: int,
+    details: str,
+    transport: Path | None = None,
+    guard: bool = False,
+) -> AgeEditor:
     """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
     likelihood guard of weights/editor.json."""
     if method == TransportTrajectory.name:
@@ -288,8 +328,9 @@ def build_editor(flow: Glow, method: str, strengths, weights: Path, data: Path, 
         trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)
     elif method == PosthocTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
-        trajectory = PosthocTrajectory(flow, reduce_rank(tensors, rank) if rank else tensors, strengths,
-                                       details=details)
+        trajectory = PosthocTrajectory(
+            flow, reduce_rank(tensors, rank) if rank else tensors, strengths, details=details
+        )
     else:
         trajectory = ConditionalPriorTrajectory(flow, strengths)
     settings = {}
@@ -327,28 +368,39 @@ class EditRun:
 
 
 @torch.no_grad()
-def run_edits(editor: AgeEditor, faces: torch.Tensor, crops: np.ndarray,
-              steps: dict[str, dict]) -> tuple[dict[str, EditRun], np.ndarray]:
+def run_edits(
+    editor: AgeEditor, faces: torch.Tensor, crops: np.ndarray, steps: dict[str, dict]
+) -> tuple[dict[str, EditRun], np.ndarray]:
     """Every named edit (keyword arguments of `AgeEditor.edit`) of every face, and the editor's age readings."""
     mask = face_mask(CROP_SIDE)
     parts: dict[str, list[EditRun]] = {name: [] for name in steps}
     readings = []
     for start in range(0, len(faces), EDIT_BATCH):
-        batch, batch_crops = faces[start:start + EDIT_BATCH], crops[start:start + EDIT_BATCH].astype(np.float32)
+        batch, batch_crops = faces[start : start + EDIT_BATCH], crops[start : start + EDIT_BATCH].astype(np.float32)
         readings.append(editor.estimate_age(batch))
         for name, step in steps.items():
             edits = editor.edit(batch, **step)
             change = torch.stack([editor.work_change(e) * mask for e in edits]).permute(0, 2, 3, 1).numpy()
             shown = np.clip(np.rint(batch_crops + 255.0 * change), 0, 255).astype(np.uint8)
-            parts[name].append(EditRun(torch.stack([e.after for e in edits]), shown,
-                                       np.array([e.age_before for e in edits]),
-                                       np.array([e.age_after for e in edits]),
-                                       np.array([e.strength for e in edits])))
-    runs = {name: EditRun(torch.cat([p.after for p in pieces]), np.concatenate([p.shown for p in pieces]),
-                          np.concatenate([p.age_before for p in pieces]),
-                          np.concatenate([p.age_after for p in pieces]),
-                          np.concatenate([p.strength for p in pieces]))
-            for name, pieces in parts.items()}
+            parts[name].append(
+                EditRun(
+                    torch.stack([e.after for e in edits]),
+                    shown,
+                    np.array([e.age_before for e in edits]),
+                    np.array([e.age_after for e in edits]),
+                    np.array([e.strength for e in edits]),
+                )
+            )
+    runs = {
+        name: EditRun(
+            torch.cat([p.after for p in pieces]),
+            np.concatenate([p.shown for p in pieces]),
+            np.concatenate([p.age_before for p in pieces]),
+            np.concatenate([p.age_after for p in pieces]),
+            np.concatenate([p.strength for p in pieces]),
+        )
+        for name, pieces in parts.items()
+    }
     return runs, np.concatenate(readings)
 
 
@@ -374,8 +426,11 @@ class FaceDescriptors:
 
 def identity(a: np.ndarray, b: np.ndarray) -> dict:
     distance = np.linalg.norm(a - b, axis=1)
-    return {"pairs": len(distance), "distance": float(distance.mean()),
-            "match_rate": float((distance < MATCH_THRESHOLD).mean())}
+    return {
+        "pairs": len(distance),
+        "distance": float(distance.mean()),
+        "match_rate": float((distance < MATCH_THRESHOLD).mean()),
+    }
 
 
 def grain(changes: torch.Tensor) -> float:
@@ -414,9 +469,9 @@ def different_people(genders: list[str], seed: int) -> tuple[np.ndarray, np.ndar
     return np.concatenate(firsts), np.concatenate(seconds)
 
 
-SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                        [0.2126729, 0.7151522, 0.0721750],
-                        [0.0193339, 0.1191920, 0.9503041]])
+SRGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+)
 D65_WHITE = np.array([0.95047, 1.0, 1.08883])
 
 
@@ -444,8 +499,12 @@ def broken(images: torch.Tensor) -> dict:
     clean = torch.nan_to_num(images, 0.5)
     black = clean.flatten(1).mean(1) < 0.05
     clipped = ((clean <= 0.5 / 255) | (clean >= 1 - 0.5 / 255)).flatten(1).float().mean(1)
-    return {"faces": len(images), "nan": int(nan.sum()), "black": int((black & ~nan).sum()),
-            "saturated": int(((clipped > 0.3) & ~nan & ~black).sum())}
+    return {
+        "faces": len(images),
+        "nan": int(nan.sum()),
+        "black": int((black & ~nan).sum()),
+        "saturated": int(((clipped > 0.3) & ~nan & ~black).sum()),
+    }
 
 
 # ---- figures ----------------------------------------------------------------------------------------
@@ -479,13 +538,13 @@ def grid_image(blocks: list[tuple[str, list[str], list[np.ndarray]]], row_labels
     return canvas
 
 
-def write_figures(folder: Path, editors: list[tuple[str, AgeEditor]], faces: FaceSet, crops: FaceSet,
-                  seed: int) -> list[str]:
+def write_figures(
+    folder: Path, editors: list[tuple[str, AgeEditor]], faces: FaceSet, crops: FaceSet, seed: int
+) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     rows = figure_faces(faces, seed)
     faces64, crops128 = faces.batch(rows), crops.images[rows]
-    row_labels = [f"{faces.ages[i]:.0f} {faces.genders[i][0].upper()} {faces.races[i] or ''}".strip()
-                  for i in rows]
+    row_labels = [f"{faces.ages[i]:.0f} {faces.genders[i][0].upper()} {faces.races[i] or ''}".strip() for i in rows]
     targets = [f"to {t}" for t in TARGET_AGES]
     strips = [(label, sweep_strip(editor, faces64, crops128)) for label, editor in editors]
     original = ("held-out", ["photo"], [list(crops128)])
@@ -494,8 +553,9 @@ def write_figures(folder: Path, editors: list[tuple[str, AgeEditor]], faces: Fac
     paths = [(folder / f"age_sweep_{slug(main_label)}.png", sweep)]
     if len(strips) > 1:
         other_label, other_strip = strips[1]
-        both = grid_image([original, (main_label, targets, main_strip), (other_label, targets, other_strip)],
-                          row_labels)
+        both = grid_image(
+            [original, (main_label, targets, main_strip), (other_label, targets, other_strip)], row_labels
+        )
         paths.append((folder / f"age_compare_{slug(main_label)}_vs_{slug(other_label)}.png", both))
     for path, image in paths:
         image.save(path, optimize=True)
@@ -517,8 +577,12 @@ def config_label(method: str, strengths, details: str) -> str:
 
 
 def summary(values: np.ndarray) -> dict:
-    return {"mean": float(np.mean(values)), "median": float(np.median(values)),
-            "p10": float(np.percentile(values, 10)), "p90": float(np.percentile(values, 90))}
+    return {
+        "mean": float(np.mean(values)),
+        "median": float(np.median(values)),
+        "p10": float(np.percentile(values, 10)),
+        "p90": float(np.percentile(values, 90)),
+    }
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -539,8 +603,18 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     flow = load_flow(args.weights)
     strengths = args.level_strengths or [1.0] * len(flow.priors)
-    editor = build_editor(flow, args.method, strengths, args.weights, args.data, args.posthoc_dir, args.rank,
-                          args.details, args.transport, args.guard)
+    editor = build_editor(
+        flow,
+        args.method,
+        strengths,
+        args.weights,
+        args.data,
+        args.posthoc_dir,
+        args.rank,
+        args.details,
+        args.transport,
+        args.guard,
+    )
     lap("editor")
 
     chosen = stratified(heldout.ages, args.faces, args.seed)
@@ -558,9 +632,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     firsts, seconds = different_people(genders, args.seed)
     lap("originals")
 
-    shift_edits = (("reconstruction", 0.0, np.ones(len(chosen), bool)),
-                   (f"{OLDER:+g} years", OLDER, ages + OLDER <= 90),
-                   (f"{YOUNGER:+g} years", YOUNGER, ages + YOUNGER >= 1))
+    shift_edits = (
+        ("reconstruction", 0.0, np.ones(len(chosen), bool)),
+        (f"{OLDER:+g} years", OLDER, ages + OLDER <= 90),
+        (f"{YOUNGER:+g} years", YOUNGER, ages + YOUNGER >= 1),
+    )
     steps = {name: dict(years=years) for name, years, _ in shift_edits}
     steps.update({f"to {t}": dict(target_age=float(t)) for t in TARGET_AGES})
     steps.update(RANGE_ENDS)
@@ -577,17 +653,24 @@ def evaluate(args: argparse.Namespace) -> dict:
         shown = runs[name].shown[idx]
         read_after, female_after = judge(estimator, shown)
         change = read_after - read_before[idx]
-        row = {"faces": len(idx), "asked": float(np.mean(runs[name].age_after[idx] - runs[name].age_before[idx])),
-               "read_change": summary(change),
-               "gender_flips": float(np.mean((female_after > 0.5) != (female_before[idx] > 0.5))),
-               "identity": identity(descriptors_before[idx], describe(shown)),
-               "grain": grain(runs[name].after[idx] - faces[idx])}
+        row = {
+            "faces": len(idx),
+            "asked": float(np.mean(runs[name].age_after[idx] - runs[name].age_before[idx])),
+            "read_change": summary(change),
+            "gender_flips": float(np.mean((female_after > 0.5) != (female_before[idx] > 0.5))),
+            "identity": identity(descriptors_before[idx], describe(shown)),
+            "grain": grain(runs[name].after[idx] - faces[idx]),
+        }
         shares = patch_shares(crops[idx], shown)
         bits = editor.bits_per_dim(runs[name].after[idx])
-        row.update(patchy=float(np.mean(shares > PATCH_SHARE)), patch_share=summary(shares),
-                   bits_per_dim=summary(bits), bits_rise=summary(bits - bits_before[idx]),
-                   strength=float(np.mean(runs[name].strength[idx])),
-                   scaled_back=float(np.mean(runs[name].strength[idx] < 1)))
+        row.update(
+            patchy=float(np.mean(shares > PATCH_SHARE)),
+            patch_share=summary(shares),
+            bits_per_dim=summary(bits),
+            bits_rise=summary(bits - bits_before[idx]),
+            strength=float(np.mean(runs[name].strength[idx])),
+            scaled_back=float(np.mean(runs[name].strength[idx] < 1)),
+        )
         if years:
             # the same change of age in real faces: the estimator's reading of real held-out faces at the
             # labelled age + years, less its reading at the labelled age
@@ -600,17 +683,27 @@ def evaluate(args: argparse.Namespace) -> dict:
             row["share_reaching_goal"] = float(np.mean(reached))
         edits[name] = row
         shift = skin_colour(shown) - colour_before[idx]
-        colour[name] = {group: {"faces": int(np.sum(members)), "dL": float(shift[members, 0].mean()),
-                                "da": float(shift[members, 1].mean()), "db": float(shift[members, 2].mean())}
-                        for group in sorted(set(groups))
-                        for members in [np.array([groups[i] == group for i in idx])] if members.any()}
+        colour[name] = {
+            group: {
+                "faces": int(np.sum(members)),
+                "dL": float(shift[members, 0].mean()),
+                "da": float(shift[members, 1].mean()),
+                "db": float(shift[members, 2].mean()),
+            }
+            for group in sorted(set(groups))
+            for members in [np.array([groups[i] == group for i in idx])]
+            if members.any()
+        }
 
     sweep = {}
     for target in TARGET_AGES:
         read_after, female_after = judge(estimator, runs[f"to {target}"].shown)
-        sweep[f"to {target}"] = {"faces": len(chosen), "read_age": summary(read_after),
-                                 "read_error": float(np.mean(np.abs(read_after - target))),
-                                 "gender_flips": float(np.mean((female_after > 0.5) != (female_before > 0.5)))}
+        sweep[f"to {target}"] = {
+            "faces": len(chosen),
+            "read_age": summary(read_after),
+            "read_error": float(np.mean(np.abs(read_after - target))),
+            "gender_flips": float(np.mean((female_after > 0.5) != (female_before > 0.5))),
+        }
     stability = {"originals": broken(faces), **{name: broken(runs[name].after) for name in RANGE_ENDS}}
     lap("judging")
 
@@ -621,30 +714,50 @@ def evaluate(args: argparse.Namespace) -> dict:
         if args.compare:
             method, _, text = args.compare.partition(":")
             other = strengths_arg(text) if text else strengths
-            editors.append((config_label(method, other, args.details),
-                            build_editor(flow, method, other, args.weights, args.data, args.posthoc_dir, 0,
-                                         args.details)))
+            editors.append(
+                (
+                    config_label(method, other, args.details),
+                    build_editor(flow, method, other, args.weights, args.data, args.posthoc_dir, 0, args.details),
+                )
+            )
         figures = write_figures(args.figures, editors, heldout, heldout128, args.seed)
         lap("figures")
 
     return {
-        "config": {"weights": str(args.weights), "flow_sha256": file_digest(args.weights / WEIGHTS),
-                   "flow": json.loads(flow.config.to_json()), "method": args.method, "rank": args.rank,
-                   "details": args.details, "guard": args.guard,
-                   "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name
-                   else None,
-                   "level_strengths": strengths, "data": str(args.data), "data_sha256": data_fingerprint(args.data),
-                   "seed": args.seed, "heldout_faces": len(heldout), "faces": len(chosen),
-                   "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "estimator": {**estimator_meta, "folder": str(args.estimator),
-                      "heldout_mae": float(np.mean(np.abs(all_ages - heldout.ages))),
-                      "mean_guess_mae": float(np.mean(np.abs(mean_age - heldout.ages))),
-                      "gender_accuracy": float(np.mean((all_female > 0.5) == is_female)),
-                      "calibration": calibration(heldout.ages.astype(np.float64), all_ages),
-                      "selected_mae": float(np.mean(np.abs(read_before - ages))),
-                      "selected_mean_guess_mae": float(np.mean(np.abs(mean_age - ages)))},
-        "latent_age": {"faces": len(chosen), "mae": float(np.mean(np.abs(latent_ages - ages))),
-                       "mean_guess_mae": float(np.mean(np.abs(mean_age - ages))), "train_mean_age": mean_age},
+        "config": {
+            "weights": str(args.weights),
+            "flow_sha256": file_digest(args.weights / WEIGHTS),
+            "flow": json.loads(flow.config.to_json()),
+            "method": args.method,
+            "rank": args.rank,
+            "details": args.details,
+            "guard": args.guard,
+            "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name else None,
+            "level_strengths": strengths,
+            "data": str(args.data),
+            "data_sha256": data_fingerprint(args.data),
+            "seed": args.seed,
+            "heldout_faces": len(heldout),
+            "faces": len(chosen),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "estimator": {
+            **estimator_meta,
+            "folder": str(args.estimator),
+            "heldout_mae": float(np.mean(np.abs(all_ages - heldout.ages))),
+            "mean_guess_mae": float(np.mean(np.abs(mean_age - heldout.ages))),
+            "gender_accuracy": float(np.mean((all_female > 0.5) == is_female)),
+            "calibration": calibration(heldout.ages.astype(np.float64), all_ages),
+            "selected_mae": float(np.mean(np.abs(read_before - ages))),
+            "selected_mean_guess_mae": float(np.mean(np.abs(mean_age - ages))),
+        },
+        "latent_age": {
+            "faces": len(chosen),
+            "mae": float(np.mean(np.abs(latent_ages - ages))),
+            "mean_guess_mae": float(np.mean(np.abs(mean_age - ages))),
+            "train_mean_age": mean_age,
+        },
         "edits": edits,
         "different_people": identity(descriptors_before[firsts], descriptors_before[seconds]),
         "real_bits_per_dim": summary(bits_before) | {"p95": float(np.percentile(bits_before, 95))},
@@ -660,22 +773,34 @@ def evaluate(args: argparse.Namespace) -> dict:
 def print_report(report: dict) -> None:
     c, e, lat = report["config"], report["estimator"], report["latent_age"]
     flow = c["flow"]
-    print(f"\nedit quality: {c['weights']} (flow {c['flow_sha256']}: {flow['levels']} levels x {flow['steps']} "
-          f"steps, width {flow['width']}), "
-          f"{config_label(c['method'], c['level_strengths'], c.get('details', 'kept'))}")
-    print(f"{c['faces']} of {c['heldout_faces']} held-out faces, stratified by decade, seed {c['seed']}; "
-          f"cores {c['cores']}, torch threads {c['torch_threads']}")
-    print(f"age estimator   held-out MAE {e['heldout_mae']:5.1f} y (mean guess {e['mean_guess_mae']:5.1f} y), "
-          f"on the selected 128 px crops {e['selected_mae']:5.1f} y "
-          f"(mean guess {e['selected_mean_guess_mae']:5.1f} y), gender accuracy {e['gender_accuracy']:.3f}")
+    print(
+        f"\nedit quality: {c['weights']} (flow {c['flow_sha256']}: {flow['levels']} levels x {flow['steps']} "
+        f"steps, width {flow['width']}), "
+        f"{config_label(c['method'], c['level_strengths'], c.get('details', 'kept'))}"
+    )
+    print(
+        f"{c['faces']} of {c['heldout_faces']} held-out faces, stratified by decade, seed {c['seed']}; "
+        f"cores {c['cores']}, torch threads {c['torch_threads']}"
+    )
+    print(
+        f"age estimator   held-out MAE {e['heldout_mae']:5.1f} y (mean guess {e['mean_guess_mae']:5.1f} y), "
+        f"on the selected 128 px crops {e['selected_mae']:5.1f} y "
+        f"(mean guess {e['selected_mean_guess_mae']:5.1f} y), gender accuracy {e['gender_accuracy']:.3f}"
+    )
     if "calibration" in e:
         cal = e["calibration"]
-        print(f"estimator reads real held-out faces (slope {cal['slope']:.2f} y per labelled year): "
-              + ", ".join(f"{band} -> {row['read']:.0f}" for band, row in cal["bands"].items()))
-    print(f"latent age      estimate_age MAE {lat['mae']:5.1f} y (mean guess {lat['mean_guess_mae']:5.1f} y) "
-          f"on the selected faces")
-    print(f"\n{'edit':<16}{'faces':>6}{'asked':>8}{'read change':>13}{'p10..p90':>14}{'goal':>7}{'met':>5}"
-          f"{'reach':>7}{'gender flip':>12}{'id dist':>9}{'match':>7}{'real faces':>12}{'grain':>8}")
+        print(
+            f"estimator reads real held-out faces (slope {cal['slope']:.2f} y per labelled year): "
+            + ", ".join(f"{band} -> {row['read']:.0f}" for band, row in cal["bands"].items())
+        )
+    print(
+        f"latent age      estimate_age MAE {lat['mae']:5.1f} y (mean guess {lat['mean_guess_mae']:5.1f} y) "
+        f"on the selected faces"
+    )
+    print(
+        f"\n{'edit':<16}{'faces':>6}{'asked':>8}{'read change':>13}{'p10..p90':>14}{'goal':>7}{'met':>5}"
+        f"{'reach':>7}{'gender flip':>12}{'id dist':>9}{'match':>7}{'real faces':>12}{'grain':>8}"
+    )
     for name, row in report["edits"].items():
         if not row["faces"]:
             print(f"{name:<16}{0:>6}")
@@ -684,28 +809,35 @@ def print_report(report: dict) -> None:
         goal = f"{row['goal']:+.0f}" if "goal" in row else ""
         met = ("yes" if row["goal_met"] else "no") if "goal" in row else ""
         reach = f"{row['share_reaching_goal']:.2f}" if "goal" in row else ""
-        print(f"{name:<16}{row['faces']:>6}{row['asked']:>+8.1f}{rc['mean']:>+13.1f}"
-              f"{rc['p10']:>+7.1f}..{rc['p90']:>+5.1f}{goal:>7}{met:>5}{reach:>7}{row['gender_flips']:>12.2f}"
-              f"{row['identity']['distance']:>9.3f}{row['identity']['match_rate']:>7.2f}"
-              + (f"{row['real_faces_change']:>+12.1f}" if "real_faces_change" in row else "")
-              + (f"{row['grain']:>8.4f}" if "grain" in row else ""))
+        print(
+            f"{name:<16}{row['faces']:>6}{row['asked']:>+8.1f}{rc['mean']:>+13.1f}"
+            f"{rc['p10']:>+7.1f}..{rc['p90']:>+5.1f}{goal:>7}{met:>5}{reach:>7}{row['gender_flips']:>12.2f}"
+            f"{row['identity']['distance']:>9.3f}{row['identity']['match_rate']:>7.2f}"
+            + (f"{row['real_faces_change']:>+12.1f}" if "real_faces_change" in row else "")
+            + (f"{row['grain']:>8.4f}" if "grain" in row else "")
+        )
     print("real faces: how much the estimator's reading of real held-out faces changes over the same years")
     people = report["different_people"]
-    print(f"{'different people':<16}{people['pairs']:>6}{'':>66}{people['distance']:>9.3f}"
-          f"{people['match_rate']:>7.2f}")
+    print(f"{'different people':<16}{people['pairs']:>6}{'':>66}{people['distance']:>9.3f}{people['match_rate']:>7.2f}")
     real = report["real_bits_per_dim"]
-    print(f"\n{'edit':<16}{'patchy':>8}{'patch share p90':>17}{'bits/dim median':>17}{'rise median':>13}"
-          f"{'strength':>10}{'scaled back':>13}   (real faces: median {real['median']:.3f}, p95 {real['p95']:.3f})")
+    print(
+        f"\n{'edit':<16}{'patchy':>8}{'patch share p90':>17}{'bits/dim median':>17}{'rise median':>13}"
+        f"{'strength':>10}{'scaled back':>13}   (real faces: median {real['median']:.3f}, p95 {real['p95']:.3f})"
+    )
     for name, row in report["edits"].items():
         if row["faces"]:
-            print(f"{name:<16}{row['patchy']:>8.2f}{row['patch_share']['p90']:>17.3f}"
-                  f"{row['bits_per_dim']['median']:>17.3f}{row['bits_rise']['median']:>+13.3f}"
-                  f"{row['strength']:>10.2f}{row['scaled_back']:>13.2f}")
+            print(
+                f"{name:<16}{row['patchy']:>8.2f}{row['patch_share']['p90']:>17.3f}"
+                f"{row['bits_per_dim']['median']:>17.3f}{row['bits_rise']['median']:>+13.3f}"
+                f"{row['strength']:>10.2f}{row['scaled_back']:>13.2f}"
+            )
     print(f"\n{'target':<10}{'read age':>9}{'p10..p90':>14}{'|read - target|':>17}{'gender flip':>12}")
     for name, row in report["target_sweep"].items():
         ra = row["read_age"]
-        print(f"{name:<10}{ra['mean']:>9.1f}{ra['p10']:>7.1f}..{ra['p90']:>5.1f}{row['read_error']:>17.1f}"
-              f"{row['gender_flips']:>12.2f}")
+        print(
+            f"{name:<10}{ra['mean']:>9.1f}{ra['p10']:>7.1f}..{ra['p90']:>5.1f}{row['read_error']:>17.1f}"
+            f"{row['gender_flips']:>12.2f}"
+        )
     print("\ncheek colour shift, dL* (da*, db*) per ethnicity label")
     names = list(report["skin_colour"])
     groups = sorted({g for per in report["skin_colour"].values() for g in per})
@@ -719,8 +851,11 @@ def print_report(report: dict) -> None:
     print(f"\n{'stability':<12}{'faces':>6}{'nan':>6}{'black':>7}{'saturated':>11}")
     for name, row in report["stability"].items():
         print(f"{name:<12}{row['faces']:>6}{row['nan']:>6}{row['black']:>7}{row['saturated']:>11}")
-    print("\nseconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items())
-          + f"; {report['cpu_seconds']:.0f} s of CPU time in all")
+    print(
+        "\nseconds: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items())
+        + f"; {report['cpu_seconds']:.0f} s of CPU time in all"
+    )
     for path in report["figures"]:
         print(f"figure: {path}")
 
@@ -730,27 +865,50 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, default=Path("weights"), help="flow.safetensors + flow_config.json")
     parser.add_argument("--data", type=Path, default=Path("data/faces"), help="written by `python -m model.prepare`")
     parser.add_argument("--method", choices=METHODS, default=ConditionalPriorTrajectory.name)
-    parser.add_argument("--level-strengths", type=strengths_arg, default=None,
-                        help="how far each level moves, finest first, e.g. 1,1,1 (default: all 1)")
+    parser.add_argument(
+        "--level-strengths",
+        type=strengths_arg,
+        default=None,
+        help="how far each level moves, finest first, e.g. 1,1,1 (default: all 1)",
+    )
     parser.add_argument("--faces", type=int, default=200, help="held-out faces to edit, stratified by decade")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--figures", type=Path, default=None, help="write the age sweep PNGs into this folder")
-    parser.add_argument("--compare", default=None, metavar="METHOD[:STRENGTHS]",
-                        help="a second configuration for the side-by-side figure, e.g. posthoc:1,1,0.5")
+    parser.add_argument(
+        "--compare",
+        default=None,
+        metavar="METHOD[:STRENGTHS]",
+        help="a second configuration for the side-by-side figure, e.g. posthoc:1,1,0.5",
+    )
     parser.add_argument("--seed", type=int, default=0, help="chooses the faces")
-    parser.add_argument("--rank", type=int, default=0,
-                        help="post-hoc only: keep this many directions of the age path (0: as stored)")
-    parser.add_argument("--details", choices=PosthocTrajectory.DETAILS, default="carried",
-                        help="post-hoc only: finer levels kept plus their shift, or carried by their priors")
-    parser.add_argument("--estimator", type=Path, default=Path("runs/age_estimator"),
-                        help="where the independent age estimator is kept (trained there when missing)")
+    parser.add_argument(
+        "--rank", type=int, default=0, help="post-hoc only: keep this many directions of the age path (0: as stored)"
+    )
+    parser.add_argument(
+        "--details",
+        choices=PosthocTrajectory.DETAILS,
+        default="carried",
+        help="post-hoc only: finer levels kept plus their shift, or carried by their priors",
+    )
+    parser.add_argument(
+        "--estimator",
+        type=Path,
+        default=Path("runs/age_estimator"),
+        help="where the independent age estimator is kept (trained there when missing)",
+    )
     parser.add_argument("--estimator-epochs", type=int, default=15)
-    parser.add_argument("--posthoc-dir", type=Path, default=Path("runs/posthoc"),
-                        help="where a post-hoc trajectory fitted here is kept, one file per flow")
-    parser.add_argument("--transport", type=Path, default=None,
-                        help="transport only: the folder of age_transport.* (default --weights)")
-    parser.add_argument("--guard", action="store_true",
-                        help="with the likelihood guard of --weights/editor.json (edits scaled back)")
+    parser.add_argument(
+        "--posthoc-dir",
+        type=Path,
+        default=Path("runs/posthoc"),
+        help="where a post-hoc trajectory fitted here is kept, one file per flow",
+    )
+    parser.add_argument(
+        "--transport", type=Path, default=None, help="transport only: the folder of age_transport.* (default --weights)"
+    )
+    parser.add_argument(
+        "--guard", action="store_true", help="with the likelihood guard of --weights/editor.json (edits scaled back)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.compare and args.compare.partition(":")[0] not in METHODS:

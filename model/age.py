@@ -17,6 +17,7 @@ target ages):
 `level_strengths` (finest level first) scale how far each level moves, so an edit can leave the finest
 detail, which carries identity, more or less alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,7 +80,7 @@ class ConditionalPriorTrajectory(AgeTrajectory):
         ages = np.concatenate([np.asarray(self.coarse_ages, np.float64), fine_ages])
         age_rows, other_rows = condition_parts(flow.config, ages)
         table = flow.condition_grid_log_likelihoods(latents, contexts, age_rows.to(device), other_rows.to(device))
-        coarse, fine = table[:, :, :len(self.coarse_ages)], table[:, :, len(self.coarse_ages):]
+        coarse, fine = table[:, :, : len(self.coarse_ages)], table[:, :, len(self.coarse_ages) :]
         best = torch.logsumexp(coarse, 2).argmax(1)
         found = fine[torch.arange(len(faces), device=device), best].argmax(1)
         genders = [PAIRS[b][0] for b in best.tolist()]
@@ -103,8 +104,15 @@ class PosthocTrajectory(AgeTrajectory):
     name = "posthoc"
     DETAILS = ("kept", "carried")
 
-    def __init__(self, flow: Glow, tensors: dict[str, torch.Tensor], level_strengths=None,
-                 age_range=(1.0, 90.0), keep_skin_tone=True, details: str = "kept") -> None:
+    def __init__(
+        self,
+        flow: Glow,
+        tensors: dict[str, torch.Tensor],
+        level_strengths=None,
+        age_range=(1.0, 90.0),
+        keep_skin_tone=True,
+        details: str = "kept",
+    ) -> None:
         super().__init__(flow, level_strengths, age_range, keep_skin_tone)
         if details not in self.DETAILS:
             raise ValueError(f"details must be one of {', '.join(self.DETAILS)}, got {details!r}")
@@ -128,17 +136,22 @@ class PosthocTrajectory(AgeTrajectory):
     @torch.no_grad()
     def move(self, faces: torch.Tensor, reading: AgeReading, target_ages: np.ndarray) -> torch.Tensor:
         knots = self.flow.config.age_knots
-        delta = (age_weights(torch.as_tensor(target_ages), knots)
-                 - age_weights(torch.as_tensor(reading.ages), knots)).to(faces.device)
-        shifts = [strength * torch.einsum("nk,kchw->nchw", delta, self.tensors[f"level{level}_age"].to(delta.device))
-                  for level, strength in enumerate(self.level_strengths)]  # level{i}_age: knots x C x H x W
+        delta = (
+            age_weights(torch.as_tensor(target_ages), knots) - age_weights(torch.as_tensor(reading.ages), knots)
+        ).to(faces.device)
+        shifts = [
+            strength * torch.einsum("nk,kchw->nchw", delta, self.tensors[f"level{level}_age"].to(delta.device))
+            for level, strength in enumerate(self.level_strengths)
+        ]  # level{i}_age: knots x C x H x W
         if self.details == "kept":
             return self.flow.decode([z + shift for z, shift in zip(reading.latents, shifts)])
         # carried: every latent standardized under its prior at the current age; the top one comes back as
         # it was (same condition) plus its shift, the finer ones under the target age and the new context
         flow = self.flow
-        current, target = (condition_vector(flow.config, ages).to(delta.device) if flow.config.conditional
-                           else None for ages in (reading.ages, target_ages))
+        current, target = (
+            condition_vector(flow.config, ages).to(delta.device) if flow.config.conditional else None
+            for ages in (reading.ages, target_ages)
+        )
         eps = flow.standardize_latents(reading.latents, reading.contexts, current)
         return flow.generate(eps, [target] * (len(eps) - 1) + [current], offsets=shifts)
 
@@ -158,13 +171,22 @@ def _levels(flat: torch.Tensor, shapes) -> dict[str, torch.Tensor]:
     out, offset = {}, 0
     for level, shape in enumerate(shapes):
         size = int(np.prod(shape))
-        out[f"level{level}_age"] = flat[:, offset:offset + size].reshape(-1, *shape).float().contiguous()
+        out[f"level{level}_age"] = flat[:, offset : offset + size].reshape(-1, *shape).float().contiguous()
         offset += size
     return out
 
 
-def fit_posthoc(flow: Glow, faces: FaceSet, indices=None, rank: int = 0, ridges=(3e2, 1e3, 3e3, 1e4, 3e4),
-                validation=0.1, batch: int = 200, seed: int = 0, log=print) -> dict[str, torch.Tensor]:
+def fit_posthoc(
+    flow: Glow,
+    faces: FaceSet,
+    indices=None,
+    rank: int = 0,
+    ridges=(3e2, 1e3, 3e3, 1e4, 3e4),
+    validation=0.1,
+    batch: int = 200,
+    seed: int = 0,
+    log=print,
+) -> dict[str, torch.Tensor]:
     """Fit the post-hoc trajectory on labelled aligned faces (every face of `faces`, or `indices`).
 
     The age path: each latent dimension's least-squares fit on the age knots' piecewise-linear weights
@@ -175,8 +197,15 @@ def fit_posthoc(flow: Glow, faces: FaceSet, indices=None, rank: int = 0, ridges=
     matrices (2 x 1.2 GB at 64 px)."""
     config = flow.config
     idx = np.arange(len(faces)) if indices is None else np.asarray(indices)
-    covariates = torch.cat([condition_vector(config, faces.ages[idx], [faces.genders[i] for i in idx],
-                                             [faces.races[i] for i in idx]).double(), _source_blocks(faces, idx)], 1)
+    covariates = torch.cat(
+        [
+            condition_vector(
+                config, faces.ages[idx], [faces.genders[i] for i in idx], [faces.races[i] for i in idx]
+            ).double(),
+            _source_blocks(faces, idx),
+        ],
+        1,
+    )
     ages = torch.as_tensor(faces.ages[idx], dtype=torch.float64)
     is_val = torch.from_numpy(np.random.default_rng(seed).random(len(idx)) < validation)
     members = {"fit": ~is_val, "val": is_val}
@@ -199,19 +228,20 @@ def fit_posthoc(flow: Glow, faces: FaceSet, indices=None, rank: int = 0, ridges=
                 age_sums[part] += zp.T @ ages[rows][member[rows]]
             val_latents.append(z[is_val[rows]])
             if log and (start // batch) % 25 == 0:
-                log(f"  encoded {min(start + batch, len(idx))}/{len(idx)} faces "
-                    f"({time.perf_counter() - started:.0f} s)")
+                log(
+                    f"  encoded {min(start + batch, len(idx))}/{len(idx)} faces ({time.perf_counter() - started:.0f} s)"
+                )
     # the age weights, gender, ethnicity and source blocks each sum to one, so the plain least-squares
     # problem is singular; a small ridge term picks the well-conditioned solution
     normal = covariates.T @ covariates + 1e-2 * len(idx) * torch.eye(covariates.shape[1], dtype=torch.float64)
-    tensors = _levels(torch.linalg.solve(normal, xtz)[:len(config.age_knots)], flow.latent_shapes())
+    tensors = _levels(torch.linalg.solve(normal, xtz)[: len(config.age_knots)], flow.latent_shapes())
 
     def reading(parts):
         n = sum(int(members[p].sum()) for p in parts)
         g, s = sum(gram[p] for p in parts), sum(sums[p] for p in parts)
         y = ages[torch.cat([torch.nonzero(members[p])[:, 0] for p in parts])]
         mean = s / n
-        std = ((torch.diagonal(g) / n - mean ** 2).clamp_min(0)).sqrt() + 1e-6
+        std = ((torch.diagonal(g) / n - mean**2).clamp_min(0)).sqrt() + 1e-6
         centred = (g - n * torch.outer(mean, mean)) / torch.outer(std, std)  # X^T X of standardized latents
         target = (sum(age_sums[p] for p in parts) - mean * y.sum()) / std  # X^T (y - mean y)
         return centred, target, mean, std, y.mean()
@@ -225,12 +255,16 @@ def fit_posthoc(flow: Glow, faces: FaceSet, indices=None, rank: int = 0, ridges=
         errors[ridge] = float(((x_val @ w + bias).clamp(1.0, 90.0) - ages[is_val]).abs().mean())
     chosen = min(errors, key=errors.get)
     if log:
-        log("  age reading, validation error in years per ridge strength: "
-            + ", ".join(f"{r:g}: {e:.2f}" for r, e in errors.items()) + f" (chose {chosen:g})")
+        log(
+            "  age reading, validation error in years per ridge strength: "
+            + ", ".join(f"{r:g}: {e:.2f}" for r, e in errors.items())
+            + f" (chose {chosen:g})"
+        )
     centred, target, mean, std, bias = reading(["fit", "val"])
     w = torch.cholesky_solve(target[:, None], torch.linalg.cholesky(centred + chosen * eye))[:, 0]
-    tensors.update(latent_mean=mean.float(), latent_std=std.float(), age_weights=w.float(),
-                   age_bias=bias.float().reshape(1))
+    tensors.update(
+        latent_mean=mean.float(), latent_std=std.float(), age_weights=w.float(), age_bias=bias.float().reshape(1)
+    )
     return reduce_rank(tensors, rank, log) if rank else tensors
 
 
@@ -254,9 +288,14 @@ def save_trajectory(folder: Path, trajectory: AgeTrajectory, **facts) -> None:
     """The trajectory's settings (and `facts` about how it was made) as JSON, a post-hoc fit's tensors."""
     folder = Path(folder)
     posthoc = trajectory.name == PosthocTrajectory.name  # the transport reads ages with, not writes, a fit
-    meta = {"method": trajectory.name, "level_strengths": trajectory.level_strengths,
-            "age_range": list(trajectory.age_range), "keep_skin_tone": trajectory.keep_skin_tone,
-            **({"details": trajectory.details} if posthoc else {}), **facts}
+    meta = {
+        "method": trajectory.name,
+        "level_strengths": trajectory.level_strengths,
+        "age_range": list(trajectory.age_range),
+        "keep_skin_tone": trajectory.keep_skin_tone,
+        **({"details": trajectory.details} if posthoc else {}),
+        **facts,
+    }
     (folder / TRAJECTORY).write_text(json.dumps(meta, indent=2))
     if posthoc:
         save_file({k: v.contiguous() for k, v in trajectory.tensors.items()}, str(folder / POSTHOC_WEIGHTS))
@@ -267,8 +306,11 @@ def load_trajectory(folder: Path, flow: Glow, settings: dict | None = None) -> A
     folder = Path(folder)
     path = folder / TRAJECTORY
     meta = json.loads(path.read_text()) if path.exists() else {"method": ConditionalPriorTrajectory.name}
-    kwargs = {"level_strengths": meta.get("level_strengths"), "age_range": meta.get("age_range", (1.0, 90.0)),
-              "keep_skin_tone": meta.get("keep_skin_tone", True)}
+    kwargs = {
+        "level_strengths": meta.get("level_strengths"),
+        "age_range": meta.get("age_range", (1.0, 90.0)),
+        "keep_skin_tone": meta.get("keep_skin_tone", True),
+    }
     if meta["method"] == PosthocTrajectory.name:
         tensors = load_file(str(folder / POSTHOC_WEIGHTS), device=str(next(flow.parameters()).device))
         return PosthocTrajectory(flow, tensors, details=meta.get("details", "kept"), **kwargs)
@@ -283,13 +325,16 @@ def load_trajectory(folder: Path, flow: Glow, settings: dict | None = None) -> A
     return ConditionalPriorTrajectory(flow, **kwargs)
 
 
-def latent_age_errors(trajectory: AgeTrajectory, faces: torch.Tensor, ages: np.ndarray, mean_age: float,
-                      batch: int = 50) -> dict[str, float]:
+def latent_age_errors(
+    trajectory: AgeTrajectory, faces: torch.Tensor, ages: np.ndarray, mean_age: float, batch: int = 50
+) -> dict[str, float]:
     """Mean absolute error in years of the latent age estimate, against always guessing `mean_age`."""
-    estimates = np.concatenate([trajectory.estimate(faces[i:i + batch]).ages for i in range(0, len(faces), batch)])
-    return {"mae_years": float(np.abs(estimates - ages).mean()),
-            "mean_guess_mae_years": float(np.abs(mean_age - ages).mean()),
-            "faces": int(len(ages))}
+    estimates = np.concatenate([trajectory.estimate(faces[i : i + batch]).ages for i in range(0, len(faces), batch)])
+    return {
+        "mae_years": float(np.abs(estimates - ages).mean()),
+        "mean_guess_mae_years": float(np.abs(mean_age - ages).mean()),
+        "faces": int(len(ages)),
+    }
 
 
 def main(argv=None) -> None:
@@ -305,13 +350,21 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, default=Path("data/faces"))
     parser.add_argument("--fit-faces", type=int, default=0, help="training faces for the post-hoc fit (0: all)")
     parser.add_argument("--eval-faces", type=int, default=500, help="held-out faces for the comparison")
-    parser.add_argument("--method", choices=["best", ConditionalPriorTrajectory.name, PosthocTrajectory.name],
-                        default="best", help="which trajectory to write (best: lower held-out age error)")
+    parser.add_argument(
+        "--method",
+        choices=["best", ConditionalPriorTrajectory.name, PosthocTrajectory.name],
+        default="best",
+        help="which trajectory to write (best: lower held-out age error)",
+    )
     parser.add_argument("--level-strengths", default="", help="per level, finest first, e.g. 0.5,1,1")
     parser.add_argument("--rank", type=int, default=0, help="directions kept of the post-hoc age path (0: all)")
-    parser.add_argument("--details", choices=PosthocTrajectory.DETAILS, default="carried",
-                        help="post-hoc: finer levels kept as they are plus their shift, or carried by their "
-                             "priors after the edited coarser levels and the target age")
+    parser.add_argument(
+        "--details",
+        choices=PosthocTrajectory.DETAILS,
+        default="carried",
+        help="post-hoc: finer levels kept as they are plus their shift, or carried by their "
+        "priors after the edited coarser levels and the target age",
+    )
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_flush_denormal(True)
@@ -322,8 +375,11 @@ def main(argv=None) -> None:
 
     train = load_faces(args.data, flow.config.resolution, "train")
     rng = np.random.default_rng(0)
-    fit_idx = (np.sort(rng.choice(len(train), args.fit_faces, replace=False))
-               if 0 < args.fit_faces < len(train) else np.arange(len(train)))
+    fit_idx = (
+        np.sort(rng.choice(len(train), args.fit_faces, replace=False))
+        if 0 < args.fit_faces < len(train)
+        else np.arange(len(train))
+    )
     heldout = load_faces(args.data, flow.config.resolution, "heldout")
     eval_idx = np.random.default_rng(1).choice(len(heldout), min(args.eval_faces, len(heldout)), replace=False)
     eval_faces, eval_ages = heldout.batch(eval_idx), heldout.ages[eval_idx].astype(np.float64)
@@ -337,8 +393,10 @@ def main(argv=None) -> None:
     report = {}
     for trajectory in candidates:
         report[trajectory.name] = latent_age_errors(trajectory, eval_faces, eval_ages, mean_age)
-        print(f"{trajectory.name:>18}: held-out age error {report[trajectory.name]['mae_years']:.1f} years "
-              f"(always guessing the mean: {report[trajectory.name]['mean_guess_mae_years']:.1f})")
+        print(
+            f"{trajectory.name:>18}: held-out age error {report[trajectory.name]['mae_years']:.1f} years "
+            f"(always guessing the mean: {report[trajectory.name]['mean_guess_mae_years']:.1f})"
+        )
     if args.method == "best":
         chosen = min(candidates, key=lambda t: report[t.name]["mae_years"])
     else:

@@ -4,6 +4,7 @@ It owns the flow, the age trajectory and the face aligner, and runs the whole pi
 detect -> align -> encode -> read the current age -> move along the age trajectory -> decode ->
 apply the change to the larger work crop -> paste back into the photo.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,17 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
 from model.age import AgeReading, AgeTrajectory, load_trajectory
-from model.align import AlignedFace, DetectedFace, FaceAligner, crop_footprint, crop_grid, face_mask, \
-    invert_affine, paste_back, scaled
+from model.align import (
+    AlignedFace,
+    DetectedFace,
+    FaceAligner,
+    crop_footprint,
+    crop_grid,
+    face_mask,
+    invert_affine,
+    paste_back,
+    scaled,
+)
 from model.checkpoint import load_flow
 
 EDITOR_CONFIG = "editor.json"
@@ -170,8 +180,10 @@ def no_added_tint(before: torch.Tensor, after: torch.Tensor, max_gain: float = 1
     luma_before = (before * weights).sum(1, keepdim=True)
     luma_after = (after * weights).sum(1, keepdim=True)
     chroma_before, chroma_after = before - luma_before, after - luma_after
-    scale = ((chroma_after * chroma_before).sum(1, keepdim=True)
-             / ((chroma_before * chroma_before).sum(1, keepdim=True) + 1e-8)).clamp(0, max_gain)
+    scale = (
+        (chroma_after * chroma_before).sum(1, keepdim=True)
+        / ((chroma_before * chroma_before).sum(1, keepdim=True) + 1e-8)
+    ).clamp(0, max_gain)
     return luma_after + scale * chroma_before
 
 
@@ -220,8 +232,9 @@ def within_gamut(before: torch.Tensor, after: torch.Tensor, max_outside: float =
 
 
 class AgeEditor:
-    def __init__(self, trajectory: AgeTrajectory, settings: dict, aligner: FaceAligner | None = None,
-                 work_size: int = 256) -> None:
+    def __init__(
+        self, trajectory: AgeTrajectory, settings: dict, aligner: FaceAligner | None = None, work_size: int = 256
+    ) -> None:
         self.trajectory = trajectory
         self.flow = trajectory.flow
         self.settings = settings
@@ -229,8 +242,9 @@ class AgeEditor:
         self._aligner = aligner
 
     @classmethod
-    def from_dir(cls, folder: str | Path = "weights", device: str | torch.device = "cpu",
-                 aligner: FaceAligner | None = None) -> "AgeEditor":
+    def from_dir(
+        cls, folder: str | Path = "weights", device: str | torch.device = "cpu", aligner: FaceAligner | None = None
+    ) -> AgeEditor:
         folder = Path(folder)
         flow = load_flow(folder, device)
         settings = json.loads((folder / EDITOR_CONFIG).read_text()) if (folder / EDITOR_CONFIG).exists() else {}
@@ -255,8 +269,12 @@ class AgeEditor:
         return self.trajectory.age_range
 
     def info(self) -> dict:
-        return {"resolution": self.resolution, "age_range": list(self.age_range),
-                "trajectory": self.trajectory.name, **self.settings.get("model", {})}
+        return {
+            "resolution": self.resolution,
+            "age_range": list(self.age_range),
+            "trajectory": self.trajectory.name,
+            **self.settings.get("model", {}),
+        }
 
     # ---- aligned faces ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -265,8 +283,9 @@ class AgeEditor:
         return self.trajectory.estimate(faces.to(self.device)).ages
 
     @torch.no_grad()
-    def edit(self, faces: torch.Tensor, years=None, target_age=None, reading: AgeReading | None = None
-             ) -> list[FaceEdit]:
+    def edit(
+        self, faces: torch.Tensor, years=None, target_age=None, reading: AgeReading | None = None
+    ) -> list[FaceEdit]:
         """Age N aligned faces by `years` (a number or one per face) or to `target_age` (likewise).
         `reading`: the faces' ages as `trajectory.estimate` read them, when already known."""
         if (years is None) == (target_age is None):
@@ -286,9 +305,18 @@ class AgeEditor:
             after, strength = self._guarded(faces, reading, target, after, self.guard_limit)
         unmoved = torch.from_numpy((target == reading.ages) | (strength == 0)).to(faces.device)
         after = torch.where(unmoved[:, None, None, None], faces, after)  # a zero edit gives the face back exactly
-        return [FaceEdit(before=f.cpu(), after=a.cpu(), age_before=float(b), age_after=float(b + s * (t - b)),
-                         age_target=float(t), clamped=bool(c), strength=float(s))
-                for f, a, b, t, c, s in zip(faces, after, reading.ages, target, clamped, strength)]
+        return [
+            FaceEdit(
+                before=f.cpu(),
+                after=a.cpu(),
+                age_before=float(b),
+                age_after=float(b + s * (t - b)),
+                age_target=float(t),
+                clamped=bool(c),
+                strength=float(s),
+            )
+            for f, a, b, t, c, s in zip(faces, after, reading.ages, target, clamped, strength)
+        ]
 
     def _moved(self, faces: torch.Tensor, reading: AgeReading, target: np.ndarray) -> torch.Tensor:
         """The faces taken to `target` ages along the trajectory, with the colour and gamut controls."""
@@ -307,8 +335,14 @@ class AgeEditor:
         guard = self.settings.get(GUARD_KEY)
         return (float(guard["max_bits_per_dim"]), float(guard.get("max_rise_bits_per_dim", 0.0))) if guard else None
 
-    def _guarded(self, faces: torch.Tensor, reading: AgeReading, target: np.ndarray, after: torch.Tensor,
-                 limit: tuple[float, float]) -> tuple[torch.Tensor, np.ndarray]:
+    def _guarded(
+        self,
+        faces: torch.Tensor,
+        reading: AgeReading,
+        target: np.ndarray,
+        after: torch.Tensor,
+        limit: tuple[float, float],
+    ) -> tuple[torch.Tensor, np.ndarray]:
         """The likelihood guard: each edited face less likely under the flow than the `limit` (bits/dim, or
         its original's plus the allowed rise, where that is more) is edited again at a smaller strength,
         found by bisection, until it is within; returns the faces and the strength each got."""
@@ -358,11 +392,13 @@ class AgeEditor:
         if not usable:
             raise FaceTooSmallError(
                 f"The face is too small ({detected[0].size:.0f} px; at least {self.aligner.min_face_size} px "
-                "are needed). Use a closer or larger photo.")
+                "are needed). Use a closer or larger photo."
+            )
         return usable[:1] if faces == "largest" else usable
 
-    def plan_faces(self, image: np.ndarray, faces: str = "all", ages: int = 1, limits: EditLimits | None = None,
-                   scale: float = 1.0) -> FacePlan:
+    def plan_faces(
+        self, image: np.ndarray, faces: str = "all", ages: int = 1, limits: EditLimits | None = None, scale: float = 1.0
+    ) -> FacePlan:
         """The faces to edit, aligned, largest first, and every other face found with why it is not edited:
         too small, implausible as a face under the flow, not asked for, or beyond `limits` for `ages` ages
         with results at `scale` result pixels per photo pixel (0: faces only, no photo)."""
@@ -373,8 +409,11 @@ class AgeEditor:
         skipped: list[SkippedFace] = []
 
         def skip(face: DetectedFace, reason: str) -> None:
-            skipped.append(SkippedFace(box=[float(v) for v in face.box], landmarks=face.landmarks.tolist(),
-                                       score=face.score, reason=reason))
+            skipped.append(
+                SkippedFace(
+                    box=[float(v) for v in face.box], landmarks=face.landmarks.tolist(), score=face.score, reason=reason
+                )
+            )
 
         usable = []
         for face in detected:
@@ -382,7 +421,8 @@ class AgeEditor:
         if not usable:
             raise FaceTooSmallError(
                 f"The face is too small ({detected[0].size:.0f} px; at least {self.aligner.min_face_size} px "
-                "are needed). Use a closer or larger photo.")
+                "are needed). Use a closer or larger photo."
+            )
         if faces == "largest":
             for face in usable[1:]:
                 skip(face, "largest_only")
@@ -391,7 +431,7 @@ class AgeEditor:
         chosen: list[AlignedFace] = []
         spent = 0
         for start in range(0, len(usable), limits.max_faces):  # align and rate only what may be edited
-            batch = usable[start:start + limits.max_faces]
+            batch = usable[start : start + limits.max_faces]
             if len(chosen) >= limits.max_faces:
                 for face in batch:
                     skip(face, "face_limit")
@@ -410,8 +450,10 @@ class AgeEditor:
                     chosen.append(one)
                     spent += cost
         if not chosen:
-            raise NoFaceError(f"No face was found in the photo: {len(skipped)} detection(s) did not look like a "
-                              "face to the model. Use a photo where a face is clearly visible.")
+            raise NoFaceError(
+                f"No face was found in the photo: {len(skipped)} detection(s) did not look like a "
+                "face to the model. Use a photo where a face is clearly visible."
+            )
         return FacePlan(aligned=chosen, skipped=skipped)
 
     def paste_pixels(self, aligned: AlignedFace, shape: tuple[int, ...], scale: float) -> int:
@@ -435,15 +477,35 @@ class AgeEditor:
         return after.mul(255).round().byte().permute(1, 2, 0).numpy()
 
     @torch.no_grad()
-    def age_photo(self, image: np.ndarray, years=None, target_age=None, faces: str = "all",
-                  limits: EditLimits | None = None, photo_pixels: int | None = None) -> PhotoResult:
+    def age_photo(
+        self,
+        image: np.ndarray,
+        years=None,
+        target_age=None,
+        faces: str = "all",
+        limits: EditLimits | None = None,
+        photo_pixels: int | None = None,
+    ) -> PhotoResult:
         """The photo with every chosen face aged; everything outside the faces stays as it was."""
-        return self.age_photo_series(image, [target_age] if target_age is not None else None,
-                                     years=years, faces=faces, limits=limits, photo_pixels=photo_pixels)[0]
+        return self.age_photo_series(
+            image,
+            [target_age] if target_age is not None else None,
+            years=years,
+            faces=faces,
+            limits=limits,
+            photo_pixels=photo_pixels,
+        )[0]
 
     @torch.no_grad()
-    def age_photo_series(self, image: np.ndarray, target_ages=None, years=None, faces: str = "all",
-                         limits: EditLimits | None = None, photo_pixels: int | None = None) -> list[PhotoResult]:
+    def age_photo_series(
+        self,
+        image: np.ndarray,
+        target_ages=None,
+        years=None,
+        faces: str = "all",
+        limits: EditLimits | None = None,
+        photo_pixels: int | None = None,
+    ) -> list[PhotoResult]:
         """One result per target age (or one for `years`), sharing detection, alignment and encoding.
 
         `photo_pixels`: None gives each result at the photo's size; a number, the photo scaled down to at
@@ -472,23 +534,36 @@ class AgeEditor:
                 change = self.work_change(e)
                 if out is not None:
                     paste_in_place(out, moved, change)
-                face_results.append(FaceResult(
-                    box=[float(v) for v in a.face.box], landmarks=a.face.landmarks.tolist(), score=a.face.score,
-                    age_before=e.age_before, age_after=e.age_after, aligned_before=e.before,
-                    aligned_after=e.after, work_after=self.work_after(a, change) if out is None else None,
-                    age_target=e.age_target, clamped=e.clamped, strength=e.strength))
+                face_results.append(
+                    FaceResult(
+                        box=[float(v) for v in a.face.box],
+                        landmarks=a.face.landmarks.tolist(),
+                        score=a.face.score,
+                        age_before=e.age_before,
+                        age_after=e.age_after,
+                        aligned_before=e.before,
+                        aligned_after=e.after,
+                        work_after=self.work_after(a, change) if out is None else None,
+                        age_target=e.age_target,
+                        clamped=e.clamped,
+                        strength=e.strength,
+                    )
+                )
             watch.lap("paste_back")
-            results.append(PhotoResult(image=out, faces=face_results, timings=dict(timings),
-                                       skipped=plan.skipped))
+            results.append(PhotoResult(image=out, faces=face_results, timings=dict(timings), skipped=plan.skipped))
         return results
 
 
 def subset_reading(reading: AgeReading, index: np.ndarray) -> AgeReading:
     """The reading of some of the faces (`index`)."""
     pick = torch.from_numpy(np.asarray(index))
-    return AgeReading(reading.ages[index], [reading.genders[i] for i in index], [reading.races[i] for i in index],
-                      [z[pick.to(z.device)] for z in reading.latents],
-                      [None if c is None else c[pick.to(c.device)] for c in reading.contexts])
+    return AgeReading(
+        reading.ages[index],
+        [reading.genders[i] for i in index],
+        [reading.races[i] for i in index],
+        [z[pick.to(z.device)] for z in reading.latents],
+        [None if c is None else c[pick.to(c.device)] for c in reading.contexts],
+    )
 
 
 def result_canvas(image: np.ndarray, photo_pixels: int | None) -> tuple[np.ndarray | None, np.ndarray]:
@@ -516,8 +591,9 @@ def compose(matrix: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return out
 
 
-def paste_in_place(photo: np.ndarray, aligned: AlignedFace, change: torch.Tensor,
-                   strip_pixels: int = PASTE_STRIP_PIXELS) -> None:
+def paste_in_place(
+    photo: np.ndarray, aligned: AlignedFace, change: torch.Tensor, strip_pixels: int = PASTE_STRIP_PIXELS
+) -> None:
     """paste_back into `photo` itself, a strip of rows at a time, so that its float copies stay small."""
     side = change.shape[-1]
     height, width = photo.shape[:2]
@@ -526,7 +602,6 @@ def paste_in_place(photo: np.ndarray, aligned: AlignedFace, change: torch.Tensor
         return
     rows = max(1, strip_pixels // (x1 - x0))
     for top in range(y0, y1, rows):
-        region = photo[top:top + rows, x0:x1]
+        region = photo[top : top + rows, x0:x1]
         shift = np.array([[1.0, 0, x0], [0, 1.0, top]])
-        region[...] = paste_back(region, AlignedFace(face=aligned.face, matrix=compose(aligned.matrix, shift)),
-                                 change)
+        region[...] = paste_back(region, AlignedFace(face=aligned.face, matrix=compose(aligned.matrix, shift)), change)

@@ -6,6 +6,7 @@ more than its original's plus the real faces' spread (that percentile less their
 `python -m model.guard --weights weights --data data/faces-loose` measures the real faces and writes
 `likelihood_guard` into weights/editor.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,19 @@ from model.editor import EDITOR_CONFIG, GUARD_KEY
 def heldout_bits(editor, faces, count: int, seed: int = 0, batch: int = 100) -> np.ndarray:
     """Bits/dim of `count` held-out faces (a FaceSet) chosen at random, as the editor measures edited ones."""
     index = np.sort(np.random.default_rng(seed).choice(len(faces), min(count, len(faces)), replace=False))
-    return np.concatenate([editor.bits_per_dim(faces.batch(index[i:i + batch])) for i in range(0, len(index), batch)])
+    return np.concatenate([editor.bits_per_dim(faces.batch(index[i : i + batch])) for i in range(0, len(index), batch)])
 
 
 def guard_settings(bits: np.ndarray, percentile: float, data: str) -> dict:
     median, limit = float(np.median(bits)), float(np.percentile(bits, percentile))
-    return {"max_bits_per_dim": round(limit, 4), "max_rise_bits_per_dim": round(limit - median, 4),
-            "percentile": percentile,
-            "heldout_median_bits_per_dim": round(median, 4), "heldout_faces": int(len(bits)), "data": data}
+    return {
+        "max_bits_per_dim": round(limit, 4),
+        "max_rise_bits_per_dim": round(limit - median, 4),
+        "percentile": percentile,
+        "heldout_median_bits_per_dim": round(median, 4),
+        "heldout_faces": int(len(bits)),
+        "data": data,
+    }
 
 
 def main(argv=None) -> None:
@@ -47,15 +53,16 @@ def main(argv=None) -> None:
     torch.set_flush_denormal(True)
     editor = AgeEditor.from_dir(args.weights)
     heldout = load_faces(args.data, editor.resolution, "heldout")
-    settings = guard_settings(heldout_bits(editor, heldout, args.faces), args.percentile,
-                              f"{args.data} split heldout")
+    settings = guard_settings(heldout_bits(editor, heldout, args.faces), args.percentile, f"{args.data} split heldout")
     path = args.weights / EDITOR_CONFIG
     config = json.loads(path.read_text()) if path.exists() else {}  # read just before writing: shared file
     config[GUARD_KEY] = settings
     path.write_text(json.dumps(config, indent=2) + "\n")
-    print(f"real held-out faces: median {settings['heldout_median_bits_per_dim']} bits/dim, "
-          f"{args.percentile:g}th percentile {settings['max_bits_per_dim']} ({settings['heldout_faces']} faces); "
-          f"wrote {GUARD_KEY} into {path}")
+    print(
+        f"real held-out faces: median {settings['heldout_median_bits_per_dim']} bits/dim, "
+        f"{args.percentile:g}th percentile {settings['max_bits_per_dim']} ({settings['heldout_faces']} faces); "
+        f"wrote {GUARD_KEY} into {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Saved as `age_transport.safetensors` (tensors only) beside `age_transport.json` 
 trained); the current age is read as the post-hoc trajectory reads it (`age_posthoc.safetensors`).
 Train with `python -m model.transport --weights weights --data data/faces-loose --cache data/transport`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,9 +47,15 @@ def transport_condition(age_knots, ages, genders=None, races=None) -> torch.Tens
     and ethnicity (uniform where unknown, as the service reads faces)."""
     ages_t = torch.as_tensor(np.asarray(ages, np.float64), dtype=torch.float32).reshape(-1)
     n = len(ages_t)
-    return torch.cat([((ages_t - AGE_CENTRE) / AGE_SCALE)[:, None], age_weights(ages_t, tuple(age_knots)),
-                      one_hot(list(genders) if genders is not None else [None] * n, GENDERS),
-                      one_hot(list(races) if races is not None else [None] * n, RACES)], 1)
+    return torch.cat(
+        [
+            ((ages_t - AGE_CENTRE) / AGE_SCALE)[:, None],
+            age_weights(ages_t, tuple(age_knots)),
+            one_hot(list(genders) if genders is not None else [None] * n, GENDERS),
+            one_hot(list(races) if races is not None else [None] * n, RACES),
+        ],
+        1,
+    )
 
 
 def condition_size(age_knots) -> int:
@@ -67,8 +74,13 @@ class ConditionalCoupling(nn.Module):
         self.register_buffer("inverse_perm", torch.argsort(perm))
         self.half = dim // 2
         self.max_log_scale = max_log_scale
-        self.net = nn.Sequential(nn.Linear(self.half + cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
-                                 nn.SiLU(), nn.Linear(hidden, 2 * (dim - self.half)))
+        self.net = nn.Sequential(
+            nn.Linear(self.half + cond_dim, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, 2 * (dim - self.half)),
+        )
         nn.init.zeros_(self.net[-1].weight)  # starts as the identity
         nn.init.zeros_(self.net[-1].bias)
 
@@ -78,12 +90,12 @@ class ConditionalCoupling(nn.Module):
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x[:, self.perm]
-        kept, moved = x[:, :self.half], x[:, self.half:]
+        kept, moved = x[:, : self.half], x[:, self.half :]
         log_scale, shift = self._scale_shift(kept, condition)
         return torch.cat([kept, moved * torch.exp(log_scale) + shift], 1), log_scale.sum(1)
 
     def inverse(self, y: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kept, moved = y[:, :self.half], y[:, self.half:]
+        kept, moved = y[:, : self.half], y[:, self.half :]
         log_scale, shift = self._scale_shift(kept, condition)
         x = torch.cat([kept, (moved - shift) * torch.exp(-log_scale)], 1)
         return x[:, self.inverse_perm], -log_scale.sum(1)
@@ -96,8 +108,9 @@ class AgeTransport(nn.Module):
         super().__init__()
         self.rank, self.age_knots, self.blocks, self.hidden = rank, tuple(age_knots), blocks, hidden
         cond_dim = condition_size(self.age_knots)
-        self.couplings = nn.ModuleList(ConditionalCoupling(rank, cond_dim, hidden, seed=block)
-                                       for block in range(blocks))
+        self.couplings = nn.ModuleList(
+            ConditionalCoupling(rank, cond_dim, hidden, seed=block) for block in range(blocks)
+        )
         self.register_buffer("feature_std", torch.ones(rank))  # the vectors' spread, set before training
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +161,7 @@ def split_coarse(coarse: torch.Tensor, latents: list[torch.Tensor]) -> dict[int,
     out, offset = {}, 0
     for level in COARSE_LEVELS:
         size = latents[level][0].numel()
-        out[level] = coarse[:, offset:offset + size].reshape(latents[level].shape)
+        out[level] = coarse[:, offset : offset + size].reshape(latents[level].shape)
         offset += size
     return out
 
@@ -160,8 +173,16 @@ class TransportTrajectory(PosthocTrajectory):
 
     name = "transport"
 
-    def __init__(self, flow: Glow, tensors: dict[str, torch.Tensor], transport: AgeTransport, basis: LatentBasis,
-                 level_strengths=None, age_range=(1.0, 90.0), keep_skin_tone=True) -> None:
+    def __init__(
+        self,
+        flow: Glow,
+        tensors: dict[str, torch.Tensor],
+        transport: AgeTransport,
+        basis: LatentBasis,
+        level_strengths=None,
+        age_range=(1.0, 90.0),
+        keep_skin_tone=True,
+    ) -> None:
         super().__init__(flow, tensors, level_strengths, age_range, keep_skin_tone, details="carried")
         self.transport = transport.eval()
         self.basis = basis
@@ -179,8 +200,10 @@ class TransportTrajectory(PosthocTrajectory):
         for level in COARSE_LEVELS:
             per_level = self.basis.moved(coarse, change * self.level_strengths[level])
             moved[level] = split_coarse(per_level, latents)[level]
-        current, aim = (condition_vector(flow.config, ages).to(faces.device) if flow.config.conditional else None
-                        for ages in (reading.ages, target_ages))
+        current, aim = (
+            condition_vector(flow.config, ages).to(faces.device) if flow.config.conditional else None
+            for ages in (reading.ages, target_ages)
+        )
         fine = flow.standardize_latents(latents[:1], reading.contexts[:1], current)[0]
         prior, strength = flow.priors[0], self.level_strengths[0]
 
@@ -199,8 +222,14 @@ def save_transport(folder: Path, transport: AgeTransport, basis: LatentBasis, fa
     tensors = {f"transport.{k}": v for k, v in transport.state_dict().items()}
     tensors.update({"basis.mean": basis.mean, "basis.std": basis.std, "basis.basis": basis.basis.half()})
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / TRANSPORT_WEIGHTS))
-    config = {"rank": transport.rank, "blocks": transport.blocks, "hidden": transport.hidden,
-              "age_knots": list(transport.age_knots), "coarse_levels": list(COARSE_LEVELS), **facts}
+    config = {
+        "rank": transport.rank,
+        "blocks": transport.blocks,
+        "hidden": transport.hidden,
+        "age_knots": list(transport.age_knots),
+        "coarse_levels": list(COARSE_LEVELS),
+        **facts,
+    }
     (folder / TRANSPORT_CONFIG).write_text(json.dumps(config, indent=2))
 
 
@@ -209,19 +238,20 @@ def load_transport(folder: Path, device: str | torch.device = "cpu") -> tuple[Ag
     config = json.loads((folder / TRANSPORT_CONFIG).read_text())
     tensors = load_file(str(folder / TRANSPORT_WEIGHTS), device=str(device))
     transport = AgeTransport(config["rank"], config["age_knots"], config["blocks"], config["hidden"]).to(device)
-    transport.load_state_dict({k[len("transport."):]: v for k, v in tensors.items() if k.startswith("transport.")})
+    transport.load_state_dict({k[len("transport.") :]: v for k, v in tensors.items() if k.startswith("transport.")})
     basis = LatentBasis(tensors["basis.mean"], tensors["basis.std"], tensors["basis.basis"])
     return transport.eval(), basis
 
 
 # ---- fitting ----------------------------------------------------------------------------------------
-def fit_basis(coarse: torch.Tensor, ages: np.ndarray, rank: int, age_directions: int = 8,
-              bin_years: float = 5.0) -> LatentBasis:
+def fit_basis(
+    coarse: torch.Tensor, ages: np.ndarray, rank: int, age_directions: int = 8, bin_years: float = 5.0
+) -> LatentBasis:
     """Age-mean directions first (the SVD of the per-age-bin means of the standardized latents), then the
     principal components of what is left, `rank` in all, orthonormal."""
     mean = coarse.double().mean(0)
     std = coarse.double().std(0) + 1e-6
-    x = ((coarse.double() - mean) / std)
+    x = (coarse.double() - mean) / std
     bins = (np.asarray(ages) // bin_years).astype(int)
     means = torch.stack([x[torch.from_numpy(bins == b)].mean(0) for b in np.unique(bins)])
     _, _, vh = torch.linalg.svd(means - means.mean(0), full_matrices=False)
@@ -229,14 +259,27 @@ def fit_basis(coarse: torch.Tensor, ages: np.ndarray, rank: int, age_directions:
     rest = x - (x @ age_dirs) @ age_dirs.T
     sample = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(0))[:8000]]
     _, _, vh_rest = torch.linalg.svd(sample, full_matrices=False)
-    basis, _ = torch.linalg.qr(torch.cat([age_dirs, vh_rest[:rank - age_directions].T], 1))
+    basis, _ = torch.linalg.qr(torch.cat([age_dirs, vh_rest[: rank - age_directions].T], 1))
     return LatentBasis(mean.float(), std.float(), basis.float())
 
 
-def train_transport(x: torch.Tensor, ages: np.ndarray, genders, races, age_knots, steps: int = 3000,
-                    batch: int = 256, lr: float = 1e-3, adversary_weight: float = 1.0, unknown_share: float = 0.5,
-                    blocks: int = 6, hidden: int = 192, seed: int = 0, log=print,
-                    heldout: tuple | None = None) -> tuple[AgeTransport, list[dict]]:
+def train_transport(
+    x: torch.Tensor,
+    ages: np.ndarray,
+    genders,
+    races,
+    age_knots,
+    steps: int = 3000,
+    batch: int = 256,
+    lr: float = 1e-3,
+    adversary_weight: float = 1.0,
+    unknown_share: float = 0.5,
+    blocks: int = 6,
+    hidden: int = 192,
+    seed: int = 0,
+    log=print,
+    heldout: tuple | None = None,
+) -> tuple[AgeTransport, list[dict]]:
     """Maximum likelihood of the vectors `x` under their labels, plus an adversary: an age head trained on
     the base variable u, and a penalty on the transport (times `adversary_weight`) for the share of age's
     variance the head explains, so that u carries no age. (The penalty stops at zero explained variance: a
@@ -274,9 +317,12 @@ def train_transport(x: torch.Tensor, ages: np.ndarray, genders, races, age_knots
         optimizer.step()
         schedule.step()
         if log and (step % 500 == 0 or step == steps - 1):
-            row = {"step": step, "nll": round(float(nll.mean()), 4),
-                   "age_explained_by_head": round(float(explained.detach()), 4),
-                   "seconds": round(time.perf_counter() - started, 1)}
+            row = {
+                "step": step,
+                "nll": round(float(nll.mean()), 4),
+                "age_explained_by_head": round(float(explained.detach()), 4),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
             if heldout is not None:
                 row.update(evaluate_transport(transport, *heldout))
             history.append(row)
@@ -341,9 +387,14 @@ def age_balanced_choice(ages: np.ndarray, n: int, bin_years: float = 5.0, seed: 
 def subset(faces, index: np.ndarray):
     from model.data import FaceSet
 
-    return FaceSet(faces.images[index], faces.ages[index], [faces.genders[i] for i in index],
-                   [faces.races[i] for i in index], [faces.files[i] for i in index],
-                   [faces.sources[i] for i in index] if faces.sources else [])
+    return FaceSet(
+        faces.images[index],
+        faces.ages[index],
+        [faces.genders[i] for i in index],
+        [faces.races[i] for i in index],
+        [faces.files[i] for i in index],
+        [faces.sources[i] for i in index] if faces.sources else [],
+    )
 
 
 def file_digest(path: Path) -> str:
@@ -370,8 +421,12 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, default=Path("data/faces-loose"))
     parser.add_argument("--cache", type=Path, default=Path("data/transport"))
     parser.add_argument("--out", type=Path, default=None, help="where to write age_transport.* (default --weights)")
-    parser.add_argument("--train-faces", type=int, default=12000,
-                        help="train faces to encode, rare ages favoured (0: all; encoding is the slow part)")
+    parser.add_argument(
+        "--train-faces",
+        type=int,
+        default=12000,
+        help="train faces to encode, rare ages favoured (0: all; encoding is the slow part)",
+    )
     parser.add_argument("--rank", type=int, default=8, help="directions of the coarse latents the transport moves")
     parser.add_argument("--blocks", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=192)
@@ -386,9 +441,11 @@ def main(argv=None) -> None:
     out = args.out or args.weights
     flow = load_flow(args.weights).eval()
     digest = file_digest(args.weights / WEIGHTS)
-    train, heldout = load_faces(args.data, flow.config.resolution, "train"), load_faces(args.data,
-                                                                                         flow.config.resolution,
-                                                                                         "heldout")
+    train, heldout = (
+        load_faces(args.data, flow.config.resolution, "train"),
+        load_faces(args.data, flow.config.resolution, "heldout"),
+    )
+    all_train = len(train)
     if 0 < args.train_faces < len(train):
         train = subset(train, age_balanced_choice(train.ages, args.train_faces))
     started = time.perf_counter()
@@ -399,14 +456,27 @@ def main(argv=None) -> None:
     x, x_heldout = basis.vectors(coarse), basis.vectors(coarse_heldout)
     knots = flow.config.age_knots
     started = time.perf_counter()
-    transport, history = train_transport(x, train.ages, train.genders, train.races, knots, steps=args.steps,
-                                         adversary_weight=args.adversary_weight, blocks=args.blocks,
-                                         hidden=args.hidden,
-                                         heldout=(x_heldout, heldout.ages, heldout.genders, heldout.races))
-    facts = {"trained_on": f"{args.data} split train ({len(train)} faces)", "flow_sha256": digest,
-             "steps": args.steps, "adversary_weight": args.adversary_weight,
-             "train_seconds": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads(),
-             "heldout": history[-1]}
+    transport, history = train_transport(
+        x,
+        train.ages,
+        train.genders,
+        train.races,
+        knots,
+        steps=args.steps,
+        adversary_weight=args.adversary_weight,
+        blocks=args.blocks,
+        hidden=args.hidden,
+        heldout=(x_heldout, heldout.ages, heldout.genders, heldout.races),
+    )
+    facts = {
+        "trained_on": f"{args.data} split train: {len(train)} of {all_train} faces, drawn age-balanced",
+        "flow_sha256": digest,
+        "steps": args.steps,
+        "adversary_weight": args.adversary_weight,
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "torch_threads": torch.get_num_threads(),
+        "heldout": history[-1],
+    }
     out.mkdir(parents=True, exist_ok=True)
     save_transport(out, transport, basis, facts)
     print(f"wrote {out / TRANSPORT_WEIGHTS} and {out / TRANSPORT_CONFIG}")
@@ -415,8 +485,15 @@ def main(argv=None) -> None:
             raise SystemExit(f"{out} has no {POSTHOC_WEIGHTS} to read ages with")
         old = json.loads((out / TRAJECTORY).read_text()) if (out / TRAJECTORY).exists() else {}
         strengths = [float(s) for s in args.level_strengths.split(",")]
-        trajectory = TransportTrajectory(flow, load_file(str(out / POSTHOC_WEIGHTS)), transport, basis, strengths,
-                                         old.get("age_range", (1.0, 90.0)), old.get("keep_skin_tone", True))
+        trajectory = TransportTrajectory(
+            flow,
+            load_file(str(out / POSTHOC_WEIGHTS)),
+            transport,
+            basis,
+            strengths,
+            old.get("age_range", (1.0, 90.0)),
+            old.get("keep_skin_tone", True),
+        )
         save_trajectory(out, trajectory)
 
 

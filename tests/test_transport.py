@@ -3,6 +3,7 @@
 The transport is trained for real on vectors whose age is known: one coordinate follows age, one is the
 person's own trait; a small flow whose priors have small random weights stands in for the face flow.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -41,8 +42,9 @@ def vectors(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
 @pytest.fixture(scope="module")
 def trained():
     x, ages = vectors(3000, seed=0)
-    transport, history = train_transport(x, ages, ["female"] * len(ages), [None] * len(ages), KNOTS, steps=800,
-                                         batch=128, blocks=4, hidden=32, log=None)
+    transport, history = train_transport(
+        x, ages, ["female"] * len(ages), [None] * len(ages), KNOTS, steps=800, batch=128, blocks=4, hidden=32, log=None
+    )
     return transport
 
 
@@ -58,7 +60,7 @@ def test_a_coupling_inverts_and_its_logdet_is_the_log_jacobian():
     torch.testing.assert_close(back, x)
     torch.testing.assert_close(logdet + inverse_logdet, torch.zeros(4, dtype=torch.float64))
     for i in range(4):
-        jacobian = torch.autograd.functional.jacobian(lambda v: coupling(v[None], c[i:i + 1])[0][0], x[i])
+        jacobian = torch.autograd.functional.jacobian(lambda v: coupling(v[None], c[i : i + 1])[0][0], x[i])
         torch.testing.assert_close(logdet[i], torch.linalg.slogdet(jacobian)[1])
 
 
@@ -122,12 +124,26 @@ def trajectory(flow) -> TransportTrajectory:
         coarse = coarse_latents(flow.encode(train))
     basis = fit_basis(coarse, ages, rank=12, age_directions=3)
     basis = LatentBasis(basis.mean, basis.std, basis.basis.half().float())  # as saved
-    transport, _ = train_transport(basis.vectors(coarse), ages, [None] * 80, [None] * 80, flow.config.age_knots,
-                                   steps=100, batch=32, blocks=2, hidden=16, log=None)
+    transport, _ = train_transport(
+        basis.vectors(coarse),
+        ages,
+        [None] * 80,
+        [None] * 80,
+        flow.config.age_knots,
+        steps=100,
+        batch=32,
+        blocks=2,
+        hidden=16,
+        log=None,
+    )
     dim = sum(int(np.prod(shape)) for shape in flow.latent_shapes())
     generator = torch.Generator().manual_seed(6)
-    tensors = {"latent_mean": torch.zeros(dim), "latent_std": torch.ones(dim),
-               "age_weights": 0.01 * torch.randn(dim, generator=generator), "age_bias": torch.tensor([35.0])}
+    tensors = {
+        "latent_mean": torch.zeros(dim),
+        "latent_std": torch.ones(dim),
+        "age_weights": 0.01 * torch.randn(dim, generator=generator),
+        "age_bias": torch.tensor([35.0]),
+    }
     return TransportTrajectory(flow, tensors, transport, basis, [1.0, 1.0, 1.0], keep_skin_tone=False)
 
 
