@@ -46,12 +46,13 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
 
 from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory, fit_posthoc, reduce_rank
-from model.align import crop_grid, face_mask
+from model.align import face_grid, face_mask, reframe, to_loose_matrix
 from model.checkpoint import WEIGHTS, load_flow
 from model.data import FaceSet, load_faces
 from model.editor import EDITOR_CONFIG, GUARD_KEY, AgeEditor, blur
 from model.flow.glow import Glow
-from model.transport import TransportTrajectory, load_transport
+from model.heads import HEADS_FILE, load_heads
+from model.transport import TransportTrajectory, load_transport, subset
 
 METHODS = (ConditionalPriorTrajectory.name, PosthocTrajectory.name, TransportTrajectory.name)
 OLDER, YOUNGER = 30.0, -25.0
@@ -238,6 +239,12 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp.replace(path)
 
 
+def data_framing(data: Path) -> str:
+    """The framing a prepared face set was cut in (its report.json; loose when it does not say)."""
+    report = data / "report.json"
+    return str(json.loads(report.read_text()).get("framing", "loose")) if report.exists() else "loose"
+
+
 def data_fingerprint(data: Path) -> str:
     return hashlib.sha256((data / "labels.csv").read_bytes()).hexdigest()[:16]
 
@@ -320,9 +327,11 @@ def build_editor(
     details: str,
     transport: Path | None = None,
     guard: bool = False,
+    reading: str = "heads",
 ) -> AgeEditor:
     """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
-    likelihood guard of weights/editor.json."""
+    likelihood guard of weights/editor.json; `reading`: "heads" reads the current age with the flow's
+    supervised heads where the weights have them, "fit" always with the post-hoc fit."""
     if method == TransportTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)
@@ -333,9 +342,12 @@ def build_editor(
         )
     else:
         trajectory = ConditionalPriorTrajectory(flow, strengths)
-    settings = {}
+    shipped = json.loads((weights / EDITOR_CONFIG).read_text()) if (weights / EDITOR_CONFIG).exists() else {}
+    settings: dict = {"model": {"framing": shipped.get("model", {}).get("framing", "loose")}}
     if guard:
-        settings[GUARD_KEY] = json.loads((weights / EDITOR_CONFIG).read_text())[GUARD_KEY]
+        settings[GUARD_KEY] = shipped[GUARD_KEY]
+    if reading == "heads" and (weights / HEADS_FILE).exists():
+        trajectory.heads = load_heads(weights / HEADS_FILE)
     # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
     return AgeEditor(ReadingOnce(trajectory), settings, work_size=CROP_SIDE)
 
@@ -369,10 +381,12 @@ class EditRun:
 
 @torch.no_grad()
 def run_edits(
-    editor: AgeEditor, faces: torch.Tensor, crops: np.ndarray, steps: dict[str, dict]
+    editor: AgeEditor, faces: torch.Tensor, crops: np.ndarray, steps: dict[str, dict], view: str = "loose"
 ) -> tuple[dict[str, EditRun], np.ndarray]:
-    """Every named edit (keyword arguments of `AgeEditor.edit`) of every face, and the editor's age readings."""
-    mask = face_mask(CROP_SIDE)
+    """Every named edit (keyword arguments of `AgeEditor.edit`) of every face, and the editor's age readings.
+    `crops`: the 128 px crops of framing `view` that the judges see; an editor of another framing has its
+    change resampled into them."""
+    mask = face_mask(CROP_SIDE, editor.framing)
     parts: dict[str, list[EditRun]] = {name: [] for name in steps}
     readings = []
     for start in range(0, len(faces), EDIT_BATCH):
@@ -380,7 +394,10 @@ def run_edits(
         readings.append(editor.estimate_age(batch))
         for name, step in steps.items():
             edits = editor.edit(batch, **step)
-            change = torch.stack([editor.work_change(e) * mask for e in edits]).permute(0, 2, 3, 1).numpy()
+            change = torch.stack([editor.work_change(e) * mask for e in edits])
+            if editor.framing != view:
+                change = reframe(change, editor.framing, view, CROP_SIDE)
+            change = change.permute(0, 2, 3, 1).numpy()
             shown = np.clip(np.rint(batch_crops + 255.0 * change), 0, 255).astype(np.uint8)
             parts[name].append(
                 EditRun(
@@ -405,15 +422,22 @@ def run_edits(
 
 
 # ---- identity, skin tone, stability -----------------------------------------------------------------
-class FaceDescriptors:
-    """dlib's 128-d face-recognition descriptors of aligned crops."""
+def box_in(box: tuple[float, float, float, float], framing: str) -> tuple[float, float, float, float]:
+    """A box (x0, y0, x1, y1) drawn in the loose framing's unit crop, in the unit crop of `framing`."""
+    m = np.linalg.inv(to_loose_matrix(framing))
+    (x0, y0), (x1, y1) = ((m[:2, :2] @ np.array(p) + m[:2, 2]) for p in (box[:2], box[2:]))
+    return float(x0), float(y0), float(x1), float(y1)
 
-    def __init__(self) -> None:
+
+class FaceDescriptors:
+    """dlib's 128-d face-recognition descriptors of aligned crops of `framing`."""
+
+    def __init__(self, framing: str = "loose") -> None:
         # located without importing the package, whose __init__ needs pkg_resources (gone from setuptools)
         models = Path(importlib.util.find_spec("face_recognition_models").submodule_search_locations[0]) / "models"
         self.landmarks = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
         self.network = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
-        self.box = dlib.rectangle(*(int(round(v * DLIB_SIDE)) for v in DLIB_FACE_BOX))
+        self.box = dlib.rectangle(*(int(round(v * DLIB_SIDE)) for v in box_in(DLIB_FACE_BOX, framing)))
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         out = []
@@ -433,26 +457,26 @@ def identity(a: np.ndarray, b: np.ndarray) -> dict:
     }
 
 
-def grain(changes: torch.Tensor) -> float:
-    """Mean absolute high-frequency part of N x 3 x S x S changes over the face mask (the change less its
-    Gaussian blur of 1 px): how much grid and blotch an edit adds."""
-    mask = face_mask(changes.shape[-1])
+def grain(changes: torch.Tensor, framing: str = "loose") -> float:
+    """Mean absolute high-frequency part of N x 3 x S x S changes (of crops of `framing`) over the face mask
+    (the change less its Gaussian blur of 1 px): how much grid and blotch an edit adds."""
+    mask = face_mask(changes.shape[-1], framing)
     detail = (changes - blur(changes, 1.0)).abs().mean(1)
     return float(((detail * mask).sum((1, 2)) / mask.sum()).mean())
 
 
-def central_face(side: int) -> np.ndarray:
-    """Cheeks, eyes, nose and mouth of an aligned crop: side x side booleans."""
-    ys, xs = crop_grid(side)
+def central_face(side: int, framing: str = "loose") -> np.ndarray:
+    """Cheeks, eyes, nose and mouth of an aligned crop of `framing`: side x side booleans."""
+    ys, xs = face_grid(side, framing)
     return ((((xs - 0.5) / 0.2) ** 2 + ((ys - 0.6) / 0.2) ** 2) <= 1.0).numpy()
 
 
-def patch_shares(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+def patch_shares(before: np.ndarray, after: np.ndarray, framing: str = "loose") -> np.ndarray:
     """Per face (N x S x S x 3 uint8 each), the share of the central face where the lightness change,
     blurred by 2 px, departs from its median over the central face by more than 12 L*."""
     change = cielab(after.astype(np.float64) / 255.0)[..., 0] - cielab(before.astype(np.float64) / 255.0)[..., 0]
     smooth = blur(torch.from_numpy(change).float()[:, None], PATCH_BLUR)[:, 0].numpy()
-    region = central_face(before.shape[1])
+    region = central_face(before.shape[1], framing)
     inside = smooth[:, region]
     return (np.abs(inside - np.median(inside, 1, keepdims=True)) > PATCH_LIGHTNESS).mean(1)
 
@@ -483,12 +507,12 @@ def cielab(rgb: np.ndarray) -> np.ndarray:
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
-def skin_colour(crops: np.ndarray) -> np.ndarray:
-    """Mean CIELab of the cheek patches of N x S x S x 3 uint8 crops: N x 3."""
+def skin_colour(crops: np.ndarray, framing: str = "loose") -> np.ndarray:
+    """Mean CIELab of the cheek patches of N x S x S x 3 uint8 crops of `framing`: N x 3."""
     side = crops.shape[1]
     pixels = []
     for patch in SKIN_PATCHES:
-        x0, y0, x1, y1 = (int(round(v * side)) for v in patch)
+        x0, y0, x1, y1 = (int(round(v * side)) for v in box_in(patch, framing))
         pixels.append(crops[:, y0:y1, x0:x1].reshape(len(crops), -1, 3))
     return cielab(np.concatenate(pixels, 1).astype(np.float64) / 255.0).mean(1)
 
@@ -508,9 +532,9 @@ def broken(images: torch.Tensor) -> dict:
 
 
 # ---- figures ----------------------------------------------------------------------------------------
-def sweep_strip(editor: AgeEditor, faces: torch.Tensor, crops: np.ndarray) -> list[np.ndarray]:
+def sweep_strip(editor: AgeEditor, faces: torch.Tensor, crops: np.ndarray, view: str) -> list[np.ndarray]:
     """For each target age, the faces at that age as the service shows them."""
-    runs, _ = run_edits(editor, faces, crops, {f"to {t}": dict(target_age=float(t)) for t in TARGET_AGES})
+    runs, _ = run_edits(editor, faces, crops, {f"to {t}": dict(target_age=float(t)) for t in TARGET_AGES}, view)
     return [run.shown for run in runs.values()]
 
 
@@ -539,14 +563,14 @@ def grid_image(blocks: list[tuple[str, list[str], list[np.ndarray]]], row_labels
 
 
 def write_figures(
-    folder: Path, editors: list[tuple[str, AgeEditor]], faces: FaceSet, crops: FaceSet, seed: int
+    folder: Path, editors: list[tuple[str, AgeEditor]], faces: FaceSet, crops: FaceSet, seed: int, view: str
 ) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     rows = figure_faces(faces, seed)
     faces64, crops128 = faces.batch(rows), crops.images[rows]
     row_labels = [f"{faces.ages[i]:.0f} {faces.genders[i][0].upper()} {faces.races[i] or ''}".strip() for i in rows]
     targets = [f"to {t}" for t in TARGET_AGES]
-    strips = [(label, sweep_strip(editor, faces64, crops128)) for label, editor in editors]
+    strips = [(label, sweep_strip(editor, faces64, crops128, view)) for label, editor in editors]
     original = ("held-out", ["photo"], [list(crops128)])
     main_label, main_strip = strips[0]
     sweep = grid_image([original, (main_label, targets, main_strip)], row_labels)
@@ -594,10 +618,20 @@ def evaluate(args: argparse.Namespace) -> dict:
         timings[stage] = round(now - clock[0], 1)
         clock[0] = now
 
-    estimator, estimator_meta = load_or_train_estimator(args.estimator, args.data, args.estimator_epochs)
-    heldout, heldout128 = load_faces(args.data, 64, "heldout"), load_faces(args.data, CROP_SIDE, "heldout")
+    # the judges see the crops of --view-data (default --data); the editor reads its own framing's crops of
+    # the same photos
+    view_data = args.view_data or args.data
+    view = data_framing(view_data)
+    estimator, estimator_meta = load_or_train_estimator(args.estimator, view_data, args.estimator_epochs)
+    heldout, heldout128 = load_faces(args.data, 64, "heldout"), load_faces(view_data, CROP_SIDE, "heldout")
+    view64 = heldout if view_data == args.data else load_faces(view_data, 64, "heldout")
+    if view_data != args.data:
+        position = {name: i for i, name in enumerate(view64.files)}
+        shared = np.array([i for i, name in enumerate(heldout.files) if name in position], np.int64)
+        in_view = np.array([position[heldout.files[i]] for i in shared], np.int64)
+        heldout, view64, heldout128 = subset(heldout, shared), subset(view64, in_view), subset(heldout128, in_view)
     mean_age = train_mean_age(args.data)
-    all_ages, all_female = judge(estimator, heldout.images)
+    all_ages, all_female = judge(estimator, view64.images)
     is_female = np.array([g == "female" for g in heldout.genders])
     lap("estimator")
 
@@ -614,6 +648,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         args.details,
         args.transport,
         args.guard,
+        args.reading,
     )
     lap("editor")
 
@@ -626,9 +661,9 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     read_before, female_before = judge(estimator, crops)
     bits_before = editor.bits_per_dim(faces)
-    describe = FaceDescriptors()
+    describe = FaceDescriptors(view)
     descriptors_before = describe(crops)
-    colour_before = skin_colour(crops)
+    colour_before = skin_colour(crops, view)
     firsts, seconds = different_people(genders, args.seed)
     lap("originals")
 
@@ -640,7 +675,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     steps = {name: dict(years=years) for name, years, _ in shift_edits}
     steps.update({f"to {t}": dict(target_age=float(t)) for t in TARGET_AGES})
     steps.update(RANGE_ENDS)
-    runs, latent_ages = run_edits(editor, faces, crops, steps)
+    runs, latent_ages = run_edits(editor, faces, crops, steps, view)
     lap("edits")
 
     edits: dict[str, dict] = {}
@@ -659,9 +694,9 @@ def evaluate(args: argparse.Namespace) -> dict:
             "read_change": summary(change),
             "gender_flips": float(np.mean((female_after > 0.5) != (female_before[idx] > 0.5))),
             "identity": identity(descriptors_before[idx], describe(shown)),
-            "grain": grain(runs[name].after[idx] - faces[idx]),
+            "grain": grain(runs[name].after[idx] - faces[idx], editor.framing),
         }
-        shares = patch_shares(crops[idx], shown)
+        shares = patch_shares(crops[idx], shown, view)
         bits = editor.bits_per_dim(runs[name].after[idx])
         row.update(
             patchy=float(np.mean(shares > PATCH_SHARE)),
@@ -682,7 +717,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             row["goal_met"] = bool(np.mean(change) >= goal if goal > 0 else np.mean(change) <= goal)
             row["share_reaching_goal"] = float(np.mean(reached))
         edits[name] = row
-        shift = skin_colour(shown) - colour_before[idx]
+        shift = skin_colour(shown, view) - colour_before[idx]
         colour[name] = {
             group: {
                 "faces": int(np.sum(members)),
@@ -720,7 +755,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                     build_editor(flow, method, other, args.weights, args.data, args.posthoc_dir, 0, args.details),
                 )
             )
-        figures = write_figures(args.figures, editors, heldout, heldout128, args.seed)
+        figures = write_figures(args.figures, editors, heldout, heldout128, args.seed, view)
         lap("figures")
 
     return {
@@ -735,6 +770,10 @@ def evaluate(args: argparse.Namespace) -> dict:
             "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name else None,
             "level_strengths": strengths,
             "data": str(args.data),
+            "view_data": str(view_data),
+            "view_framing": view,
+            "framing": editor.framing,
+            "reading": args.reading,
             "data_sha256": data_fingerprint(args.data),
             "seed": args.seed,
             "heldout_faces": len(heldout),
@@ -864,6 +903,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, default=Path("weights"), help="flow.safetensors + flow_config.json")
     parser.add_argument("--data", type=Path, default=Path("data/faces"), help="written by `python -m model.prepare`")
+    parser.add_argument(
+        "--view-data",
+        type=Path,
+        default=None,
+        help="the prepared faces whose 128 px crops the judges see (default --data); the edit of each face is "
+        "resampled into them, so that flows of different framings are judged on the same crops of the same faces",
+    )
+    parser.add_argument(
+        "--reading",
+        choices=("heads", "fit"),
+        default="heads",
+        help="read the current age with the flow's supervised heads where it has them, or with the post-hoc fit",
+    )
     parser.add_argument("--method", choices=METHODS, default=ConditionalPriorTrajectory.name)
     parser.add_argument(
         "--level-strengths",

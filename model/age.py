@@ -14,6 +14,9 @@ target ages):
   prior, whose mean and scale follow the edited coarser levels and the target age, so the detail is
   redrawn to suit the older or younger face (plus that level's own share of the path).
 
+Where the flow was trained with supervised heads on its top latent (model.heads, `heads.safetensors` beside
+the weights), those heads read the current age, gender and ethnicity for every trajectory.
+
 `level_strengths` (finest level first) scale how far each level moves, so an edit can leave the finest
 detail, which carries identity, more or less alone.
 """
@@ -30,8 +33,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.condition import PAIRS, age_weights, condition_parts, condition_vector
+from model.config import GENDERS, RACES
 from model.data import FaceSet
 from model.flow.glow import Glow
+from model.heads import HEADS_FILE, LatentHeads, load_heads
 
 TRAJECTORY = "age_trajectory.json"
 POSTHOC_WEIGHTS = "age_posthoc.safetensors"
@@ -51,6 +56,9 @@ class AgeTrajectory:
 
     def __init__(self, flow: Glow, level_strengths=None, age_range=(1.0, 90.0), keep_skin_tone=True) -> None:
         self.flow = flow
+        # the supervised readouts of the top latent, trained with the flow (model.heads); when present, they
+        # read the current age, gender and ethnicity in place of a post-hoc fit
+        self.heads: LatentHeads | None = None
         self.keep_skin_tone = bool(keep_skin_tone)
         n_levels = len(flow.priors)
         self.level_strengths = [float(s) for s in (level_strengths or [1.0] * n_levels)]
@@ -76,6 +84,8 @@ class ConditionalPriorTrajectory(AgeTrajectory):
         flow = self.flow
         device = faces.device
         latents, contexts, _ = flow.flow_forward(faces - 0.5)
+        if self.heads is not None:
+            return heads_reading(self.heads, latents, contexts, self.age_range)
         fine_ages = np.arange(self.age_range[0], self.age_range[1] + 0.5, 1.0)
         ages = np.concatenate([np.asarray(self.coarse_ages, np.float64), fine_ages])
         age_rows, other_rows = condition_parts(flow.config, ages)
@@ -126,6 +136,8 @@ class PosthocTrajectory(AgeTrajectory):
     @torch.no_grad()
     def estimate(self, faces: torch.Tensor) -> AgeReading:
         latents, contexts, _ = self.flow.flow_forward(faces - 0.5)
+        if self.heads is not None:
+            return heads_reading(self.heads, latents, contexts, self.age_range)
         t = self.tensors
         features = (self._flatten(latents) - t["latent_mean"].to(faces.device)) / t["latent_std"].to(faces.device)
         ages = (features @ t["age_weights"].to(faces.device) + t["age_bias"].to(faces.device)).cpu().numpy()
@@ -154,6 +166,18 @@ class PosthocTrajectory(AgeTrajectory):
         )
         eps = flow.standardize_latents(reading.latents, reading.contexts, current)
         return flow.generate(eps, [target] * (len(eps) - 1) + [current], offsets=shifts)
+
+
+def heads_reading(
+    heads: LatentHeads, latents: list[torch.Tensor], contexts: list, age_range: tuple[float, float]
+) -> AgeReading:
+    """The reading of the supervised heads on the top latent: the expected age under the age head (clipped to
+    the age range), the most likely gender and ethnicity."""
+    logits = heads(latents[-1])
+    ages = np.clip(LatentHeads.age_years(logits).cpu().numpy().astype(np.float64), *age_range)
+    genders = [GENDERS[i] for i in logits["gender"].argmax(1).tolist()]
+    races = [RACES[i] for i in logits["race"].argmax(1).tolist()]
+    return AgeReading(ages, genders, races, latents, contexts)
 
 
 def _source_blocks(faces: FaceSet, idx: np.ndarray) -> torch.Tensor:
@@ -311,18 +335,23 @@ def load_trajectory(folder: Path, flow: Glow, settings: dict | None = None) -> A
         "age_range": meta.get("age_range", (1.0, 90.0)),
         "keep_skin_tone": meta.get("keep_skin_tone", True),
     }
+    device = next(flow.parameters()).device
+    trajectory: AgeTrajectory
     if meta["method"] == PosthocTrajectory.name:
-        tensors = load_file(str(folder / POSTHOC_WEIGHTS), device=str(next(flow.parameters()).device))
-        return PosthocTrajectory(flow, tensors, details=meta.get("details", "kept"), **kwargs)
-    if meta["method"] == "transport":
+        tensors = load_file(str(folder / POSTHOC_WEIGHTS), device=str(device))
+        trajectory = PosthocTrajectory(flow, tensors, details=meta.get("details", "kept"), **kwargs)
+    elif meta["method"] == "transport":
         from model.transport import TransportTrajectory, load_transport  # it builds on this module
 
-        device = next(flow.parameters()).device
         tensors = load_file(str(folder / POSTHOC_WEIGHTS), device=str(device))
-        return TransportTrajectory(flow, tensors, *load_transport(folder, device), **kwargs)
-    if not flow.config.conditional:
+        trajectory = TransportTrajectory(flow, tensors, *load_transport(folder, device), **kwargs)
+    elif not flow.config.conditional:
         raise ValueError("an unconditional flow needs a post-hoc age trajectory (age_posthoc.safetensors)")
-    return ConditionalPriorTrajectory(flow, **kwargs)
+    else:
+        trajectory = ConditionalPriorTrajectory(flow, **kwargs)
+    if (folder / HEADS_FILE).exists() and meta.get("reading", "heads") == "heads":
+        trajectory.heads = load_heads(folder / HEADS_FILE, device)
+    return trajectory
 
 
 def latent_age_errors(

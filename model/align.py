@@ -46,6 +46,7 @@ class AlignedFace:
     face: DetectedFace
     matrix: np.ndarray  # 2x3, photo pixels -> unit crop
     crops: dict[int, torch.Tensor] = field(default_factory=dict)  # side -> 3 x side x side, floats in [0, 1]
+    framing: str = "loose"  # the landmark template of FRAMINGS the matrix maps the face onto
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -152,11 +153,56 @@ def crop_grid(side: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.meshgrid(coords, coords, indexing="ij")
 
 
-def face_mask(side: int, feather: float = 0.25) -> torch.Tensor:
-    """A soft elliptical mask over the face and hair in a crop of `side` pixels, 1 inside, 0 at the edges."""
+def face_grid(side: int, framing: str = "loose") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel centres of a crop of `framing`, in the coordinates of the loose framing's unit crop: a region
+    drawn once on the face in those coordinates lands on the same features in every framing."""
     ys, xs = crop_grid(side)
-    # ellipse centred between the eyes and mouth, wide enough for the hair, ending below the chin
-    r = torch.sqrt(((xs - 0.5) / 0.40) ** 2 + ((ys - 0.50) / 0.46) ** 2)
+    if framing == "loose":
+        return ys, xs
+    m = torch.from_numpy(similarity_transform(FRAMINGS[framing], FRAMINGS["loose"])).float()
+    return m[1, 0] * xs + m[1, 1] * ys + m[1, 2], m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+
+
+def to_loose_matrix(framing: str) -> np.ndarray:
+    """The 3x3 map from unit-crop coordinates (x, y) of `framing` to those of the loose framing."""
+    m = np.eye(3)
+    if framing != "loose":
+        m[:2] = similarity_transform(FRAMINGS[framing], FRAMINGS["loose"])
+    return m
+
+
+def reframe(images: torch.Tensor, source: str, target: str, side: int) -> torch.Tensor:
+    """N x C x S x S crops of framing `source` resampled into crops of framing `target`, `side` pixels each
+    (bilinear; zero where the source crop does not reach)."""
+    m = np.linalg.inv(to_loose_matrix(source)) @ to_loose_matrix(target)  # target unit crop -> source unit crop
+    ys, xs = crop_grid(side)
+    m_t = torch.from_numpy(m).float()
+    sx = m_t[0, 0] * xs + m_t[0, 1] * ys + m_t[0, 2]
+    sy = m_t[1, 0] * xs + m_t[1, 1] * ys + m_t[1, 2]
+    grid = torch.stack([sx, sy], -1)[None].expand(len(images), -1, -1, -1) * 2 - 1
+    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def face_scale(framing: str = "loose") -> float:
+    """How many times larger the face is in a crop of `framing` than in a loose crop of the same side."""
+    if framing == "loose":
+        return 1.0
+    m = similarity_transform(FRAMINGS[framing], FRAMINGS["loose"])
+    return float(1.0 / np.sqrt(abs(np.linalg.det(m[:, :2]))))
+
+
+# the paste-back ellipse of each framing, in the crop's own coordinates: x and y radii, centre y, feather.
+# The loose crop holds the face and hair, so the ellipse takes in the hair; the tight crop is the face from
+# brows to chin, so the ellipse fills the crop and fades out at its edges.
+PASTE_ELLIPSES = {"loose": (0.40, 0.46, 0.50, 0.25), "tight": (0.48, 0.48, 0.50, 0.30)}
+
+
+def face_mask(side: int, framing: str = "loose") -> torch.Tensor:
+    """The paste-back mask of a crop of `side` pixels: a soft ellipse over the face, 1 inside, 0 at the
+    crop's edges, so that an edit fades into the untouched photo."""
+    ys, xs = crop_grid(side)
+    rx, ry, cy, feather = PASTE_ELLIPSES[framing]
+    r = torch.sqrt(((xs - 0.5) / rx) ** 2 + ((ys - cy) / ry) ** 2)
     t = ((1.0 - r) / feather).clamp(0, 1)
     return t * t * (3 - 2 * t)
 
@@ -176,7 +222,7 @@ def paste_back(image: np.ndarray, aligned: AlignedFace, change: torch.Tensor) ->
     to_crop = pixel_matrix.copy()
     to_crop[:, 2] += pixel_matrix[:, :2] @ np.array([x0, y0], np.float64)
     grid = _grid_for(to_crop, y1 - y0, x1 - x0, side, side)
-    payload = torch.cat([change.float(), face_mask(side)[None]], 0)[None]
+    payload = torch.cat([change.float(), face_mask(side, aligned.framing)[None]], 0)[None]
     sampled = F.grid_sample(payload, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     delta = (sampled[:3] * sampled[3:4]).permute(1, 2, 0).numpy() * 255.0
     out = image.copy()
@@ -280,9 +326,13 @@ class FaceAligner:
     def alignment(face: DetectedFace, framing: str = "loose") -> np.ndarray:
         return similarity_transform(face.landmarks, FRAMINGS[framing])
 
-    def align(self, image: np.ndarray, face: DetectedFace, sides: tuple[int, ...] = (64, 256)) -> AlignedFace:
-        matrix = self.alignment(face, self.framing)
-        aligned = AlignedFace(face=face, matrix=matrix)
+    def align(
+        self, image: np.ndarray, face: DetectedFace, sides: tuple[int, ...] = (64, 256), framing: str | None = None
+    ) -> AlignedFace:
+        """The face's alignment onto `framing` (the aligner's own when None) and its crops at `sides`."""
+        framing = framing or self.framing
+        matrix = self.alignment(face, framing)
+        aligned = AlignedFace(face=face, matrix=matrix, framing=framing)
         for side in sides:
             aligned.crops[side] = warp_to_crop(image, matrix, side)
         return aligned

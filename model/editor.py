@@ -23,8 +23,9 @@ from model.align import (
     DetectedFace,
     FaceAligner,
     crop_footprint,
-    crop_grid,
+    face_grid,
     face_mask,
+    face_scale,
     invert_affine,
     paste_back,
     scaled,
@@ -154,16 +155,16 @@ class _Stopwatch:
         self.last = now
 
 
-def skin_region(side: int) -> torch.Tensor:
-    """Cheeks and nose of an aligned crop (the canonical framing of model.align): side x side, 0 or 1."""
-    ys, xs = crop_grid(side)
+def skin_region(side: int, framing: str = "loose") -> torch.Tensor:
+    """Cheeks and nose of an aligned crop of `framing` (model.align.FRAMINGS): side x side, 0 or 1."""
+    ys, xs = face_grid(side, framing)
     return ((((xs - 0.5) / 0.17) ** 2 + ((ys - 0.6) / 0.1) ** 2) <= 1.0).float()
 
 
-def face_skin_mask(side: int) -> torch.Tensor:
-    """Where the face's skin is in an aligned crop, 1 over the face and feathered to 0 at the hairline, the
-    ears and below the chin: side x side."""
-    ys, xs = crop_grid(side)
+def face_skin_mask(side: int, framing: str = "loose") -> torch.Tensor:
+    """Where the face's skin is in an aligned crop of `framing`, 1 over the face and feathered to 0 at the
+    hairline, the ears and below the chin: side x side."""
+    ys, xs = face_grid(side, framing)
     radius = (((xs - 0.5) / 0.2) ** 2 + ((ys - 0.6) / 0.25) ** 2).sqrt()
     t = ((radius - 0.8) / 0.6).clamp(0, 1)
     return 1 - t * t * (3 - 2 * t)
@@ -192,30 +193,32 @@ def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return gaussian_blur(images, 2 * max(1, int(3 * sigma)) + 1, sigma)
 
 
-def keep_skin_tone(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+def keep_skin_tone(before: torch.Tensor, after: torch.Tensor, framing: str = "loose") -> torch.Tensor:
     """`after` without the edit's broad colour and brightness change over the face's skin (what stays there:
     wrinkles, shadows, the shape of the face), and with the cheeks' average colour exactly as before; the
     hair may still grey and the background is not touched. In this data older faces are also darker and
     redder, and an age edit must not change skin tone."""
     side = before.shape[-1]
-    mask = face_skin_mask(side).to(before.device)
-    after = after - blur(after - before, side / 24) * mask
-    return after - cheek_shift(before, after) * mask
+    mask = face_skin_mask(side, framing).to(before.device)
+    after = after - blur(after - before, side / 24 * face_scale(framing)) * mask
+    return after - cheek_shift(before, after, framing) * mask
 
 
-def cheek_shift(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+def cheek_shift(before: torch.Tensor, after: torch.Tensor, framing: str = "loose") -> torch.Tensor:
     """How far the cheeks' average colour moved from `before` to `after`: N x 3 x 1 x 1."""
-    region = skin_region(before.shape[-1]).to(before.device)
+    region = skin_region(before.shape[-1], framing).to(before.device)
     return ((after - before) * region).sum((2, 3), keepdim=True) / region.sum()
 
 
-def keep_cheek_colour(before: torch.Tensor, after: torch.Tensor, rounds: int = 4) -> torch.Tensor:
+def keep_cheek_colour(
+    before: torch.Tensor, after: torch.Tensor, rounds: int = 4, framing: str = "loose"
+) -> torch.Tensor:
     """`after` (in [0, 1]) with the cheeks' average colour set back to `before`'s over the face's skin, in
     `rounds` that each clip to [0, 1] again: where an edit reaches the end of the pixel range (light skin in
     bright light), clipping alone would shift the cheeks' colour."""
-    mask = face_skin_mask(before.shape[-1]).to(before.device)
+    mask = face_skin_mask(before.shape[-1], framing).to(before.device)
     for _ in range(rounds):
-        after = (after - cheek_shift(before, after) * mask).clamp(0, 1)
+        after = (after - cheek_shift(before, after, framing) * mask).clamp(0, 1)
     return after
 
 
@@ -255,6 +258,11 @@ class AgeEditor:
         if self._aligner is None:
             self._aligner = FaceAligner(device=self.device)
         return self._aligner
+
+    @property
+    def framing(self) -> str:
+        """The crop the flow was trained on (model.align.FRAMINGS), as the export recorded it."""
+        return str(self.settings.get("model", {}).get("framing", "loose"))
 
     @property
     def device(self) -> torch.device:
@@ -322,10 +330,10 @@ class AgeEditor:
         """The faces taken to `target` ages along the trajectory, with the colour and gamut controls."""
         after = self.trajectory.move(faces, reading, target)
         if self.trajectory.keep_skin_tone:
-            after = keep_skin_tone(faces, no_added_tint(faces, after))
+            after = keep_skin_tone(faces, no_added_tint(faces, after), self.framing)
         after = within_gamut(faces, after).clamp(0, 1)
         if self.trajectory.keep_skin_tone:
-            after = keep_cheek_colour(faces, after)
+            after = keep_cheek_colour(faces, after, framing=self.framing)
         return after
 
     @property
@@ -463,7 +471,7 @@ class AgeEditor:
         return max(side * side, int(max(0, x1 - x0) * max(0, y1 - y0) * scale * scale))
 
     def align(self, image: np.ndarray, faces: list[DetectedFace]) -> list[AlignedFace]:
-        return [self.aligner.align(image, f, (self.resolution, self.work_size)) for f in faces]
+        return [self.aligner.align(image, f, (self.resolution, self.work_size), self.framing) for f in faces]
 
     def work_change(self, edit: FaceEdit) -> torch.Tensor:
         """The edit's change, upsampled to the work crop and smoothed so that no 64 px grain shows."""
@@ -473,7 +481,7 @@ class AgeEditor:
 
     def work_after(self, aligned: AlignedFace, change: torch.Tensor) -> np.ndarray:
         """The aligned face at the work resolution with `change` applied under the paste-back mask."""
-        after = (aligned.crops[self.work_size] + change * face_mask(self.work_size)).clamp(0, 1)
+        after = (aligned.crops[self.work_size] + change * face_mask(self.work_size, aligned.framing)).clamp(0, 1)
         return after.mul(255).round().byte().permute(1, 2, 0).numpy()
 
     @torch.no_grad()

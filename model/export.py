@@ -1,7 +1,8 @@
 """Copy a training run's model into a weights folder: `python -m model.export --run runs/glow64 --out weights`.
 
-Writes flow.safetensors and flow_config.json, and editor.json with what /v1/model reports: the training
-data, the latest held-out bits/dim, the training steps and time.
+Writes flow.safetensors and flow_config.json (and heads.safetensors where the run trained supervised heads),
+and editor.json with what /v1/model reports: the training data and framing, the held-out bits/dim and age
+error over every held-out face, the training steps, epochs and time.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import torch
 from model.checkpoint import CONFIG, WEIGHTS, load_flow
 from model.data import load_faces
 from model.editor import EDITOR_CONFIG
-from model.evaluation import evaluate_bits_per_dim, save_grid
-from model.heads import HEADS_FILE
+from model.evaluation import evaluate_bits_per_dim, evaluate_heads, save_grid
+from model.heads import HEADS_FILE, load_heads
 
 
 def run_summary(run: Path, faces: int | None = None) -> dict:
@@ -64,13 +65,19 @@ def training_faces(data: Path) -> int | None:
         return sum(1 for row in csv.DictReader(f) if row.get("split", "train") == "train")
 
 
-def heldout_bits_per_dim_all_faces(flow, data: Path) -> dict:
-    """Held-out bits/dim of `flow` over every held-out face (training logs a subset)."""
+def heldout_figures_all_faces(flow, data: Path, heads_path: Path | None = None) -> dict:
+    """Held-out bits/dim of `flow` over every held-out face (training logs a subset), and with the flow's
+    supervised heads, their age error and gender accuracy over every held-out face too."""
     heldout = load_faces(data, flow.config.resolution, "heldout")
-    return {
+    figures = {
         "heldout_bits_per_dim": round(evaluate_bits_per_dim(flow, heldout, "cpu"), 4),
         "heldout_faces": len(heldout),
     }
+    if heads_path is not None and heads_path.exists():
+        read = evaluate_heads(flow, load_heads(heads_path), heldout, "cpu")
+        figures["heldout_age_error_years"] = round(read["heldout_age_mae"], 2)
+        figures["heldout_gender_accuracy"] = round(read["heldout_gender_acc"], 4)
+    return figures
 
 
 def main(argv=None) -> None:
@@ -114,7 +121,10 @@ def main(argv=None) -> None:
         **run_summary(args.run, faces),
     }
     if evaluate_all:
-        model.update(heldout_bits_per_dim_all_faces(flow, args.data), heldout_bits_per_dim_step=model["training_steps"])
+        model.update(
+            heldout_figures_all_faces(flow, args.data, args.out / HEADS_FILE),
+            heldout_bits_per_dim_step=model["training_steps"],
+        )
     path = args.out / EDITOR_CONFIG
     settings = json.loads(path.read_text()) if path.exists() else {}
     settings["model"] = model

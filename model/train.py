@@ -31,7 +31,7 @@ from model.data import load_faces
 from model.evaluation import evaluate_bits_per_dim, evaluate_heads, save_grid
 from model.flow.glow import Glow
 from model.heads import HEADS_FILE, LatentHeads, label_indices, save_heads
-from model.run_options import add_machine_arguments, add_schedule_arguments
+from model.run_options import add_machine_arguments, add_schedule_arguments, learning_rate
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -222,7 +222,7 @@ def main(argv=None) -> None:
             x[flip] = x[flip].flip(3)
             cond = train.conditions(config, idx).to(device) if config.conditional else None
             for group in optimizer.param_groups:
-                group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+                group["lr"] = learning_rate(args, step, max_steps)
             noise = torch.rand(x.shape, generator=generator).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda"):
                 bits, top = wrapped(model.quantize(x, noise), cond, with_top=True)
@@ -260,6 +260,7 @@ def main(argv=None) -> None:
                         "loss": loss.item(),
                         **{f"{k}_nats": v.item() for k, v in head_losses.items()},
                         "grad_norm": float(grad_norm),
+                        "lr": optimizer.param_groups[0]["lr"],
                         "img_s": rate,
                         "elapsed_min": elapsed / 60,
                     }

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from model.detail import BITS_OFFSET, DetailStage, evaluate_detail_bits_per_dim, load_detail_faces, patch_batch
 from model.flow.detail import DetailConfig
-from model.run_options import add_machine_arguments, add_schedule_arguments
+from model.run_options import add_machine_arguments, add_schedule_arguments, learning_rate
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -150,7 +150,7 @@ def main(argv=None) -> None:
             idx = order[position * args.batch_size : (position + 1) * args.batch_size].numpy()
             detail, context, ages = patch_batch(stage, train, idx, args.patch, generator, device)
             for group in optimizer.param_groups:
-                group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+                group["lr"] = learning_rate(args, step, max_steps)
             bpd = (-stage.log_prob(detail, context, ages) / (dims * math.log(2.0))).mean() + BITS_OFFSET
             optimizer.zero_grad(set_to_none=True)
             bpd.backward()

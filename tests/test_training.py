@@ -261,3 +261,19 @@ def test_training_the_heads_teaches_the_top_latent_the_training_faces_labels(fac
     # one face in four is the astronaut (female, 40); the others are men of 47 and 48
     assert readout["heldout_gender_acc"] == 1.0
     assert readout["heldout_age_mae"] < 3.0
+
+
+def test_the_learning_rate_warms_up_holds_then_decays_by_cosine_to_its_floor():
+    import argparse
+
+    from model.run_options import learning_rate
+
+    args = argparse.Namespace(lr=1e-3, warmup=100, decay_from=1000, lr_floor=0.05)
+    assert learning_rate(args, 0, 2000) == pytest.approx(1e-5)
+    assert learning_rate(args, 500, 2000) == pytest.approx(1e-3)
+    assert learning_rate(args, 1000, 2000) == pytest.approx(1e-3)
+    assert learning_rate(args, 1500, 2000) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+    assert learning_rate(args, 2000, 2000) == pytest.approx(5e-5)
+    rates = [learning_rate(args, s, 2000) for s in range(1000, 2001, 50)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert learning_rate(argparse.Namespace(lr=1e-3, warmup=100, decay_from=0, lr_floor=0.05), 1999, 2000) == 1e-3
