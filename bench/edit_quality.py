@@ -352,6 +352,20 @@ def build_editor(
     return AgeEditor(ReadingOnce(trajectory), settings, work_size=CROP_SIDE)
 
 
+@torch.no_grad()
+def read_genders(editor: AgeEditor, flow: Glow, faces: torch.Tensor, batch: int = 50) -> np.ndarray:
+    """The gender the editor's reading gives each face; for a reading without one (a post-hoc fit), the
+    conditional prior's most likely gender. An array of "female" / "male" (or "unknown")."""
+    out: list[str | None] = []
+    for start in range(0, len(faces), batch):
+        part = faces[start : start + batch]
+        genders = editor.trajectory.estimate(part).genders
+        if genders and genders[0] is None and flow.config.conditional:
+            genders = ConditionalPriorTrajectory(flow).estimate(part).genders
+        out.extend(genders)
+    return np.array([g or "unknown" for g in out])
+
+
 class ReadingOnce:
     """A trajectory that reads the ages of a batch once and reuses that reading for every edit of the same
     batch: the editor reads them on each call, and the conditional prior's reading is the slow part."""
@@ -625,9 +639,20 @@ def evaluate(args: argparse.Namespace) -> dict:
     estimator, estimator_meta = load_or_train_estimator(args.estimator, view_data, args.estimator_epochs)
     heldout, heldout128 = load_faces(args.data, 64, "heldout"), load_faces(view_data, CROP_SIDE, "heldout")
     view64 = heldout if view_data == args.data else load_faces(view_data, 64, "heldout")
-    if view_data != args.data:
+    if view_data != args.data or args.faces_from:
+        # the photos both face sets hold (and --faces-from's held-out split too), in the order of their names,
+        # so that runs on flows of different framings edit the same faces
         position = {name: i for i, name in enumerate(view64.files)}
-        shared = np.array([i for i, name in enumerate(heldout.files) if name in position], np.int64)
+        wanted = set(position)
+        for folder in args.faces_from:
+            wanted &= set(load_faces(folder, 64, "heldout").files)
+        shared = np.array(
+            sorted(
+                (i for i, name in enumerate(heldout.files) if name in position and name in wanted),
+                key=lambda i: heldout.files[i],
+            ),
+            np.int64,
+        )
         in_view = np.array([position[heldout.files[i]] for i in shared], np.int64)
         heldout, view64, heldout128 = subset(heldout, shared), subset(view64, in_view), subset(heldout128, in_view)
     mean_age = train_mean_age(args.data)
@@ -676,6 +701,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     steps.update({f"to {t}": dict(target_age=float(t)) for t in TARGET_AGES})
     steps.update(RANGE_ENDS)
     runs, latent_ages = run_edits(editor, faces, crops, steps, view)
+    latent_female = read_genders(editor, flow, faces) == "female"
     lap("edits")
 
     edits: dict[str, dict] = {}
@@ -772,6 +798,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "data": str(args.data),
             "view_data": str(view_data),
             "view_framing": view,
+            "faces_from": [str(folder) for folder in args.faces_from],
             "framing": editor.framing,
             "reading": args.reading,
             "data_sha256": data_fingerprint(args.data),
@@ -794,6 +821,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "latent_age": {
             "faces": len(chosen),
             "mae": float(np.mean(np.abs(latent_ages - ages))),
+            "gender_accuracy": float(np.mean(latent_female == np.array([g == "female" for g in genders]))),
             "mean_guess_mae": float(np.mean(np.abs(mean_age - ages))),
             "train_mean_age": mean_age,
         },
@@ -899,7 +927,7 @@ def print_report(report: dict) -> None:
         print(f"figure: {path}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, default=Path("weights"), help="flow.safetensors + flow_config.json")
     parser.add_argument("--data", type=Path, default=Path("data/faces"), help="written by `python -m model.prepare`")
@@ -909,6 +937,14 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="the prepared faces whose 128 px crops the judges see (default --data); the edit of each face is "
         "resampled into them, so that flows of different framings are judged on the same crops of the same faces",
+    )
+    parser.add_argument(
+        "--faces-from",
+        type=Path,
+        action="append",
+        default=[],
+        help="edit only held-out faces that this prepared face set holds too (to compare flows on the same "
+        "faces); may be given more than once",
     )
     parser.add_argument(
         "--reading",
@@ -962,6 +998,11 @@ def main(argv: list[str] | None = None) -> None:
         "--guard", action="store_true", help="with the likelihood guard of --weights/editor.json (edits scaled back)"
     )
     parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.compare and args.compare.partition(":")[0] not in METHODS:
         parser.error(f"--compare: the method must be one of {', '.join(METHODS)}")

@@ -426,6 +426,14 @@ def main(argv=None) -> None:
             f"{trajectory.name:>18}: held-out age error {report[trajectory.name]['mae_years']:.1f} years "
             f"(always guessing the mean: {report[trajectory.name]['mean_guess_mae_years']:.1f})"
         )
+    if (args.weights / HEADS_FILE).exists():  # the reading the editor uses with these weights
+        reader = PosthocTrajectory(flow, tensors, strengths, details=args.details)
+        reader.heads = load_heads(args.weights / HEADS_FILE)
+        report["heads"] = latent_age_errors(reader, eval_faces, eval_ages, mean_age)
+        print(
+            f"{'heads':>18}: held-out age error {report['heads']['mae_years']:.1f} years (the current age the "
+            "editor reads with these weights)"
+        )
     if args.method == "best":
         chosen = min(candidates, key=lambda t: report[t.name]["mae_years"])
     else:

@@ -37,7 +37,7 @@ EDITOR_CONFIG = "editor.json"
 PLAUSIBLE_BITS_KEY = "plausible_face_bits_per_dim"
 # editor.json key: {"max_bits_per_dim": ...}, real held-out faces' 95th percentile (model.guard)
 GUARD_KEY = "likelihood_guard"
-GUARD_ROUNDS = 5  # bisection rounds on the strength: it ends within 1/32 of the largest one allowed
+GUARD_ROUNDS = 3  # rounds of the search for the largest strength within the limit (AgeEditor._guarded)
 PASTE_STRIP_PIXELS = 1 << 20  # photo pixels pasted at once: bounds paste_back's float copies per face
 
 # why a detected face was not edited, for the person who sent the photo
@@ -352,27 +352,44 @@ class AgeEditor:
         limit: tuple[float, float],
     ) -> tuple[torch.Tensor, np.ndarray]:
         """The likelihood guard: each edited face less likely under the flow than the `limit` (bits/dim, or
-        its original's plus the allowed rise, where that is more) is edited again at a smaller strength,
-        found by bisection, until it is within; returns the faces and the strength each got."""
+        its original's plus the allowed rise, where that is more) is edited again at a smaller strength
+        until it is within; returns the faces and the strength each got.
+
+        The strength is searched by regula falsi (the Illinois variant) between the original (strength 0,
+        within) and the full edit (strength 1, beyond): bits/dim rises close to linearly with the strength
+        for older edits, so each round lands near the largest strength allowed, and GUARD_ROUNDS rounds
+        end much closer to it than as many halvings would. Only strengths found within are ever returned."""
         strength = np.ones(len(faces))
         allowed = np.full(len(faces), limit[0])
         bits = self.bits_per_dim(after)
         beyond = np.flatnonzero(bits > limit[0])  # only these need their original's bits/dim
+        original = np.full(len(faces), np.nan)
         if len(beyond):
-            allowed[beyond] = np.maximum(limit[0], self.bits_per_dim(faces[beyond]) + limit[1])
+            original[beyond] = self.bits_per_dim(faces[beyond])
+            allowed[beyond] = np.maximum(limit[0], original[beyond] + limit[1])
         over = np.flatnonzero(bits > allowed)
         if not len(over):
             return after, strength
         after = after.clone()
+        # excess bits/dim over the allowed at the bracket's ends: below zero at `low`, above at `high`
         low, high = np.zeros(len(over)), np.ones(len(over))
+        f_low, f_high = original[over] - allowed[over], bits[over] - allowed[over]
+        side = np.zeros(len(over))  # which end moved last (-1 low, +1 high): Illinois halves the other
         best = faces[over].clone()
         part = subset_reading(reading, over)
         for _ in range(GUARD_ROUNDS):
-            middle = (low + high) / 2
-            trial = self._moved(faces[over], part, part.ages + middle * (target[over] - part.ages))
-            fits = self.bits_per_dim(trial) <= allowed[over]
-            low, high = np.where(fits, middle, low), np.where(fits, high, middle)
+            trial_strength = np.clip(low - f_low * (high - low) / (f_high - f_low), low, high)
+            # aim a little inside the bracket, where a near-linear rise keeps the trial within the limit
+            trial_strength = low + 0.97 * (trial_strength - low)
+            trial = self._moved(faces[over], part, part.ages + trial_strength * (target[over] - part.ages))
+            excess = self.bits_per_dim(trial) - allowed[over]
+            fits = excess <= 0
             best[torch.from_numpy(fits)] = trial[torch.from_numpy(fits)]
+            f_high = np.where(fits & (side < 0), f_high / 2, f_high)
+            f_low = np.where(~fits & (side > 0), f_low / 2, f_low)
+            low, f_low = np.where(fits, trial_strength, low), np.where(fits, excess, f_low)
+            high, f_high = np.where(fits, high, trial_strength), np.where(fits, f_high, excess)
+            side = np.where(fits, -1.0, 1.0)
         after[over], strength[over] = best, low
         return after, strength
 
