@@ -7,10 +7,12 @@ result, through AgeEditor and app/imaging exactly as the service runs them. Base
 interleaved with what it is compared with:
 
 - before and after this benchmark's speed-ups: the detector's networks in the default memory layout (now
-  channels-last); the conditional prior's age read and the unconditioned bits/dim, which evaluated the
-  prior's density under each of their ~280 and 300 conditions on its own (now one matrix product over an
-  age grid crossed with genders and ethnicities, `Glow.condition_grid_log_likelihoods`); the whole
-  pipeline with the code before and after; and torch's default threads, one per core (now the cores
+  channels-last); facenet-pytorch's own `detect_face`, which area-resampled the whole photo once per pyramid
+  level and each candidate box on its own (now `model.detect`, every crop read from one integral image), on
+  the copy of the photo detection runs on; the conditional prior's age read and the unconditioned bits/dim,
+  which evaluated the prior's density under each of their ~280 and 300 conditions on its own (now one matrix
+  product over an age grid crossed with genders and ethnicities, `Glow.condition_grid_log_likelihoods`); the
+  whole pipeline with the code before and after; and torch's default threads, one per core (now the cores
   divided among the edits that run at once, `Settings.threads_per_edit`);
 - detection on the full-resolution photo against the downscaled copy (`detect_max_side`);
 - one face per call against a batch of 8 faces (`AgeEditor.edit`).
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from facenet_pytorch.models.utils.detect_face import detect_face
 
 from app.imaging import decode_image, encode_image
 from app.service import load_editor
@@ -42,9 +45,10 @@ from bench.common import (
     use_threads,
 )
 from model.age import AgeReading, ConditionalPriorTrajectory
-from model.align import FaceAligner, paste_back
+from model.align import DETECTOR_SMALLEST, FaceAligner, downscaled, paste_back
 from model.condition import condition_grid, condition_vector
 from model.config import GENDERS, RACES
+from model.detect import mtcnn_detect
 from model.editor import AgeEditor, FaceEdit
 
 STAGES = ("decode upload", "detect", "align", "encode + read age", "move + decode", "paste back", "encode result")
@@ -91,6 +95,52 @@ def bits_per_dim_per_condition(flow, x01: torch.Tensor) -> torch.Tensor:
     prior = torch.logsumexp(_density_per_condition(flow, latents, contexts, grid), 1) - math.log(len(grid))
     discretization = -flow.config.dimensions * math.log(2**flow.config.n_bits)
     return -(prior + logdet + discretization) / (flow.config.dimensions * math.log(2.0))
+
+
+def facenet_detect(mtcnn, image: np.ndarray) -> tuple:
+    """facenet-pytorch's own `detect_face` on an H x W x 3 uint8 image: its boxes with scores, its landmarks."""
+    return detect_face(
+        image, DETECTOR_SMALLEST, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds, mtcnn.factor, mtcnn.device
+    )
+
+
+def facenet_difference(mtcnn, image: np.ndarray) -> float:
+    """The largest difference, in pixels, of model.detect's boxes and landmarks from facenet's `detect_face`'s
+    on one image (infinite when they find different numbers of faces)."""
+    (expected,), (expected_points,) = facenet_detect(mtcnn, image)
+    expected, expected_points = np.asarray(expected, np.float64).reshape(-1, 5), np.asarray(expected_points)
+    order = np.argsort((expected[:, 2] - expected[:, 0]) * (expected[:, 3] - expected[:, 1]))[::-1]  # MTCNN.detect's
+    boxes, _, points = mtcnn_detect(mtcnn, image, DETECTOR_SMALLEST)
+    if len(boxes) != len(expected):
+        return math.inf
+    shifts = np.abs(boxes - expected[order, :4]), np.abs(points - expected_points[order])
+    return float(max(shift.max(initial=0.0) for shift in shifts))
+
+
+def detector_rows(table: Table, aligner: FaceAligner, photos: list[TestPhoto], repeats: int) -> float:
+    """facenet's `detect_face` against model.detect on the copy of each photo detection runs on, interleaved;
+    returns the largest difference of their boxes and landmarks, in pixels."""
+    mtcnn, shifts = aligner.mtcnn, []
+    for photo in photos:
+        small, _ = downscaled(photo.rgb, aligner.detect_max_side)
+        with torch.inference_mode():
+            runs = interleaved(
+                {
+                    "before": lambda: facenet_detect(mtcnn, small),
+                    "after": lambda: mtcnn_detect(mtcnn, small, DETECTOR_SMALLEST),
+                },
+                repeats,
+            )
+            shifts.append(facenet_difference(mtcnn, small))
+        ratio_row(
+            table,
+            f"detector: facenet's detect_face vs model.detect, {photo.name} ({small.shape[1]}x{small.shape[0]} copy)",
+            runs["before"],
+            runs["after"],
+            "detect_face",
+            "model.detect",
+        )
+    return max(shifts)
 
 
 def editor_before(editor: AgeEditor) -> AgeEditor:
@@ -209,6 +259,7 @@ def speedup_table(editor: AgeEditor, photos: list[TestPhoto], settings: Settings
                 {"before": lambda: before.find_faces(photo.rgb), "after": lambda: editor.find_faces(photo.rgb)}, repeats
             )
         ratio_row(table, f"detect, {photo.name}", runs["before"], runs["after"], "default layout", "channels-last")
+    detector_shift = detector_rows(table, editor.aligner, photos, repeats)
     crops = face_crops(editor, photos[0])
     if editor.flow.config.conditional:
         prior = ConditionalPriorTrajectory(editor.flow, age_range=editor.age_range)
@@ -295,7 +346,8 @@ def speedup_table(editor: AgeEditor, photos: list[TestPhoto], settings: Settings
         faces_before, faces_after = before.find_faces(photos[0].rgb), editor.find_faces(photos[0].rgb)
     shift = np.abs(faces_before[0].landmarks - faces_after[0].landmarks).max()
     table.notes.append(
-        f"Same results before and after: {same}landmarks differ by at most {shift:.5f} px. Whole "
+        f"Same results before and after: {same}landmarks differ by at most {shift:.5f} px; the detector's "
+        f"boxes and landmarks by at most {detector_shift:.5f} px. Whole "
         f"pipeline, code before: the detector in the default layout"
         f"{', the age read per condition' if old_read else ''}; after: as served, with the "
         f"{editor.trajectory.name} age trajectory; both with {threads_label}. Torch threads before: "

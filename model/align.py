@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from model.detect import mtcnn_detect
 
 # Five landmarks (left eye, right eye, nose tip, left and right mouth corner) in a unit crop, per framing.
 # "loose" (the first model's): forehead, hair and chin inside, the face about 35 of 64 pixels wide.
@@ -236,6 +239,16 @@ DETECTOR_SMALLEST = 20.0
 MIN_FACE_SIZE = 24
 
 
+def downscaled(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """The photo shrunk (bilinear) to at most `max_side` pixels a side, and its scale (1.0: the photo itself)."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image, 1.0
+    factor = max_side / max(h, w)
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)), factor
+
+
 def box_overlap(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two x1, y1, x2, y2 boxes."""
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -292,30 +305,18 @@ class FaceAligner:
 
     def _detect_at(self, image: np.ndarray, max_side: int, smallest: float) -> tuple[list[DetectedFace], float]:
         """Faces found on a copy of the photo at most `max_side` pixels a side, and that copy's scale."""
-        h, w = image.shape[:2]
-        factor = 1.0
-        small = image
-        if max(h, w) > max_side:
-            from PIL import Image
-
-            factor = max_side / max(h, w)
-            size = (max(1, round(w * factor)), max(1, round(h * factor)))
-            small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        small, factor = downscaled(image, max_side)
         shortest = min(small.shape[:2])
         if shortest < 12:  # smaller than the detector's 12-pixel window
             return [], factor
-        # a smallest face larger than the image would leave MTCNN's pyramid empty, which it cannot handle
-        self.mtcnn.min_face_size = min(max(DETECTOR_SMALLEST, smallest * factor), shortest - 1.0)
+        # a smallest face larger than the image would leave the pyramid empty: search the image's own size
+        min_face_size = min(max(DETECTOR_SMALLEST, smallest * factor), shortest - 1.0)
         with torch.inference_mode():
-            boxes, scores, points = self.mtcnn.detect(small, landmarks=True)
-        if boxes is None:
-            return [], factor
+            boxes, scores, points = mtcnn_detect(self.mtcnn, small, min_face_size)
         faces = [
-            DetectedFace(
-                box=np.asarray(b, np.float64) / factor, landmarks=np.asarray(p, np.float64) / factor, score=float(s)
-            )
+            DetectedFace(box=b.astype(np.float64) / factor, landmarks=p.astype(np.float64) / factor, score=float(s))
             for b, s, p in zip(boxes, scores, points)
-            if s is not None and s >= self.min_score
+            if s >= self.min_score
         ]
         return faces, factor
 
