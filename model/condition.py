@@ -11,6 +11,10 @@ from model.config import GENDERS, RACES, FlowConfig
 
 # every (gender, ethnicity) pair, in the order of `condition_grid`
 PAIRS = tuple(itertools.product(GENDERS, RACES))
+# the ages a face's likelihood is averaged over when no condition is given (with every pair), and the ages
+# drawn for samples without a condition
+MARGINAL_AGES = tuple(range(1, 91, 3))
+SAMPLE_AGES = tuple(range(5, 81))
 
 
 def age_weights(ages: torch.Tensor, knots: tuple[float, ...]) -> torch.Tensor:
@@ -61,3 +65,15 @@ def condition_parts(config: FlowConfig, ages, pairs=PAIRS) -> tuple[torch.Tensor
     other_rows = condition_vector(config, [0.0] * len(pairs), [g for g, _ in pairs], [r for _, r in pairs])
     other_rows[:, :n_ages] = 0.0
     return age_rows, other_rows
+
+
+def marginal_parts(config: FlowConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """`condition_parts` of the uniform grid a conditional flow's likelihood averages over when no condition
+    is given: MARGINAL_AGES crossed with every gender and ethnicity."""
+    return condition_parts(config, MARGINAL_AGES)
+
+
+def sample_conditions(config: FlowConfig, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n condition vectors drawn uniformly from SAMPLE_AGES crossed with every gender and ethnicity."""
+    grid, _ = condition_grid(config, SAMPLE_AGES)
+    return grid[torch.randint(len(grid), (n,), generator=generator)]

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from model.condition import condition_grid, condition_parts
+from model.condition import marginal_parts, sample_conditions
 from model.config import FlowConfig
 from model.flow.layers import FlowStep, squeeze, unsqueeze
 from model.flow.priors import ConditionalGaussianPrior
@@ -148,13 +148,13 @@ class Glow(nn.Module):
         """Log-likelihood in nats of each image's discretized pixels (Glow's objective, per sample).
 
         Without a condition, a conditional model gives the likelihood averaged over a uniform grid of
-        ages (1 to 88), genders and ethnicities; with `dequantize` the bin offset is uniform noise (for
-        training), otherwise the bin centre.
+        ages, genders and ethnicities (`model.condition.marginal_parts`); with `dequantize` the bin offset
+        is uniform noise (for training), otherwise the bin centre.
         """
         x = self.quantize(x01, torch.rand_like(x01) if dequantize else None)
         latents, contexts, logdet = self.flow_forward(x)
         if condition is None and self.config.conditional:
-            ages, pairs = condition_parts(self.config, range(1, 91, 3))
+            ages, pairs = marginal_parts(self.config)
             prior = self.condition_grid_log_likelihoods(latents, contexts, ages.to(x.device), pairs.to(x.device))
             prior = torch.logsumexp(prior.flatten(1), 1) - math.log(prior[0].numel())
         else:
@@ -250,11 +250,10 @@ class Glow(nn.Module):
         self, n: int, temperature: float = 0.7, seed: int = 0, condition: torch.Tensor | None = None
     ) -> torch.Tensor:
         """n new faces, the same for the same seed. Without a condition, a conditional model draws each
-        face's age (5 to 80), gender and ethnicity from the same seed."""
+        face's age, gender and ethnicity from the same seed (`model.condition.sample_conditions`)."""
         generator = torch.Generator().manual_seed(seed)
         device = next(self.parameters()).device
         eps = [torch.randn((n, *shape), generator=generator).to(device) for shape in self.latent_shapes()]
         if condition is None and self.config.conditional:
-            grid, _ = condition_grid(self.config, range(5, 81))
-            condition = grid[torch.randint(len(grid), (n,), generator=generator)].to(device)
+            condition = sample_conditions(self.config, n, generator).to(device)
         return self.generate(eps, condition, temperature)
