@@ -328,6 +328,7 @@ def build_editor(
     transport: Path | None = None,
     guard: bool = False,
     reading: str = "heads",
+    younger=None,
 ) -> AgeEditor:
     """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
     likelihood guard of weights/editor.json; `reading`: "heads" reads the current age with the flow's
@@ -338,7 +339,11 @@ def build_editor(
     elif method == PosthocTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = PosthocTrajectory(
-            flow, reduce_rank(tensors, rank) if rank else tensors, strengths, details=details
+            flow,
+            reduce_rank(tensors, rank) if rank else tensors,
+            strengths,
+            details=details,
+            younger_level_strengths=younger,
         )
     else:
         trajectory = ConditionalPriorTrajectory(flow, strengths)
@@ -674,6 +679,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         args.transport,
         args.guard,
         args.reading,
+        args.younger_level_strengths,
     )
     lap("editor")
 
@@ -769,6 +775,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     lap("judging")
 
     label = config_label(args.method, strengths, args.details) + (" guarded" if args.guard else "")
+    if args.younger_level_strengths:
+        label += f" younger [{','.join(f'{s:g}' for s in args.younger_level_strengths)}]"
     figures = []
     if args.figures:
         editors = [(label, editor)]
@@ -795,6 +803,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "guard": args.guard,
             "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name else None,
             "level_strengths": strengths,
+            "younger_level_strengths": args.younger_level_strengths,
             "data": str(args.data),
             "view_data": str(view_data),
             "view_framing": view,
@@ -958,6 +967,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=strengths_arg,
         default=None,
         help="how far each level moves, finest first, e.g. 1,1,1 (default: all 1)",
+    )
+    parser.add_argument(
+        "--younger-level-strengths",
+        type=strengths_arg,
+        default=None,
+        help="post-hoc only: the level strengths of edits to a younger age (default: --level-strengths)",
     )
     parser.add_argument("--faces", type=int, default=200, help="held-out faces to edit, stratified by decade")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")

@@ -52,6 +52,8 @@ def version_args(weights: Path, data: Path, others: list[Path], options: argpars
         str(options.threads),
         *(["--guard"] if options.guard else []),
     ]
+    if trajectory.get("younger_level_strengths"):
+        argv += ["--younger-level-strengths", ",".join(str(s) for s in trajectory["younger_level_strengths"])]
     for other in others:
         argv += ["--faces-from", str(other)]
     return build_parser().parse_args(argv)

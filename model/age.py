@@ -17,7 +17,8 @@ target ages):
 Where the flow was trained with supervised heads on its top latent (model.heads, `heads.safetensors` beside
 the weights), those heads read the current age, gender and ethnicity for every trajectory.
 
-`level_strengths` (finest level first) scale how far each level moves, so an edit can leave the finest
+`level_strengths` (finest level first; a post-hoc trajectory may have `younger_level_strengths` for edits to
+a younger age) scale how far each level moves, so an edit can leave the finest
 detail, which carries identity, more or less alone.
 """
 
@@ -122,12 +123,27 @@ class PosthocTrajectory(AgeTrajectory):
         age_range=(1.0, 90.0),
         keep_skin_tone=True,
         details: str = "kept",
+        younger_level_strengths=None,
     ) -> None:
         super().__init__(flow, level_strengths, age_range, keep_skin_tone)
         if details not in self.DETAILS:
             raise ValueError(f"details must be one of {', '.join(self.DETAILS)}, got {details!r}")
         self.tensors = tensors
         self.details = details
+        # the strengths of edits to a younger age, where they differ (None: `level_strengths` both ways)
+        self.younger_level_strengths = (
+            [float(v) for v in younger_level_strengths] if younger_level_strengths is not None else None
+        )
+        if self.younger_level_strengths is not None and len(self.younger_level_strengths) != len(flow.priors):
+            raise ValueError(f"need {len(flow.priors)} younger level strengths")
+
+    def _strengths(self, reading: AgeReading, target_ages: np.ndarray, device) -> list[torch.Tensor]:
+        """Per level, each face's strength (N x 1 x 1 x 1): the younger strengths for a face made younger."""
+        older = torch.tensor(self.level_strengths, dtype=torch.float32)
+        younger = torch.tensor(self.younger_level_strengths or self.level_strengths, dtype=torch.float32)
+        is_younger = torch.from_numpy(np.asarray(target_ages) < np.asarray(reading.ages))[:, None]
+        table = torch.where(is_younger, younger[None], older[None]).to(device)  # N x levels
+        return [table[:, level, None, None, None] for level in range(len(self.level_strengths))]
 
     @staticmethod
     def _flatten(latents) -> torch.Tensor:
@@ -153,7 +169,7 @@ class PosthocTrajectory(AgeTrajectory):
         ).to(faces.device)
         shifts = [
             strength * torch.einsum("nk,kchw->nchw", delta, self.tensors[f"level{level}_age"].to(delta.device))
-            for level, strength in enumerate(self.level_strengths)
+            for level, strength in enumerate(self._strengths(reading, target_ages, delta.device))
         ]  # level{i}_age: knots x C x H x W
         if self.details == "kept":
             return self.flow.decode([z + shift for z, shift in zip(reading.latents, shifts)])
@@ -318,6 +334,11 @@ def save_trajectory(folder: Path, trajectory: AgeTrajectory, **facts) -> None:
         "age_range": list(trajectory.age_range),
         "keep_skin_tone": trajectory.keep_skin_tone,
         **({"details": trajectory.details} if posthoc else {}),
+        **(
+            {"younger_level_strengths": getattr(trajectory, "younger_level_strengths", None)}
+            if posthoc and getattr(trajectory, "younger_level_strengths", None) is not None
+            else {}
+        ),
         **facts,
     }
     (folder / TRAJECTORY).write_text(json.dumps(meta, indent=2))
@@ -339,7 +360,13 @@ def load_trajectory(folder: Path, flow: Glow, settings: dict | None = None) -> A
     trajectory: AgeTrajectory
     if meta["method"] == PosthocTrajectory.name:
         tensors = load_file(str(folder / POSTHOC_WEIGHTS), device=str(device))
-        trajectory = PosthocTrajectory(flow, tensors, details=meta.get("details", "kept"), **kwargs)
+        trajectory = PosthocTrajectory(
+            flow,
+            tensors,
+            details=meta.get("details", "kept"),
+            younger_level_strengths=meta.get("younger_level_strengths"),
+            **kwargs,
+        )
     elif meta["method"] == "transport":
         from model.transport import TransportTrajectory, load_transport  # it builds on this module
 

@@ -123,3 +123,25 @@ def test_the_cheeks_keep_their_colour_where_an_edit_reaches_the_end_of_the_pixel
     assert cheek_shift(before, clipped).abs().max() > 0.01  # clipping alone moves the cheeks' colour
     assert cheek_shift(before, settled).abs().max() < 0.002
     assert settled.min() >= 0 and settled.max() <= 1
+
+
+def test_younger_edits_take_their_own_level_strengths_and_older_ones_keep_theirs(fitted, tmp_path):
+    from model.age import load_trajectory, save_trajectory
+    from model.checkpoint import save_flow
+
+    flow, tensors, _ = fitted
+    faces = synthetic_faces(4, seed=2).batch(np.arange(4))
+    both = PosthocTrajectory(flow, tensors, [1.0, 1.0])
+    split = PosthocTrajectory(flow, tensors, [1.0, 1.0], younger_level_strengths=[0.0, 0.0])
+    reading = both.estimate(faces)
+    older, younger = reading.ages + 20, np.maximum(reading.ages - 20, 1.0)
+    with torch.no_grad():
+        assert torch.allclose(split.move(faces, reading, older), both.move(faces, reading, older))
+        # no strength at any level: a younger edit decodes the face's own latents
+        assert torch.allclose(split.move(faces, reading, younger), flow.decode(reading.latents), atol=1e-5)
+        mixed = np.where(np.arange(4) % 2 == 0, older, younger)
+        moved = split.move(faces, reading, mixed)
+        assert torch.allclose(moved[0::2], both.move(faces, reading, older)[0::2], atol=1e-5)
+    save_flow(flow, tmp_path)
+    save_trajectory(tmp_path, split)
+    assert load_trajectory(tmp_path, flow).younger_level_strengths == [0.0, 0.0]
