@@ -51,6 +51,7 @@ def version_args(weights: Path, data: Path, others: list[Path], options: argpars
         "--threads",
         str(options.threads),
         *(["--guard"] if options.guard else []),
+        *(["--figures", str(options.figures)] if options.figures else []),
     ]
     if trajectory.get("younger_level_strengths"):
         argv += ["--younger-level-strengths", ",".join(str(s) for s in trajectory["younger_level_strengths"])]
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guard", action="store_true", help="each version with its likelihood guard")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="write the rows and the reports as JSON here")
+    parser.add_argument(
+        "--figures", type=Path, default=None, help="each version's age sweep of held-out faces, as PNGs named by label"
+    )
     options = parser.parse_args(argv)
     versions = []
     for text in options.version:
@@ -132,6 +136,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(args.seed)
         print(f"{label}: {weights} on {data}", flush=True)
         reports[label] = evaluate(args)
+        named = []
+        for figure in reports[label]["figures"]:  # the sweeps are named by configuration: add the version
+            path = Path(figure)
+            target = path.with_name(f"{path.stem}_{label}{path.suffix}")
+            path.replace(target)
+            named.append(str(target))
+        reports[label]["figures"] = named
         rows.append(row(label, weights, reports[label]))
     print()
     print(markdown(rows))

@@ -413,6 +413,9 @@ def main(argv=None) -> None:
         help="which trajectory to write (best: lower held-out age error)",
     )
     parser.add_argument("--level-strengths", default="", help="per level, finest first, e.g. 0.5,1,1")
+    parser.add_argument(
+        "--younger-level-strengths", default="", help="post-hoc: per level, for edits to a younger age (default: same)"
+    )
     parser.add_argument("--rank", type=int, default=0, help="directions kept of the post-hoc age path (0: all)")
     parser.add_argument(
         "--details",
@@ -445,7 +448,10 @@ def main(argv=None) -> None:
     if flow.config.conditional:
         candidates.append(ConditionalPriorTrajectory(flow, strengths))
     tensors = fit_posthoc(flow, train, fit_idx, rank=args.rank)
-    candidates.append(PosthocTrajectory(flow, tensors, strengths, details=args.details))
+    younger = [float(s) for s in args.younger_level_strengths.split(",")] if args.younger_level_strengths else None
+    candidates.append(
+        PosthocTrajectory(flow, tensors, strengths, details=args.details, younger_level_strengths=younger)
+    )
     report = {}
     for trajectory in candidates:
         report[trajectory.name] = latent_age_errors(trajectory, eval_faces, eval_ages, mean_age)

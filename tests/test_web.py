@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -229,17 +230,51 @@ def test_to_age_sends_a_target_age_and_names_the_download(desktop_page, fixtures
     assert page.get_attribute("#download", "download") == f"frrepo_obama_small-age-{value}.jpg"
 
 
-def test_a_clamped_face_is_said_so(desktop_page, fixtures_dir):
-    """The range follows the largest face: taking it to the youngest age goes below what the other can."""
+def test_a_clamped_face_is_said_so(desktop_page, fixtures_dir, photo, age_editor):
+    """The range follows the largest face: taking it to the end of the range on the side of the other face
+    (younger if the model reads the other face younger, else older) goes beyond what the other can."""
+    image = photo("frrepo_two_people.jpg")
+    faces = age_editor.find_faces(image)
+    crops = torch.stack([a.crops[age_editor.resolution] for a in age_editor.align(image, faces)])
+    largest, other = age_editor.estimate_age(crops)[:2]
+    key, end, suffix = ("Home", "youngest", "-years-younger.jpg") if other < largest else ("End", "oldest", "")
     page = desktop_page
     upload(page, fixtures_dir / "frrepo_two_people.jpg")
     with page.expect_response(is_age_call, timeout=60_000):
         page.focus("#years")
-        page.keyboard.press("Home")
+        page.keyboard.press(key)
     page.wait_for_function(RESULT_SHOWN, timeout=60_000)
     assert page.is_visible("#clamp-note")
-    assert "stopped at the youngest age the model knows" in page.text_content("#clamp-note")
-    assert page.get_attribute("#download", "download").endswith("-years-younger.jpg")
+    assert f"Face 2 stopped at the {end} age the model knows" in page.text_content("#clamp-note")
+    assert page.get_attribute("#download", "download").endswith(suffix)
+
+
+def test_a_face_the_guard_scaled_back_is_said_so(desktop_page, fixtures_dir):
+    """An edit the likelihood guard scaled back says how far it went, from the answer's strength."""
+    page = desktop_page
+    upload(page, fixtures_dir / "frrepo_obama_small.jpg")
+    page.evaluate(
+        """() => {
+            const real = window.fetch;
+            window.fetch = async (...args) => {
+                const response = await real(...args);
+                if (!String(args[0]).endsWith("/v1/age")) return response;
+                const body = await response.clone().json().catch(() => null);
+                if (!body || !body.faces) return response;
+                for (const face of body.faces) {
+                    face.strength = 0.6;
+                    face.age_after = face.age_before + 0.6 * (face.age_target - face.age_before);
+                }
+                return new Response(JSON.stringify(body), { status: response.status, headers: response.headers });
+            };
+        }"""
+    )
+    with page.expect_response(is_age_call, timeout=60_000):
+        page.focus("#years")
+        page.keyboard.press("End")
+    page.wait_for_function(RESULT_SHOWN, timeout=60_000)
+    note = page.text_content("#clamp-note")
+    assert "60 % of the way" in note and "would no longer look like a real face" in note
 
 
 def test_faces_the_service_did_not_edit_are_said_so(desktop_page, fixtures_dir, server_url):

@@ -307,14 +307,29 @@ function faceCaption(face, index, count) {
 function clampNote(faces, edit) {
   const [low, high] = state.ageRange;
   const wanted = (face) => (edit.mode === "years" ? face.age_before + edit.value : edit.value);
-  const clamped = faces.map((face, index) => ({ face, index }))
-    .filter(({ face }) => Math.abs(wanted(face) - face.age_after) >= 0.5);
+  // the service says which targets it clamped; an older answer without `clamped` is judged by its ages
+  const isClamped = (face) => (face.clamped !== undefined ? face.clamped
+    : Math.abs(wanted(face) - face.age_after) >= 0.5);
+  const clamped = faces.map((face, index) => ({ face, index })).filter(({ face }) => isClamped(face));
   if (!clamped.length) return "";
   const names = clamped.map(({ index }) => (faces.length > 1 ? `face ${index + 1}` : "the face"));
   const limit = wanted(clamped[0].face) > high ? `the oldest age the model knows, ${high}`
     : `the youngest age the model knows, ${low}`;
   const who = names.join(" and ");
   return `${who.charAt(0).toUpperCase()}${who.slice(1)} stopped at ${limit}.`;
+}
+
+// faces the likelihood guard scaled back: the edit went only part of the way, to keep a real-looking face
+function strengthNote(faces) {
+  const scaled = faces.map((face, index) => ({ face, index }))
+    .filter(({ face }) => face.strength !== undefined && face.strength < 0.995);
+  if (!scaled.length) return "";
+  const parts = scaled.map(({ face, index }) => {
+    const name = faces.length > 1 ? `face ${index + 1}` : "the face";
+    return `${name} ${Math.round(100 * face.strength)} % of the way, to ${Math.round(face.age_after)}`;
+  });
+  const text = parts.join(" and ");
+  return `Aged ${text}: further, it would no longer look like a real face.`;
 }
 
 // faces the service found and did not edit (too small, or past its limit per photo), with its reasons
@@ -339,7 +354,7 @@ function render({ faces, skipped }, edited, resultBlob, edit) {
     drawn(edited, whole, width, height), `The whole photo, ${faces.length} ${plural(faces.length, "face")} edited`));
   edited.close();
 
-  const note = [clampNote(faces, edit), skippedNote(skipped)].filter(Boolean).join(" ");
+  const note = [clampNote(faces, edit), strengthNote(faces), skippedNote(skipped)].filter(Boolean).join(" ");
   elements.clampNote.textContent = note;
   elements.clampNote.hidden = !note;
 
