@@ -162,7 +162,7 @@ def face_grid(side: int, framing: str = "loose") -> tuple[torch.Tensor, torch.Te
     ys, xs = crop_grid(side)
     if framing == "loose":
         return ys, xs
-    m = torch.from_numpy(similarity_transform(FRAMINGS[framing], FRAMINGS["loose"])).float()
+    m = torch.from_numpy(to_loose_matrix(framing)).float()
     return m[1, 0] * xs + m[1, 1] * ys + m[1, 2], m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
 
 
@@ -188,10 +188,7 @@ def reframe(images: torch.Tensor, source: str, target: str, side: int) -> torch.
 
 def face_scale(framing: str = "loose") -> float:
     """How many times larger the face is in a crop of `framing` than in a loose crop of the same side."""
-    if framing == "loose":
-        return 1.0
-    m = similarity_transform(FRAMINGS[framing], FRAMINGS["loose"])
-    return float(1.0 / np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    return float(1.0 / np.sqrt(abs(np.linalg.det(to_loose_matrix(framing)[:2, :2]))))
 
 
 # the paste-back ellipse of each framing, in the crop's own coordinates: x and y radii, centre y, feather.
