@@ -328,17 +328,14 @@ def save_trajectory(folder: Path, trajectory: AgeTrajectory, **facts) -> None:
     """The trajectory's settings (and `facts` about how it was made) as JSON, a post-hoc fit's tensors."""
     folder = Path(folder)
     posthoc = trajectory.name == PosthocTrajectory.name  # the transport reads ages with, not writes, a fit
+    younger = getattr(trajectory, "younger_level_strengths", None) if posthoc else None
     meta = {
         "method": trajectory.name,
         "level_strengths": trajectory.level_strengths,
         "age_range": list(trajectory.age_range),
         "keep_skin_tone": trajectory.keep_skin_tone,
         **({"details": trajectory.details} if posthoc else {}),
-        **(
-            {"younger_level_strengths": getattr(trajectory, "younger_level_strengths", None)}
-            if posthoc and getattr(trajectory, "younger_level_strengths", None) is not None
-            else {}
-        ),
+        **({"younger_level_strengths": younger} if younger is not None else {}),
         **facts,
     }
     (folder / TRAJECTORY).write_text(json.dumps(meta, indent=2))

@@ -159,10 +159,14 @@ def crop_grid(side: int) -> tuple[torch.Tensor, torch.Tensor]:
 def face_grid(side: int, framing: str = "loose") -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel centres of a crop of `framing`, in the coordinates of the loose framing's unit crop: a region
     drawn once on the face in those coordinates lands on the same features in every framing."""
+    return mapped_grid(side, to_loose_matrix(framing))
+
+
+def mapped_grid(side: int, matrix: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel centres of a square crop (as fractions of its side) mapped by a 3x3 affine `matrix` on (x, y):
+    (ys, xs), each side x side."""
     ys, xs = crop_grid(side)
-    if framing == "loose":
-        return ys, xs
-    m = torch.from_numpy(to_loose_matrix(framing)).float()
+    m = torch.from_numpy(matrix).float()
     return m[1, 0] * xs + m[1, 1] * ys + m[1, 2], m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
 
 
@@ -177,11 +181,8 @@ def to_loose_matrix(framing: str) -> np.ndarray:
 def reframe(images: torch.Tensor, source: str, target: str, side: int) -> torch.Tensor:
     """N x C x S x S crops of framing `source` resampled into crops of framing `target`, `side` pixels each
     (bilinear; zero where the source crop does not reach)."""
-    m = np.linalg.inv(to_loose_matrix(source)) @ to_loose_matrix(target)  # target unit crop -> source unit crop
-    ys, xs = crop_grid(side)
-    m_t = torch.from_numpy(m).float()
-    sx = m_t[0, 0] * xs + m_t[0, 1] * ys + m_t[0, 2]
-    sy = m_t[1, 0] * xs + m_t[1, 1] * ys + m_t[1, 2]
+    # target unit crop -> source unit crop
+    sy, sx = mapped_grid(side, np.linalg.inv(to_loose_matrix(source)) @ to_loose_matrix(target))
     grid = torch.stack([sx, sy], -1)[None].expand(len(images), -1, -1, -1) * 2 - 1
     return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
