@@ -30,12 +30,15 @@ def run_summary(run: Path, faces: int | None = None) -> dict:
     held = [r for r in records if "heldout_bpd" in r]
     steps = [r for r in records if "bpd" in r]
     summary = {
-        "training_steps": steps[-1]["step"] if steps else 0,
+        # The last record may be the final held-out evaluation, logged after the last step's record.
+        "training_steps": max((r["step"] for r in records if "step" in r), default=0),
         "training_minutes": round(steps[-1]["elapsed_min"], 1) if steps else 0.0,
     }
     args = json.loads((run / "args.json").read_text()) if (run / "args.json").exists() else {}
     if faces and "batch_size" in args:
-        summary["training_epochs"] = round(summary["training_steps"] * int(args["batch_size"]) / faces, 2)
+        # model.train draws whole batches only (a sampler with drop_last), so an epoch is this many steps
+        steps_per_epoch = max(1, faces // int(args["batch_size"]))
+        summary["training_epochs"] = round(summary["training_steps"] / steps_per_epoch, 2)
     if held:
         summary["heldout_bits_per_dim"] = round(held[-1]["heldout_bpd"], 4)
         summary["heldout_bits_per_dim_step"] = held[-1]["step"]

@@ -182,6 +182,31 @@ def test_log_prob_without_condition_averages_the_likelihood_over_the_condition_g
     torch.testing.assert_close(marginal, torch.logsumexp(per_condition, 1) - math.log(len(grid)), atol=1e-2, rtol=1e-6)
 
 
+def test_likelihood_outside_training_follows_every_change_of_the_parameters(conditional_glow):
+    """Outside training the 1x1 mixing weights and the marginal's condition features are kept between calls;
+    an optimizer step or a load of other weights must still change the answer, as a fresh model computes it."""
+    model = copy.deepcopy(conditional_glow).eval()
+    x01 = images(3, seed=11)
+    with torch.no_grad():
+        before = model.bits_per_dim(x01)
+        assert torch.equal(model.bits_per_dim(x01), before)  # the kept values give the same answer
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loss = model(model.quantize(x01), conditions(model.config, 3)).mean()
+    loss.backward()
+    optimizer.step()
+    model.eval()
+    fresh = Glow(model.config)
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    with torch.no_grad():
+        after = model.bits_per_dim(x01)
+        assert not torch.allclose(after, before)
+        torch.testing.assert_close(after, fresh.bits_per_dim(x01), atol=0, rtol=0)
+        model.load_state_dict(conditional_glow.state_dict())  # a load changes them back
+        torch.testing.assert_close(model.bits_per_dim(x01), before, atol=0, rtol=0)
+
+
 def test_standardize_then_generate_under_the_same_condition_reconstructs_input(conditional_glow):
     x = images(4, seed=8)
     cond = conditions(conditional_glow.config, 4, seed=3)

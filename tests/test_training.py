@@ -277,3 +277,30 @@ def test_the_learning_rate_warms_up_holds_then_decays_by_cosine_to_its_floor():
     rates = [learning_rate(args, s, 2000) for s in range(1000, 2001, 50)]
     assert all(a >= b for a, b in zip(rates, rates[1:]))
     assert learning_rate(argparse.Namespace(lr=1e-3, warmup=100, decay_from=0, lr_floor=0.05), 1999, 2000) == 1e-3
+
+
+def test_the_run_summary_counts_whole_epochs_of_whole_batches(face_folder, tmp_path):
+    """10 faces in batches of 4 make 2 steps an epoch (the last 2 faces wait for the next shuffle): 3 epochs
+    are 6 steps, and the summary says 3, not 6 * 4 / 10 = 2.4; its last step is the final evaluation's."""
+    from model.export import run_summary
+
+    train.main(
+        [
+            "--data",
+            str(face_folder),
+            "--resolution",
+            "16",
+            *TINY,
+            "--batch-size",
+            "4",
+            "--train-limit",
+            "10",
+            "--epochs",
+            "3",
+            "--run",
+            str(tmp_path),
+        ]
+    )
+    summary = run_summary(tmp_path, faces=10)
+    assert summary["training_steps"] == 6
+    assert summary["training_epochs"] == 3.0

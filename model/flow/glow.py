@@ -28,6 +28,7 @@ class Glow(nn.Module):
         super().__init__()
         self.config = config
         self.gradient_checkpointing = False
+        self._marginal_cache: tuple[tuple, list[tuple]] | None = None
         self.levels = nn.ModuleList()
         self.priors = nn.ModuleList()
         channels, side = config.channels, config.resolution
@@ -154,8 +155,8 @@ class Glow(nn.Module):
         x = self.quantize(x01, torch.rand_like(x01) if dequantize else None)
         latents, contexts, logdet = self.flow_forward(x)
         if condition is None and self.config.conditional:
-            ages, pairs = marginal_parts(self.config)
-            prior = self.condition_grid_log_likelihoods(latents, contexts, ages.to(x.device), pairs.to(x.device))
+            ages, pairs, sides = self._marginal_sides(x.device)
+            prior = self.condition_grid_log_likelihoods(latents, contexts, ages, pairs, sides)
             prior = torch.logsumexp(prior.flatten(1), 1) - math.log(prior[0].numel())
         else:
             prior = self.prior_log_prob(latents, contexts, condition)
@@ -173,7 +174,7 @@ class Glow(nn.Module):
         )[:, 0]
 
     def condition_grid_log_likelihoods(
-        self, latents, contexts, first: torch.Tensor, second: torch.Tensor
+        self, latents, contexts, first: torch.Tensor, second: torch.Tensor, sides: list[tuple] | None = None
     ) -> torch.Tensor:
         """Prior log-density of N encoded faces under every condition `first[m] + second[j]`: N x J x M.
 
@@ -181,33 +182,51 @@ class Glow(nn.Module):
         sum_d exp(-2 s_njd) exp(-2 t_md) (r_njd - c_md)^2, expands into one matrix product of per-face
         features (J per face) and per-condition features (M), so the elementwise work grows with N * J + M
         rather than N * J * M: an age grid (first) crossed with genders and ethnicities (second) is cheap.
+        `sides`: `condition_sides(first, second)`, when already made.
         """
+        sides = sides if sides is not None else self.condition_sides(first, second)
         n, j = latents[0].shape[0], second.shape[0]
         total = latents[0].new_zeros(n, j, first.shape[0])
-        for prior, z, ctx in zip(self.all_priors(), latents, contexts):
+        for prior, z, ctx, (other, features, centre, logs_sum) in zip(self.all_priors(), latents, contexts, sides):
             face = prior.context_params(ctx, n)  # N x 2C x H x W
-            if prior.condition is None:
-                cond = face.new_zeros(first.shape[0], *face.shape[1:])
-                other = face.new_zeros(j, *face.shape[1:])
-            else:  # the condition's bias is in `cond`, so `other` takes the weight alone
-                cond = prior.condition_params(first)  # M x 2C x H x W, with the bias
-                other = F.linear(second, prior.condition.weight).view(j, *face.shape[1:])
             face = (face[:, None] + other[None]).flatten(0, 1)  # N*J x 2C x H x W
             face_mean, face_logs = face[:, 0::2].flatten(1), face[:, 1::2].flatten(1)
-            cond_mean, cond_logs = cond[:, 0::2].flatten(1), cond[:, 1::2].flatten(1)
-            centre = cond_mean.mean(0)  # centring both sides keeps the expanded square's cancellation small
             r = z.flatten(1).repeat_interleave(j, 0) - face_mean - centre
-            c = cond_mean - centre
-            u, v = torch.exp(-2.0 * face_logs), torch.exp(-2.0 * cond_logs)
-            square = torch.cat([u * r * r, -2.0 * u * r, u], 1) @ torch.cat([v, c * v, c * c * v], 1).T
-            level = (
-                -0.5 * r.shape[1] * math.log(2 * math.pi)
-                - face_logs.sum(1, keepdim=True)
-                - cond_logs.sum(1)[None]
-                - 0.5 * square
-            )
+            u = torch.exp(-2.0 * face_logs)
+            square = torch.cat([u * r * r, -2.0 * u * r, u], 1) @ features
+            level = -0.5 * r.shape[1] * math.log(2 * math.pi) - face_logs.sum(1, keepdim=True) - logs_sum - 0.5 * square
             total = total + level.view(n, j, -1)
         return total
+
+    def condition_sides(self, first: torch.Tensor, second: torch.Tensor) -> list[tuple]:
+        """Per prior, what `condition_grid_log_likelihoods` computes from the conditions alone: the second
+        part's (mean, log-std) offsets (J x 2C x H x W), the first part's features (3D x M), the centre both
+        sides are taken from (D) and the first part's log-std sums (1 x M)."""
+        sides = []
+        for prior in self.all_priors():
+            channels, height, width = prior.shape
+            if prior.condition is None:
+                cond = first.new_zeros(first.shape[0], 2 * channels, height, width)
+                other = first.new_zeros(second.shape[0], 2 * channels, height, width)
+            else:  # the condition's bias is in `cond`, so `other` takes the weight alone
+                cond = prior.condition_params(first)  # M x 2C x H x W, with the bias
+                other = F.linear(second, prior.condition.weight).view(second.shape[0], 2 * channels, height, width)
+            cond_mean, cond_logs = cond[:, 0::2].flatten(1), cond[:, 1::2].flatten(1)
+            centre = cond_mean.mean(0)  # centring both sides keeps the expanded square's cancellation small
+            c, v = cond_mean - centre, torch.exp(-2.0 * cond_logs)
+            sides.append((other, torch.cat([v, c * v, c * c * v], 1).T, centre, cond_logs.sum(1)[None]))
+        return sides
+
+    def _marginal_sides(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[tuple]]:
+        """The uniform grid the likelihood averages over without a condition, and its `condition_sides`,
+        kept between calls outside training as long as the priors' parameters stay the same."""
+        ages, pairs = (part.to(device) for part in marginal_parts(self.config))
+        if self.training or torch.is_grad_enabled():
+            return ages, pairs, self.condition_sides(ages, pairs)
+        key = (device, *(p._version for prior in self.all_priors() for p in prior.parameters()))
+        if self._marginal_cache is None or self._marginal_cache[0] != key:
+            self._marginal_cache = (key, self.condition_sides(ages, pairs))
+        return ages, pairs, self._marginal_cache[1]
 
     # ---- the edit space and sampling ---------------------------------------------------------------
     @staticmethod

@@ -69,6 +69,7 @@ class InvertibleConv1x1(nn.Module):
         self.upper = nn.Parameter(torch.triu(upper, 1).float())
         self.log_s = nn.Parameter(torch.log(torch.abs(s)).float())
         self._inverse_cache: tuple[tuple, torch.Tensor] | None = None
+        self._weight_cache: tuple[tuple, torch.Tensor] | None = None
 
     def weight64(self) -> torch.Tensor:
         eye = torch.eye(self.p.shape[0], dtype=torch.float64, device=self.p.device)
@@ -76,16 +77,29 @@ class InvertibleConv1x1(nn.Module):
         upper = self.upper.double() * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s.double()))
         return self.p @ lower @ upper
 
+    def _cache_key(self) -> tuple:
+        """Changes whenever the parameters do (an optimizer step or a load bumps their versions)."""
+        return (self.p.device, self.lower._version, self.upper._version, self.log_s._version)
+
+    def _weight(self) -> torch.Tensor:
+        """The weight, kept between calls outside training (gradients need it rebuilt from the parameters)."""
+        if self.training or torch.is_grad_enabled():
+            return self.weight64()
+        key = self._cache_key()
+        if self._weight_cache is None or self._weight_cache[0] != key:
+            self._weight_cache = (key, self.weight64().detach())
+        return self._weight_cache[1]
+
     def _inverse_weight(self) -> torch.Tensor:
         if self.training:
             return torch.linalg.inv(self.weight64())
-        key = (self.p.device, self.lower._version, self.upper._version, self.log_s._version)
+        key = self._cache_key()
         if self._inverse_cache is None or self._inverse_cache[0] != key:
             self._inverse_cache = (key, torch.linalg.inv(self.weight64()).detach())
         return self._inverse_cache[1]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.weight64().to(x.dtype)
+        w = self._weight().to(x.dtype)
         logdet = self.log_s.sum() * x.shape[2] * x.shape[3]
         return F.conv2d(x, w[:, :, None, None]), logdet.expand(x.shape[0])
 
