@@ -37,7 +37,8 @@ EDITOR_CONFIG = "editor.json"
 PLAUSIBLE_BITS_KEY = "plausible_face_bits_per_dim"
 # editor.json key: {"max_bits_per_dim": ...}, real held-out faces' 95th percentile (model.guard)
 GUARD_KEY = "likelihood_guard"
-GUARD_ROUNDS = 3  # rounds of the search for the largest strength within the limit (AgeEditor._guarded)
+GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest strength within the limit
+GUARD_STEP = 0.05  # a face's search stops once its next round would raise its strength by less than this
 PASTE_STRIP_PIXELS = 1 << 20  # photo pixels pasted at once: bounds paste_back's float copies per face
 
 # why a detected face was not edited, for the person who sent the photo
@@ -126,6 +127,7 @@ class FacePlan:
 
     aligned: list[AlignedFace]
     skipped: list[SkippedFace]
+    bits_per_dim: np.ndarray | None = None  # of each aligned face, when the plausibility check measured it
 
     @property
     def found(self) -> int:
@@ -292,10 +294,16 @@ class AgeEditor:
 
     @torch.no_grad()
     def edit(
-        self, faces: torch.Tensor, years=None, target_age=None, reading: AgeReading | None = None
+        self,
+        faces: torch.Tensor,
+        years=None,
+        target_age=None,
+        reading: AgeReading | None = None,
+        original_bits: np.ndarray | None = None,
     ) -> list[FaceEdit]:
         """Age N aligned faces by `years` (a number or one per face) or to `target_age` (likewise).
-        `reading`: the faces' ages as `trajectory.estimate` read them, when already known."""
+        `reading`: the faces' ages as `trajectory.estimate` read them, and `original_bits` their bits/dim,
+        when already known."""
         if (years is None) == (target_age is None):
             raise ValueError("give exactly one of years and target_age")
         faces = faces.to(self.device)
@@ -310,7 +318,7 @@ class AgeEditor:
         after = self._moved(faces, reading, target)
         strength = np.ones(len(faces))
         if self.guard_limit is not None:
-            after, strength = self._guarded(faces, reading, target, after, self.guard_limit)
+            after, strength = self._guarded(faces, reading, target, after, self.guard_limit, original_bits)
         unmoved = torch.from_numpy((target == reading.ages) | (strength == 0)).to(faces.device)
         after = torch.where(unmoved[:, None, None, None], faces, after)  # a zero edit gives the face back exactly
         return [
@@ -350,22 +358,25 @@ class AgeEditor:
         target: np.ndarray,
         after: torch.Tensor,
         limit: tuple[float, float],
+        original_bits: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, np.ndarray]:
         """The likelihood guard: each edited face less likely under the flow than the `limit` (bits/dim, or
         its original's plus the allowed rise, where that is more) is edited again at a smaller strength
-        until it is within; returns the faces and the strength each got.
+        until it is within; returns the faces and the strength each got. `original_bits`: the faces' own
+        bits/dim, when already measured.
 
         The strength is searched by regula falsi (the Illinois variant) between the original (strength 0,
         within) and the full edit (strength 1, beyond): bits/dim rises close to linearly with the strength
-        for older edits, so each round lands near the largest strength allowed, and GUARD_ROUNDS rounds
-        end much closer to it than as many halvings would. Only strengths found within are ever returned."""
+        for older edits, so each round lands near the largest strength allowed. A face's search ends after
+        GUARD_ROUNDS rounds, or sooner once a strength within is found and the next round would add less
+        than GUARD_STEP to it. Only strengths found within are ever returned."""
         strength = np.ones(len(faces))
         allowed = np.full(len(faces), limit[0])
         bits = self.bits_per_dim(after)
         beyond = np.flatnonzero(bits > limit[0])  # only these need their original's bits/dim
         original = np.full(len(faces), np.nan)
         if len(beyond):
-            original[beyond] = self.bits_per_dim(faces[beyond])
+            original[beyond] = original_bits[beyond] if original_bits is not None else self.bits_per_dim(faces[beyond])
             allowed[beyond] = np.maximum(limit[0], original[beyond] + limit[1])
         over = np.flatnonzero(bits > allowed)
         if not len(over):
@@ -377,19 +388,31 @@ class AgeEditor:
         side = np.zeros(len(over))  # which end moved last (-1 low, +1 high): Illinois halves the other
         best = faces[over].clone()
         part = subset_reading(reading, over)
+        searching = np.ones(len(over), bool)
         for _ in range(GUARD_ROUNDS):
             trial_strength = np.clip(low - f_low * (high - low) / (f_high - f_low), low, high)
             # aim a little inside the bracket, where a near-linear rise keeps the trial within the limit
             trial_strength = low + 0.97 * (trial_strength - low)
-            trial = self._moved(faces[over], part, part.ages + trial_strength * (target[over] - part.ages))
-            excess = self.bits_per_dim(trial) - allowed[over]
-            fits = excess <= 0
-            best[torch.from_numpy(fits)] = trial[torch.from_numpy(fits)]
+            searching &= ~((side < 0) & (trial_strength - low < GUARD_STEP))
+            if not searching.any():
+                break
+            now = np.flatnonzero(searching)
+            ages = part.ages[now]
+            trial = self._moved(
+                faces[over[now]], subset_reading(part, now), ages + trial_strength[now] * (target[over[now]] - ages)
+            )
+            excess = np.full(len(over), np.nan)
+            excess[now] = self.bits_per_dim(trial) - allowed[over[now]]
+            fits = np.zeros(len(over), bool)
+            fits[now] = excess[now] <= 0
+            kept = fits[now]
+            best[torch.from_numpy(now[kept])] = trial[torch.from_numpy(kept)]
+            miss = searching & ~fits
             f_high = np.where(fits & (side < 0), f_high / 2, f_high)
-            f_low = np.where(~fits & (side > 0), f_low / 2, f_low)
+            f_low = np.where(miss & (side > 0), f_low / 2, f_low)
             low, f_low = np.where(fits, trial_strength, low), np.where(fits, excess, f_low)
-            high, f_high = np.where(fits, high, trial_strength), np.where(fits, f_high, excess)
-            side = np.where(fits, -1.0, 1.0)
+            high, f_high = np.where(miss, trial_strength, high), np.where(miss, excess, f_high)
+            side = np.where(fits, -1.0, np.where(miss, 1.0, side))
         after[over], strength[over] = best, low
         return after, strength
 
@@ -454,6 +477,7 @@ class AgeEditor:
             usable = usable[:1]
         band = self.plausible_bits_per_dim
         chosen: list[AlignedFace] = []
+        chosen_bits: list[float] = []
         spent = 0
         for start in range(0, len(usable), limits.max_faces):  # align and rate only what may be edited
             batch = usable[start : start + limits.max_faces]
@@ -473,13 +497,14 @@ class AgeEditor:
                     skip(one.face, "work_budget")
                 else:
                     chosen.append(one)
+                    chosen_bits.append(float(bits[index]) if bits is not None else np.nan)
                     spent += cost
         if not chosen:
             raise NoFaceError(
                 f"No face was found in the photo: {len(skipped)} detection(s) did not look like a "
                 "face to the model. Use a photo where a face is clearly visible."
             )
-        return FacePlan(aligned=chosen, skipped=skipped)
+        return FacePlan(aligned=chosen, skipped=skipped, bits_per_dim=np.array(chosen_bits) if band else None)
 
     def paste_pixels(self, aligned: AlignedFace, shape: tuple[int, ...], scale: float) -> int:
         """Result pixels that pasting the face's work crop covers, at least the work crop's."""
@@ -551,7 +576,7 @@ class AgeEditor:
         reading = self.trajectory.estimate(crops.to(self.device))
         results = []
         for step in steps:
-            edits = self.edit(crops, reading=reading, **step)
+            edits = self.edit(crops, reading=reading, original_bits=plan.bits_per_dim, **step)
             watch.lap("edit")
             out = None if canvas is None else canvas.copy()
             face_results = []

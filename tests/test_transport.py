@@ -212,3 +212,33 @@ def test_the_guard_leaves_no_edited_face_less_likely_than_real_faces_or_its_orig
         assert edit.age_after == pytest.approx(edit.age_before + edit.strength * (edit.age_target - edit.age_before))
         if edit.strength == 0.0:
             assert torch.equal(edit.after, edit.before)
+
+
+def guarded_editor(trajectory, x):
+    """An editor whose guard limit is the median bits/dim of the unguarded +30 edits of `x`."""
+    editor = AgeEditor(trajectory, {})
+    unguarded = torch.stack([e.after for e in editor.edit(x, years=30)])
+    limit = float(np.median(editor.bits_per_dim(unguarded)))
+    return AgeEditor(trajectory, {GUARD_KEY: {"max_bits_per_dim": limit, "max_rise_bits_per_dim": 0.0}})
+
+
+def test_the_guard_given_the_originals_bits_edits_as_it_does_measuring_them(trajectory):
+    x = faces()
+    editor = guarded_editor(trajectory, x)
+    measured = editor.edit(x, years=30)
+    given = editor.edit(x, years=30, original_bits=editor.bits_per_dim(x))
+    assert [e.strength for e in given] == [e.strength for e in measured]
+    for a, b in zip(given, measured):
+        assert torch.equal(a.after, b.after)
+
+
+def test_the_guard_stops_a_search_early_only_when_little_strength_is_left_to_gain(trajectory, monkeypatch):
+    import model.editor as editor_module
+
+    x = faces()
+    editor = guarded_editor(trajectory, x)
+    early = np.array([e.strength for e in editor.edit(x, years=30)])
+    monkeypatch.setattr(editor_module, "GUARD_STEP", 0.0)  # every face searched for all GUARD_ROUNDS rounds
+    full = np.array([e.strength for e in editor.edit(x, years=30)])
+    assert (early <= full + 1e-9).all()
+    assert (full - early).max() < 0.1
