@@ -319,6 +319,9 @@ class AgeEditor:
         strength = np.ones(len(faces))
         if self.guard_limit is not None:
             after, strength = self._guarded(faces, reading, target, after, self.guard_limit, original_bits)
+        # a latent moved so far that the inverse overflows gives no face at all: such a face is given back
+        broken = ~torch.isfinite(after).flatten(1).all(1).cpu().numpy()
+        strength[broken] = 0.0
         unmoved = torch.from_numpy((target == reading.ages) | (strength == 0)).to(faces.device)
         after = torch.where(unmoved[:, None, None, None], faces, after)  # a zero edit gives the face back exactly
         return [
@@ -372,7 +375,7 @@ class AgeEditor:
         than GUARD_STEP to it. Only strengths found within are ever returned."""
         strength = np.ones(len(faces))
         allowed = np.full(len(faces), limit[0])
-        bits = self.bits_per_dim(after)
+        bits = finite_or_inf(self.bits_per_dim(after))
         beyond = np.flatnonzero(bits > limit[0])  # only these need their original's bits/dim
         original = np.full(len(faces), np.nan)
         if len(beyond):
@@ -390,7 +393,11 @@ class AgeEditor:
         part = subset_reading(reading, over)
         searching = np.ones(len(over), bool)
         for _ in range(GUARD_ROUNDS):
-            trial_strength = np.clip(low - f_low * (high - low) / (f_high - f_low), low, high)
+            trial_strength = np.where(
+                np.isfinite(f_high),  # an overflowing edit gives no slope: halve the bracket instead
+                np.clip(low - f_low * (high - low) / (f_high - f_low), low, high),
+                (low + high) / 2,
+            )
             # aim a little inside the bracket, where a near-linear rise keeps the trial within the limit
             trial_strength = low + 0.97 * (trial_strength - low)
             searching &= ~((side < 0) & (trial_strength - low < GUARD_STEP))
@@ -402,7 +409,7 @@ class AgeEditor:
                 faces[over[now]], subset_reading(part, now), ages + trial_strength[now] * (target[over[now]] - ages)
             )
             excess = np.full(len(over), np.nan)
-            excess[now] = self.bits_per_dim(trial) - allowed[over[now]]
+            excess[now] = finite_or_inf(self.bits_per_dim(trial)) - allowed[over[now]]
             fits = np.zeros(len(over), bool)
             fits[now] = excess[now] <= 0
             kept = fits[now]
@@ -602,6 +609,11 @@ class AgeEditor:
             watch.lap("paste_back")
             results.append(PhotoResult(image=out, faces=face_results, timings=dict(timings), skipped=plan.skipped))
         return results
+
+
+def finite_or_inf(bits: np.ndarray) -> np.ndarray:
+    """Bits/dim with a face the flow cannot rate (NaN or infinite pixels) counted as infinitely unlikely."""
+    return np.where(np.isfinite(bits), bits, np.inf)
 
 
 def subset_reading(reading: AgeReading, index: np.ndarray) -> AgeReading:

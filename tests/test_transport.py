@@ -242,3 +242,34 @@ def test_the_guard_stops_a_search_early_only_when_little_strength_is_left_to_gai
     full = np.array([e.strength for e in editor.edit(x, years=30)])
     assert (early <= full + 1e-9).all()
     assert (full - early).max() < 0.1
+
+
+def overflowing(move, beyond_years: float):
+    """The trajectory's `move`, except that moving a face more than `beyond_years` overflows (NaN pixels),
+    as a decode of a latent pushed very far can."""
+
+    def broken_move(faces, reading, target_ages):
+        after = move(faces, reading, target_ages).clone()
+        far = torch.from_numpy(np.abs(np.asarray(target_ages) - reading.ages) > beyond_years)
+        after[far] = float("nan")
+        return after
+
+    return broken_move
+
+
+def test_an_edit_that_overflows_gives_the_face_back_and_says_so(trajectory, monkeypatch):
+    editor = AgeEditor(trajectory, {})
+    monkeypatch.setattr(trajectory, "move", overflowing(trajectory.move, 10.0))
+    x = faces()
+    for edit in editor.edit(x, years=30):
+        assert torch.equal(edit.after, edit.before)
+        assert (edit.strength, edit.age_after) == (0.0, edit.age_before)
+    assert all(torch.isfinite(e.after).all() and e.strength == 1.0 for e in editor.edit(x, years=5))
+
+
+def test_the_guard_scales_an_overflowing_edit_back_to_a_strength_that_gives_a_face(trajectory, monkeypatch):
+    editor = AgeEditor(trajectory, {GUARD_KEY: {"max_bits_per_dim": 1e6}})
+    monkeypatch.setattr(trajectory, "move", overflowing(trajectory.move, 20.0))
+    for edit in editor.edit(faces(), years=30):
+        assert torch.isfinite(edit.after).all()
+        assert 0.0 < edit.strength <= 20.0 / 30.0
