@@ -265,13 +265,14 @@ class ModelInfo(BaseModel):
                 {
                     "resolution": 64,
                     "age_range": [1.0, 90.0],
-                    "trajectory": "conditional_prior",
+                    "trajectory": "posthoc",
                     "training_data": "UTKFace (64 and 200 px) and All-Age-Faces, aligned by model.prepare; "
                     "research and demonstration use only",
-                    "training_faces": 31000,
-                    "heldout_bits_per_dim": 1.27,
-                    "training_epochs": 5.57,
-                    "heldout_age_error_years": 8.05,
+                    "training_faces": 24597,
+                    "framing": "tight",
+                    "heldout_bits_per_dim": 1.2827,
+                    "training_epochs": 15.0,
+                    "heldout_age_error_years": 5.93,
                     "bits_per_dim_definition": "held-out, 5-bit pixels, conditioned on each face's labels",
                 }
             ]
