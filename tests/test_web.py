@@ -290,6 +290,8 @@ def test_faces_the_service_did_not_edit_are_said_so(desktop_page, fixtures_dir, 
         headers={"Accept": "application/json"},
         timeout=60,
     ).json()
+    for face in answer["faces"]:  # as if the guard had let every edited face go the whole way
+        face["strength"] = 1.0
     answer["skipped"] = [
         {
             "box": [1, 1, 20, 20],
