@@ -67,10 +67,19 @@ class AgeTrajectory:
             raise ValueError(f"need {n_levels} level strengths, got {len(self.level_strengths)}")
         self.age_range = (float(age_range[0]), float(age_range[1]))
 
+    @torch.no_grad()
     def estimate(self, faces: torch.Tensor) -> AgeReading:
+        """The age, gender and ethnicity of N aligned faces (N x 3 x S x S in [0, 1])."""
+        latents, contexts, _ = self.flow.flow_forward(faces - 0.5)
+        return self.read(latents, contexts)
+
+    def read(self, latents: list[torch.Tensor], contexts: list) -> AgeReading:
+        """`estimate` from the faces' encoding (`Glow.flow_forward`), when it is already made."""
         raise NotImplementedError
 
-    def move(self, faces: torch.Tensor, reading: AgeReading, target_ages: np.ndarray) -> torch.Tensor:
+    def move(self, faces: torch.Tensor, reading: AgeReading, target_ages: np.ndarray, with_bits: bool = False):
+        """The faces taken from their reading's ages to `target_ages`; with `with_bits`, also the moved
+        faces' exact bits/dim under the flow (`Glow.exact_bits_per_dim`), from the same pass."""
         raise NotImplementedError
 
 
@@ -79,12 +88,11 @@ class ConditionalPriorTrajectory(AgeTrajectory):
     coarse_ages = tuple(range(0, 91, 5))
 
     @torch.no_grad()
-    def estimate(self, faces: torch.Tensor) -> AgeReading:
+    def read(self, latents: list[torch.Tensor], contexts: list) -> AgeReading:
         """Gender and ethnicity: the pair under which the face is most likely, summed over the coarse ages;
         then the age: the most likely of the whole years in the age range under that pair."""
         flow = self.flow
-        device = faces.device
-        latents, contexts, _ = flow.flow_forward(faces - 0.5)
+        device, count = latents[0].device, latents[0].shape[0]
         if self.heads is not None:
             return heads_reading(self.heads, latents, contexts, self.age_range)
         fine_ages = np.arange(self.age_range[0], self.age_range[1] + 0.5, 1.0)
@@ -93,7 +101,7 @@ class ConditionalPriorTrajectory(AgeTrajectory):
         table = flow.condition_grid_log_likelihoods(latents, contexts, age_rows.to(device), other_rows.to(device))
         coarse, fine = table[:, :, : len(self.coarse_ages)], table[:, :, len(self.coarse_ages) :]
         best = torch.logsumexp(coarse, 2).argmax(1)
-        found = fine[torch.arange(len(faces), device=device), best].argmax(1)
+        found = fine[torch.arange(count, device=device), best].argmax(1)
         genders = [PAIRS[b][0] for b in best.tolist()]
         races = [PAIRS[b][1] for b in best.tolist()]
         return AgeReading(fine_ages[found.cpu().numpy()], genders, races, latents, contexts)
@@ -102,13 +110,13 @@ class ConditionalPriorTrajectory(AgeTrajectory):
         return condition_vector(self.flow.config, ages, reading.genders, reading.races)
 
     @torch.no_grad()
-    def move(self, faces: torch.Tensor, reading: AgeReading, target_ages: np.ndarray) -> torch.Tensor:
+    def move(self, faces: torch.Tensor, reading: AgeReading, target_ages: np.ndarray, with_bits: bool = False):
         device = faces.device
         current = self._conditions(reading.ages, reading).to(device)
         target = self._conditions(target_ages, reading).to(device)
         eps = self.flow.standardize_latents(reading.latents, reading.contexts, current)
         per_level = [current + s * (target - current) for s in self.level_strengths]
-        return self.flow.generate(eps, per_level)
+        return self.flow.generate(eps, per_level, with_bits=with_bits)
 
 
 class PosthocTrajectory(AgeTrajectory):
@@ -150,19 +158,18 @@ class PosthocTrajectory(AgeTrajectory):
         return torch.cat([z.flatten(1) for z in latents], 1)
 
     @torch.no_grad()
-    def estimate(self, faces: torch.Tensor) -> AgeReading:
-        latents, contexts, _ = self.flow.flow_forward(faces - 0.5)
+    def read(self, latents: list[torch.Tensor], contexts: list) -> AgeReading:
         if self.heads is not None:
             return heads_reading(self.heads, latents, contexts, self.age_range)
-        t = self.tensors
-        features = (self._flatten(latents) - t["latent_mean"].to(faces.device)) / t["latent_std"].to(faces.device)
-        ages = (features @ t["age_weights"].to(faces.device) + t["age_bias"].to(faces.device)).cpu().numpy()
+        t, device = self.tensors, latents[0].device
+        features = (self._flatten(latents) - t["latent_mean"].to(device)) / t["latent_std"].to(device)
+        ages = (features @ t["age_weights"].to(device) + t["age_bias"].to(device)).cpu().numpy()
         ages = np.clip(ages.astype(np.float64), *self.age_range)
-        unknown = [None] * len(faces)
+        unknown = [None] * latents[0].shape[0]
         return AgeReading(ages, unknown, unknown, latents, contexts)
 
     @torch.no_grad()
-    def move(self, faces: torch.Tensor, reading: AgeReading, target_ages: np.ndarray) -> torch.Tensor:
+    def move(self, faces: torch.Tensor, reading: AgeReading, target_ages: np.ndarray, with_bits: bool = False):
         knots = self.flow.config.age_knots
         delta = (
             age_weights(torch.as_tensor(target_ages), knots) - age_weights(torch.as_tensor(reading.ages), knots)
@@ -172,7 +179,7 @@ class PosthocTrajectory(AgeTrajectory):
             for level, strength in enumerate(self._strengths(reading, target_ages, delta.device))
         ]  # level{i}_age: knots x C x H x W
         if self.details == "kept":
-            return self.flow.decode([z + shift for z, shift in zip(reading.latents, shifts)])
+            return self.flow.decode([z + shift for z, shift in zip(reading.latents, shifts)], with_bits)
         # carried: every latent standardized under its prior at the current age; the top one comes back as
         # it was (same condition) plus its shift, the finer ones under the target age and the new context
         flow = self.flow
@@ -181,7 +188,7 @@ class PosthocTrajectory(AgeTrajectory):
             for ages in (reading.ages, target_ages)
         )
         eps = flow.standardize_latents(reading.latents, reading.contexts, current)
-        return flow.generate(eps, [target] * (len(eps) - 1) + [current], offsets=shifts)
+        return flow.generate(eps, [target] * (len(eps) - 1) + [current], offsets=shifts, with_bits=with_bits)
 
 
 def heads_reading(

@@ -33,9 +33,10 @@ from model.align import (
 from model.checkpoint import load_flow
 
 EDITOR_CONFIG = "editor.json"
-# editor.json key: [low, high] bits/dim of an aligned crop outside which a detection is not edited as a face
+# editor.json key: [low, high] exact bits/dim (Glow.exact_bits_per_dim) of an aligned crop outside which a
+# detection is not edited as a face (model.guard)
 PLAUSIBLE_BITS_KEY = "plausible_face_bits_per_dim"
-# editor.json key: {"max_bits_per_dim": ...}, real held-out faces' 95th percentile (model.guard)
+# editor.json key: {"max_bits_per_dim": ...}, real held-out faces' 95th percentile of exact bits/dim (model.guard)
 GUARD_KEY = "likelihood_guard"
 GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest strength within the limit
 GUARD_STEP = 0.05  # a face's search stops once its next round would raise its strength by less than this
@@ -127,7 +128,8 @@ class FacePlan:
 
     aligned: list[AlignedFace]
     skipped: list[SkippedFace]
-    bits_per_dim: np.ndarray | None = None  # of each aligned face, when the plausibility check measured it
+    bits_per_dim: np.ndarray  # exact bits/dim of each aligned face (Glow.exact_bits_per_dim)
+    reading: AgeReading  # each aligned face's age, gender and ethnicity, read from the same encoding
 
     @property
     def found(self) -> int:
@@ -302,8 +304,8 @@ class AgeEditor:
         original_bits: np.ndarray | None = None,
     ) -> list[FaceEdit]:
         """Age N aligned faces by `years` (a number or one per face) or to `target_age` (likewise).
-        `reading`: the faces' ages as `trajectory.estimate` read them, and `original_bits` their bits/dim,
-        when already known."""
+        `reading`: the faces' ages as `trajectory.estimate` read them, and `original_bits` their exact
+        bits/dim, when already known."""
         if (years is None) == (target_age is None):
             raise ValueError("give exactly one of years and target_age")
         faces = faces.to(self.device)
@@ -315,10 +317,10 @@ class AgeEditor:
             target = np.broadcast_to(np.asarray(target_age, np.float64), reading.ages.shape).copy()
         clamped = (target < low) | (target > high)
         target = np.clip(target, low, high)
-        after = self._moved(faces, reading, target)
+        after, bits = self._moved(faces, reading, target)
         strength = np.ones(len(faces))
         if self.guard_limit is not None:
-            after, strength = self._guarded(faces, reading, target, after, self.guard_limit, original_bits)
+            after, strength = self._guarded(faces, reading, target, after, bits, self.guard_limit, original_bits)
         # a latent moved so far that the inverse overflows gives no face at all: such a face is given back
         broken = ~torch.isfinite(after).flatten(1).all(1).cpu().numpy()
         strength[broken] = 0.0
@@ -337,15 +339,17 @@ class AgeEditor:
             for f, a, b, t, c, s in zip(faces, after, reading.ages, target, clamped, strength)
         ]
 
-    def _moved(self, faces: torch.Tensor, reading: AgeReading, target: np.ndarray) -> torch.Tensor:
-        """The faces taken to `target` ages along the trajectory, with the colour and gamut controls."""
-        after = self.trajectory.move(faces, reading, target)
+    def _moved(self, faces: torch.Tensor, reading: AgeReading, target: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The faces taken to `target` ages along the trajectory, with the colour and gamut controls, and the
+        exact bits/dim of what the flow decoded (before those controls, read in the same pass: the guard
+        rates what the edit made of the face, at no extra cost)."""
+        after, bits = self.trajectory.move(faces, reading, target, with_bits=True)
         if self.trajectory.keep_skin_tone:
             after = keep_skin_tone(faces, no_added_tint(faces, after), self.framing)
         after = within_gamut(faces, after).clamp(0, 1)
         if self.trajectory.keep_skin_tone:
             after = keep_cheek_colour(faces, after, framing=self.framing)
-        return after
+        return after, finite_or_inf(bits.cpu().numpy())
 
     @property
     def guard_limit(self) -> tuple[float, float] | None:
@@ -360,26 +364,32 @@ class AgeEditor:
         reading: AgeReading,
         target: np.ndarray,
         after: torch.Tensor,
+        bits: np.ndarray,
         limit: tuple[float, float],
         original_bits: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, np.ndarray]:
-        """The likelihood guard: each edited face less likely under the flow than the `limit` (bits/dim, or
-        its original's plus the allowed rise, where that is more) is edited again at a smaller strength
-        until it is within; returns the faces and the strength each got. `original_bits`: the faces' own
-        bits/dim, when already measured.
+        """The likelihood guard: each edited face (`after`, whose decoding measured `bits`) less likely under
+        the flow than the `limit` (exact bits/dim, or its original's plus the allowed rise, where that is
+        more) is edited again at a smaller strength until it is within; returns the faces and the strength
+        each got. `original_bits`: the faces' own exact bits/dim, when already measured.
 
         The strength is searched by regula falsi (the Illinois variant) between the original (strength 0,
         within) and the full edit (strength 1, beyond): bits/dim rises close to linearly with the strength
         for older edits, so each round lands near the largest strength allowed. A face's search ends after
         GUARD_ROUNDS rounds, or sooner once a strength within is found and the next round would add less
-        than GUARD_STEP to it. Only strengths found within are ever returned."""
+        than GUARD_STEP to it. Only strengths found within are ever returned. A decoding rated beyond the
+        plausible range of faces (`plausible_bits_per_dim`) counts as an overflow: its bits/dim can reach
+        1e9 where the inverse nearly blows up, which gives no useful slope, so the bracket is halved."""
+        ceiling = self.plausible_bits_per_dim[1] if self.plausible_bits_per_dim else np.inf
+        bits = np.where(bits > ceiling, np.inf, bits)
         strength = np.ones(len(faces))
         allowed = np.full(len(faces), limit[0])
-        bits = finite_or_inf(self.bits_per_dim(after))
         beyond = np.flatnonzero(bits > limit[0])  # only these need their original's bits/dim
         original = np.full(len(faces), np.nan)
         if len(beyond):
-            original[beyond] = original_bits[beyond] if original_bits is not None else self.bits_per_dim(faces[beyond])
+            original[beyond] = (
+                original_bits[beyond] if original_bits is not None else self.exact_bits_per_dim(faces[beyond])
+            )
             allowed[beyond] = np.maximum(limit[0], original[beyond] + limit[1])
         over = np.flatnonzero(bits > allowed)
         if not len(over):
@@ -405,11 +415,11 @@ class AgeEditor:
                 break
             now = np.flatnonzero(searching)
             ages = part.ages[now]
-            trial = self._moved(
+            trial, trial_bits = self._moved(
                 faces[over[now]], subset_reading(part, now), ages + trial_strength[now] * (target[over[now]] - ages)
             )
             excess = np.full(len(over), np.nan)
-            excess[now] = finite_or_inf(self.bits_per_dim(trial)) - allowed[over[now]]
+            excess[now] = np.where(trial_bits > ceiling, np.inf, trial_bits) - allowed[over[now]]
             fits = np.zeros(len(over), bool)
             fits[now] = excess[now] <= 0
             kept = fits[now]
@@ -425,7 +435,14 @@ class AgeEditor:
 
     @torch.no_grad()
     def bits_per_dim(self, faces: torch.Tensor) -> np.ndarray:
+        """Bits/dim of the faces' n_bits pixels (at each bin's centre): the flow's own measure of faces."""
         return self.flow.bits_per_dim(faces.to(self.device)).cpu().numpy()
+
+    @torch.no_grad()
+    def exact_bits_per_dim(self, faces: torch.Tensor) -> np.ndarray:
+        """Bits/dim at the faces' own values (`Glow.exact_bits_per_dim`): what the guard and the
+        plausibility check compare."""
+        return self.flow.exact_bits_per_dim(faces.to(self.device)).cpu().numpy()
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 0.7, seed: int = 0) -> torch.Tensor:
@@ -451,6 +468,7 @@ class AgeEditor:
             )
         return usable[:1] if faces == "largest" else usable
 
+    @torch.no_grad()
     def plan_faces(
         self, image: np.ndarray, faces: str = "all", ages: int = 1, limits: EditLimits | None = None, scale: float = 1.0
     ) -> FacePlan:
@@ -485,6 +503,7 @@ class AgeEditor:
         band = self.plausible_bits_per_dim
         chosen: list[AlignedFace] = []
         chosen_bits: list[float] = []
+        encodings: list[tuple[list, list]] = []  # each chosen face's latents and contexts, for its reading
         spent = 0
         for start in range(0, len(usable), limits.max_faces):  # align and rate only what may be edited
             batch = usable[start : start + limits.max_faces]
@@ -493,7 +512,9 @@ class AgeEditor:
                     skip(face, "face_limit")
                 continue
             aligned = self.align(image, batch)
-            bits = self.bits_per_dim(torch.stack([a.crops[self.resolution] for a in aligned])) if band else None
+            crops = torch.stack([a.crops[self.resolution] for a in aligned]).to(self.device)
+            latents, contexts, logdet = self.flow.flow_forward(crops - 0.5)  # one encoding: rating and reading
+            bits = finite_or_inf(self.flow.encoding_bits_per_dim(latents, contexts, logdet).cpu().numpy())
             for index, one in enumerate(aligned):
                 cost = ages * self.paste_pixels(one, image.shape, scale)
                 if band and not band[0] <= bits[index] <= band[1]:
@@ -504,14 +525,27 @@ class AgeEditor:
                     skip(one.face, "work_budget")
                 else:
                     chosen.append(one)
-                    chosen_bits.append(float(bits[index]) if bits is not None else np.nan)
+                    chosen_bits.append(float(bits[index]))
+                    encodings.append(
+                        (
+                            [z[index : index + 1] for z in latents],
+                            [None if c is None else c[index : index + 1] for c in contexts],
+                        )
+                    )
                     spent += cost
         if not chosen:
             raise NoFaceError(
                 f"No face was found in the photo: {len(skipped)} detection(s) did not look like a "
                 "face to the model. Use a photo where a face is clearly visible."
             )
-        return FacePlan(aligned=chosen, skipped=skipped, bits_per_dim=np.array(chosen_bits) if band else None)
+        latents = [torch.cat(level) for level in zip(*(e[0] for e in encodings))]
+        contexts = [None if level[0] is None else torch.cat(level) for level in zip(*(e[1] for e in encodings))]
+        return FacePlan(
+            aligned=chosen,
+            skipped=skipped,
+            bits_per_dim=np.array(chosen_bits),
+            reading=self.trajectory.read(latents, contexts),
+        )
 
     def paste_pixels(self, aligned: AlignedFace, shape: tuple[int, ...], scale: float) -> int:
         """Result pixels that pasting the face's work crop covers, at least the work crop's."""
@@ -580,10 +614,9 @@ class AgeEditor:
         watch.lap("detect")
         on_canvas = [AlignedFace(face=a.face, matrix=compose(a.matrix, to_photo)) for a in aligned]
         crops = torch.stack([a.crops[self.resolution] for a in aligned])
-        reading = self.trajectory.estimate(crops.to(self.device))
         results = []
         for step in steps:
-            edits = self.edit(crops, reading=reading, original_bits=plan.bits_per_dim, **step)
+            edits = self.edit(crops, reading=plan.reading, original_bits=plan.bits_per_dim, **step)
             watch.lap("edit")
             out = None if canvas is None else canvas.copy()
             face_results = []

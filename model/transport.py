@@ -188,7 +188,7 @@ class TransportTrajectory(PosthocTrajectory):
         self.basis = basis
 
     @torch.no_grad()
-    def move(self, faces: torch.Tensor, reading: AgeReading, target_ages: np.ndarray) -> torch.Tensor:
+    def move(self, faces: torch.Tensor, reading: AgeReading, target_ages: np.ndarray, with_bits: bool = False):
         flow, latents = self.flow, reading.latents
         knots = self.transport.age_knots
         source = transport_condition(knots, reading.ages, reading.genders, reading.races).to(faces.device)
@@ -213,7 +213,7 @@ class TransportTrajectory(PosthocTrajectory):
             mean, logs = prior.params(context, aim, fine.shape[0])  # the finest level, carried
             return latents[0] + strength * (mean + torch.exp(logs) * fine - latents[0])
 
-        return flow._invert_levels(None, draw) + 0.5
+        return flow.images_from(flow.invert(None, draw), with_bits)
 
 
 # ---- saving and loading -----------------------------------------------------------------------------

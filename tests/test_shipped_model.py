@@ -80,11 +80,6 @@ def test_thirty_years_older_raises_the_latent_age_by_twenty_on_average(thirty_ye
     assert thirty_years_older.mean() >= 20.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not met by the shipped model for every face: +30 years raises the heads' "
-    "reading of these four faces by 19.5 to 29.7 years",
-)
 def test_thirty_years_older_raises_the_latent_age_by_at_least_twenty(thirty_years_older):
     assert thirty_years_older.min() >= 20.0
 

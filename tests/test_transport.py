@@ -196,16 +196,36 @@ def test_with_a_generous_guard_every_edit_gets_its_full_strength(trajectory):
     assert all(edit.strength == 1.0 for edit in editor.edit(faces(), years=30))
 
 
+def decoded_bits(trajectory, x, ages) -> np.ndarray:
+    """Exact bits/dim of what the flow decodes for faces `x` moved to `ages`: what the guard rates."""
+    return trajectory.move(x, trajectory.estimate(x), np.asarray(ages, np.float64), with_bits=True)[1].numpy()
+
+
+def test_the_bits_an_edit_is_rated_by_are_those_of_the_face_it_decodes(trajectory):
+    x = faces()
+    reading = trajectory.estimate(x)
+    decoded, bits = trajectory.move(x, reading, reading.ages + 30, with_bits=True)
+    torch.testing.assert_close(bits, trajectory.flow.exact_bits_per_dim(decoded), atol=1e-4, rtol=0)
+    assert torch.equal(decoded, trajectory.move(x, reading, reading.ages + 30))
+    # and at the face's own age, those of the face itself
+    torch.testing.assert_close(
+        trajectory.move(x, reading, reading.ages, with_bits=True)[1],
+        trajectory.flow.exact_bits_per_dim(x),
+        atol=1e-4,
+        rtol=0,
+    )
+
+
 def test_the_guard_leaves_no_edited_face_less_likely_than_real_faces_or_its_original(trajectory):
     editor = AgeEditor(trajectory, {})
     x = faces()
-    unguarded = torch.stack([e.after for e in editor.edit(x, years=30)])
-    limit = float(np.median(editor.bits_per_dim(unguarded)))  # half the faces must be scaled back, or kept
+    ages = editor.trajectory.estimate(x).ages
+    older = np.clip(ages + 30, *trajectory.age_range)
+    limit = float(np.median(decoded_bits(trajectory, x, older)))  # half the faces must be scaled back, or kept
     guard = {"max_bits_per_dim": limit, "max_rise_bits_per_dim": 0.0}
     guarded = AgeEditor(trajectory, {GUARD_KEY: guard}).edit(x, years=30)
-    after = torch.stack([e.after for e in guarded])
-    allowed = np.maximum(limit, editor.bits_per_dim(x))
-    assert (editor.bits_per_dim(after) <= allowed + 1e-6).all()
+    allowed = np.maximum(limit, editor.exact_bits_per_dim(x))
+    assert (decoded_bits(trajectory, x, [e.age_after for e in guarded]) <= allowed + 1e-4).all()
     assert any(e.strength < 1.0 for e in guarded)
     for edit in guarded:
         assert 0.0 <= edit.strength <= 1.0
@@ -215,10 +235,9 @@ def test_the_guard_leaves_no_edited_face_less_likely_than_real_faces_or_its_orig
 
 
 def guarded_editor(trajectory, x):
-    """An editor whose guard limit is the median bits/dim of the unguarded +30 edits of `x`."""
-    editor = AgeEditor(trajectory, {})
-    unguarded = torch.stack([e.after for e in editor.edit(x, years=30)])
-    limit = float(np.median(editor.bits_per_dim(unguarded)))
+    """An editor whose guard limit is the median exact bits/dim of the unguarded +30 edits of `x`."""
+    older = np.clip(trajectory.estimate(x).ages + 30, *trajectory.age_range)
+    limit = float(np.median(decoded_bits(trajectory, x, older)))
     return AgeEditor(trajectory, {GUARD_KEY: {"max_bits_per_dim": limit, "max_rise_bits_per_dim": 0.0}})
 
 
@@ -226,7 +245,7 @@ def test_the_guard_given_the_originals_bits_edits_as_it_does_measuring_them(traj
     x = faces()
     editor = guarded_editor(trajectory, x)
     measured = editor.edit(x, years=30)
-    given = editor.edit(x, years=30, original_bits=editor.bits_per_dim(x))
+    given = editor.edit(x, years=30, original_bits=editor.exact_bits_per_dim(x))
     assert [e.strength for e in given] == [e.strength for e in measured]
     for a, b in zip(given, measured):
         assert torch.equal(a.after, b.after)
@@ -248,11 +267,12 @@ def overflowing(move, beyond_years: float):
     """The trajectory's `move`, except that moving a face more than `beyond_years` overflows (NaN pixels),
     as a decode of a latent pushed very far can."""
 
-    def broken_move(faces, reading, target_ages):
-        after = move(faces, reading, target_ages).clone()
+    def broken_move(faces, reading, target_ages, with_bits=False):
+        after, bits = move(faces, reading, target_ages, with_bits=True)
         far = torch.from_numpy(np.abs(np.asarray(target_ages) - reading.ages) > beyond_years)
-        after[far] = float("nan")
-        return after
+        after, bits = after.clone(), bits.clone()
+        after[far], bits[far] = float("nan"), float("nan")
+        return (after, bits) if with_bits else after
 
     return broken_move
 
