@@ -46,10 +46,10 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
 
 from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory, fit_posthoc, reduce_rank
-from model.align import face_grid, face_mask, reframe, to_loose_matrix
+from model.align import face_mask, reframe, to_loose_matrix
 from model.checkpoint import WEIGHTS, load_flow
 from model.data import FaceSet, load_faces
-from model.editor import EDITOR_CONFIG, GUARD_KEY, AgeEditor, blur
+from model.editor import EDITOR_CONFIG, GUARD_KEY, AgeEditor, blur, central_face
 from model.flow.glow import Glow
 from model.heads import HEADS_FILE, load_heads
 from model.transport import TransportTrajectory, load_transport, subset
@@ -484,18 +484,12 @@ def grain(changes: torch.Tensor, framing: str = "loose") -> float:
     return float(((detail * mask).sum((1, 2)) / mask.sum()).mean())
 
 
-def central_face(side: int, framing: str = "loose") -> np.ndarray:
-    """Cheeks, eyes, nose and mouth of an aligned crop of `framing`: side x side booleans."""
-    ys, xs = face_grid(side, framing)
-    return ((((xs - 0.5) / 0.2) ** 2 + ((ys - 0.6) / 0.2) ** 2) <= 1.0).numpy()
-
-
 def patch_shares(before: np.ndarray, after: np.ndarray, framing: str = "loose") -> np.ndarray:
     """Per face (N x S x S x 3 uint8 each), the share of the central face where the lightness change,
     blurred by 2 px, departs from its median over the central face by more than 12 L*."""
     change = cielab(after.astype(np.float64) / 255.0)[..., 0] - cielab(before.astype(np.float64) / 255.0)[..., 0]
     smooth = blur(torch.from_numpy(change).float()[:, None], PATCH_BLUR)[:, 0].numpy()
-    region = central_face(before.shape[1], framing)
+    region = central_face(before.shape[1], framing).numpy()
     inside = smooth[:, region]
     return (np.abs(inside - np.median(inside, 1, keepdims=True)) > PATCH_LIGHTNESS).mean(1)
 

@@ -40,6 +40,10 @@ PLAUSIBLE_BITS_KEY = "plausible_face_bits_per_dim"
 GUARD_KEY = "likelihood_guard"
 GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest strength within the limit
 GUARD_STEP = 0.05  # a face's search stops once its next round would raise its strength by less than this
+# a blotched edit (the flow issue's "patchy", with colour as well as lightness): its CIELab change, blurred by
+# BLOTCH_BLUR of the crop's side, departs from its own median over the central face by more than BLOTCH_DELTA
+# (delta E) on more than BLOTCH_SHARE of it. Aging moves the median; folds are thin; blotches cover area.
+BLOTCH_DELTA, BLOTCH_SHARE, BLOTCH_BLUR = 12.0, 0.05, 1 / 64
 PASTE_STRIP_PIXELS = 1 << 20  # photo pixels pasted at once: bounds paste_back's float copies per face
 
 # why a detected face was not edited, for the person who sent the photo
@@ -163,6 +167,39 @@ def skin_region(side: int, framing: str = "loose") -> torch.Tensor:
     """Cheeks and nose of an aligned crop of `framing` (model.align.FRAMINGS): side x side, 0 or 1."""
     ys, xs = face_grid(side, framing)
     return ((((xs - 0.5) / 0.17) ** 2 + ((ys - 0.6) / 0.1) ** 2) <= 1.0).float()
+
+
+def central_face(side: int, framing: str = "loose") -> torch.Tensor:
+    """Cheeks, eyes, nose and mouth of an aligned crop of `framing`: side x side booleans."""
+    ys, xs = face_grid(side, framing)
+    return (((xs - 0.5) / 0.2) ** 2 + ((ys - 0.6) / 0.2) ** 2) <= 1.0
+
+
+# sRGB (linear) to CIE XYZ, each row divided by the D65 white's
+_XYZ_OF_RGB = (
+    torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]], dtype=torch.float64)
+    / torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)[:, None]
+)
+
+
+def cielab(images: torch.Tensor) -> torch.Tensor:
+    """CIELab (D65) of N x 3 x S x S sRGB images in [0, 1]: N x 3 x S x S (L*, a*, b*)."""
+    rgb = images.clamp(0, 1)
+    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = torch.einsum("ij,njhw->nihw", _XYZ_OF_RGB.to(images), linear)
+    f = torch.where(xyz > (6 / 29) ** 3, xyz.clamp(min=1e-12) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+
+
+def blotch_shares(before: torch.Tensor, after: torch.Tensor, framing: str = "loose") -> np.ndarray:
+    """Per face, the share of the central face where the edit's CIELab change, blurred, departs from its
+    median there by more than BLOTCH_DELTA: above BLOTCH_SHARE, the edit is blotched (dark, pale or
+    coloured patches)."""
+    side = before.shape[-1]
+    change = blur(cielab(after) - cielab(before), BLOTCH_BLUR * side)
+    inside = change[:, :, central_face(side, framing).to(change.device)]  # N x 3 x P
+    departs = (inside - inside.median(2, keepdim=True).values).norm(dim=1) > BLOTCH_DELTA
+    return departs.float().mean(1).cpu().numpy()
 
 
 def face_skin_mask(side: int, framing: str = "loose") -> torch.Tensor:
@@ -358,6 +395,12 @@ class AgeEditor:
         guard = self.settings.get(GUARD_KEY)
         return (float(guard["max_bits_per_dim"]), float(guard.get("max_rise_bits_per_dim", 0.0))) if guard else None
 
+    @property
+    def blotch_limit(self) -> float | None:
+        """The share of the central face an edit may blotch (editor.json guard `max_blotch_share`), if set."""
+        guard = self.settings.get(GUARD_KEY) or {}
+        return float(guard["max_blotch_share"]) if "max_blotch_share" in guard else None
+
     def _guarded(
         self,
         faces: torch.Tensor,
@@ -379,9 +422,15 @@ class AgeEditor:
         GUARD_ROUNDS rounds, or sooner once a strength within is found and the next round would add less
         than GUARD_STEP to it. Only strengths found within are ever returned. A decoding rated beyond the
         plausible range of faces (`plausible_bits_per_dim`) counts as an overflow: its bits/dim can reach
-        1e9 where the inverse nearly blows up, which gives no useful slope, so the bracket is halved."""
+        1e9 where the inverse nearly blows up, which gives no useful slope, so the bracket is halved.
+
+        With `max_blotch_share` in the guard's settings, a blotched edit (`blotch_shares` above it) is scaled
+        back the same way: the search then follows the larger of the two excesses, the bits/dim's in units
+        of the allowed rise and the blotched share's in units of its limit."""
         ceiling = self.plausible_bits_per_dim[1] if self.plausible_bits_per_dim else np.inf
         bits = np.where(bits > ceiling, np.inf, bits)
+        blotch = self.blotch_limit
+        spread = max(limit[1], 0.05)
         strength = np.ones(len(faces))
         allowed = np.full(len(faces), limit[0])
         beyond = np.flatnonzero(bits > limit[0])  # only these need their original's bits/dim
@@ -391,13 +440,26 @@ class AgeEditor:
                 original_bits[beyond] if original_bits is not None else self.exact_bits_per_dim(faces[beyond])
             )
             allowed[beyond] = np.maximum(limit[0], original[beyond] + limit[1])
-        over = np.flatnonzero(bits > allowed)
+
+        def excess(index: np.ndarray, edited: torch.Tensor, edited_bits: np.ndarray) -> np.ndarray:
+            """How far each edit of faces[index] is beyond the guard's limits: at most 0 within them."""
+            out = (np.where(edited_bits > ceiling, np.inf, edited_bits) - allowed[index]) / spread
+            if blotch is not None:
+                out = np.maximum(out, (blotch_shares(faces[index], edited, self.framing) - blotch) / blotch)
+            return out
+
+        f_full = excess(np.arange(len(faces)), after, bits)
+        over = np.flatnonzero(f_full > 0)
         if not len(over):
             return after, strength
         after = after.clone()
-        # excess bits/dim over the allowed at the bracket's ends: below zero at `low`, above at `high`
+        # the excess at the bracket's ends: below zero at `low`, above at `high`; the original has no blotch,
+        # and where its bits/dim were not needed (the edit's were within the limit) they are within too
         low, high = np.zeros(len(over)), np.ones(len(over))
-        f_low, f_high = original[over] - allowed[over], bits[over] - allowed[over]
+        f_low = np.nan_to_num((original[over] - allowed[over]) / spread, nan=-1.0)
+        if blotch is not None:
+            f_low = np.maximum(f_low, -1.0)
+        f_high = f_full[over]
         side = np.zeros(len(over))  # which end moved last (-1 low, +1 high): Illinois halves the other
         best = faces[over].clone()
         part = subset_reading(reading, over)
@@ -418,17 +480,17 @@ class AgeEditor:
             trial, trial_bits = self._moved(
                 faces[over[now]], subset_reading(part, now), ages + trial_strength[now] * (target[over[now]] - ages)
             )
-            excess = np.full(len(over), np.nan)
-            excess[now] = np.where(trial_bits > ceiling, np.inf, trial_bits) - allowed[over[now]]
+            trial_excess = np.full(len(over), np.nan)
+            trial_excess[now] = excess(over[now], trial, trial_bits)
             fits = np.zeros(len(over), bool)
-            fits[now] = excess[now] <= 0
+            fits[now] = trial_excess[now] <= 0
             kept = fits[now]
             best[torch.from_numpy(now[kept])] = trial[torch.from_numpy(kept)]
             miss = searching & ~fits
             f_high = np.where(fits & (side < 0), f_high / 2, f_high)
             f_low = np.where(miss & (side > 0), f_low / 2, f_low)
-            low, f_low = np.where(fits, trial_strength, low), np.where(fits, excess, f_low)
-            high, f_high = np.where(miss, trial_strength, high), np.where(miss, excess, f_high)
+            low, f_low = np.where(fits, trial_strength, low), np.where(fits, trial_excess, f_low)
+            high, f_high = np.where(miss, trial_strength, high), np.where(miss, trial_excess, f_high)
             side = np.where(fits, -1.0, np.where(miss, 1.0, side))
         after[over], strength[over] = best, low
         return after, strength

@@ -11,7 +11,7 @@ import torch
 from model.age import load_trajectory, save_trajectory
 from model.condition import condition_vector
 from model.config import FlowConfig
-from model.editor import GUARD_KEY, AgeEditor
+from model.editor import GUARD_KEY, AgeEditor, blotch_shares, central_face
 from model.flow.glow import Glow
 from model.transport import (
     ConditionalCoupling,
@@ -293,3 +293,41 @@ def test_the_guard_scales_an_overflowing_edit_back_to_a_strength_that_gives_a_fa
     for edit in editor.edit(faces(), years=30):
         assert torch.isfinite(edit.after).all()
         assert 0.0 < edit.strength <= 20.0 / 30.0
+
+
+def test_a_smooth_change_of_lightness_is_no_blotch_and_a_dark_patch_is():
+    before = torch.full((3, 3, 64, 64), 0.5)
+    ys, xs = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    patch = ((ys - 36) ** 2 + (xs - 32) ** 2 <= 100).float()  # a blotch of 20 px across
+    orange = torch.tensor([0.15, 0.0, -0.2]).view(3, 1, 1) * patch  # about as light as the grey around it
+    after = torch.stack([before[0] + 0.15, before[1] - 0.2 * patch, before[2] + 0.05 * ys / 64, before[0] + orange])
+    before = torch.cat([before, before[:1]])
+    shares = blotch_shares(before, after, "tight")
+    assert shares[0] == 0.0 and shares[2] == 0.0  # a uniform or gradual change moves the median only
+    assert shares[1] > 0.1 and shares[3] > 0.1  # a dark patch, and a coloured one
+    assert shares[1] <= patch[central_face(64, "tight")].mean().item() + 0.05
+
+
+def blotching(move):
+    """The trajectory's `move`, plus a dark patch on the middle of each face that deepens with the years
+    moved, as a flow pushed far from its data can leave: 30 years darken it by 0.4."""
+
+    def blotched_move(faces, reading, target_ages, with_bits=False):
+        after, bits = move(faces, reading, target_ages, with_bits=True)
+        depth = torch.from_numpy(np.abs(np.asarray(target_ages) - reading.ages) / 30 * 0.4).float()
+        after = after.clone()
+        after[:, :, 5:11, 5:11] -= depth[:, None, None, None]
+        return (after, bits) if with_bits else after
+
+    return blotched_move
+
+
+def test_with_a_blotch_limit_no_guarded_edit_is_blotched(trajectory, monkeypatch):
+    monkeypatch.setattr(trajectory, "move", blotching(trajectory.move))
+    x = faces().mul(0.5).add(0.25)  # mid-grey faces: the patch stays inside the pixel range
+    unguarded = AgeEditor(trajectory, {}).edit(x, years=30)
+    assert (blotch_shares(x, torch.stack([e.after for e in unguarded])) > 0.05).all()
+    editor = AgeEditor(trajectory, {GUARD_KEY: {"max_bits_per_dim": 1e6, "max_blotch_share": 0.05}})
+    edits = editor.edit(x, years=30)
+    assert (blotch_shares(x, torch.stack([e.after for e in edits])) <= 0.05).all()
+    assert all(0.0 < e.strength < 1.0 for e in edits)
