@@ -4,9 +4,10 @@ An edited face is scaled back (`AgeEditor._guarded`) while the flow finds it les
 more exact bits/dim (`Glow.exact_bits_per_dim`, the density at the face's own pixel values, which the
 decoding of an edit gives in the same pass) than the `percentile` of real held-out aligned faces, or, for a
 face already beyond that, more than its original's plus the real faces' spread (that percentile less their
-median). A detection is edited only when its crop's exact bits/dim lie within PLAUSIBLE_RANGE times the real
-faces' mean (`plausible_face_bits_per_dim`). `python -m model.guard --weights weights --data
-data/faces-tight` measures the real faces and writes both into weights/editor.json.
+median), or while its colour change is blotched over more than `max_blotch_share` of the central face
+(`model.editor.blotch_shares`). A detection is edited only when its crop's exact bits/dim lie within
+PLAUSIBLE_RANGE times the real faces' mean (`plausible_face_bits_per_dim`). `python -m model.guard
+--weights weights --data data/faces-tight` measures the real faces and writes both into weights/editor.json.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ def heldout_bits(editor, faces, count: int, seed: int = 0, batch: int = 100) -> 
     return np.concatenate(parts)
 
 
-def guard_settings(bits: np.ndarray, percentile: float, data: str) -> dict:
+def guard_settings(bits: np.ndarray, percentile: float, data: str, blotch_share: float | None = None) -> dict:
     median, limit = float(np.median(bits)), float(np.percentile(bits, percentile))
+    blotch = {} if blotch_share is None else {"max_blotch_share": blotch_share}
     return {
         "max_bits_per_dim": round(limit, 4),
         "max_rise_bits_per_dim": round(limit - median, 4),
+        **blotch,
         "percentile": percentile,
         "heldout_median_bits_per_dim": round(median, 4),
         "heldout_faces": int(len(bits)),
@@ -61,6 +64,12 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, default=Path("data/faces-loose"))
     parser.add_argument("--faces", type=int, default=600, help="held-out faces measured")
     parser.add_argument("--percentile", type=float, default=95.0)
+    parser.add_argument(
+        "--blotch-share",
+        type=float,
+        default=0.10,
+        help="share of the central face an edit may blotch before it is scaled back (negative: no blotch limit)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -68,7 +77,8 @@ def main(argv=None) -> None:
     editor = AgeEditor.from_dir(args.weights)
     heldout = load_faces(args.data, editor.resolution, "heldout")
     bits = heldout_bits(editor, heldout, args.faces)
-    settings = guard_settings(bits, args.percentile, f"{args.data} split heldout")
+    blotch = args.blotch_share if args.blotch_share >= 0 else None
+    settings = guard_settings(bits, args.percentile, f"{args.data} split heldout", blotch)
     path = args.weights / EDITOR_CONFIG
     config = json.loads(path.read_text()) if path.exists() else {}  # read just before writing: shared file
     config[GUARD_KEY] = settings
