@@ -207,6 +207,23 @@ def test_likelihood_outside_training_follows_every_change_of_the_parameters(cond
         torch.testing.assert_close(model.bits_per_dim(x01), before, atol=0, rtol=0)
 
 
+def test_exact_bits_of_a_decoding_come_from_its_own_pass(conditional_glow):
+    """decode and generate with `with_bits` rate the image they make as a forward pass of it would, at its
+    own values, which differ from the bin-centre bits/dim."""
+    model = conditional_glow
+    x = images(4, seed=3)
+    with torch.no_grad():
+        decoded, bits = model.decode(model.encode(x), with_bits=True)
+        torch.testing.assert_close(bits, model.exact_bits_per_dim(decoded), atol=1e-4, rtol=0)
+        torch.testing.assert_close(bits, model.exact_bits_per_dim(x), atol=1e-4, rtol=0)
+        cond = conditions(model.config, 4, seed=4)
+        eps = [torch.randn(4, *shape, generator=torch.Generator().manual_seed(5)) for shape in model.latent_shapes()]
+        made, made_bits = model.generate(eps, cond, 0.7, with_bits=True)
+        assert torch.equal(made, model.generate(eps, cond, 0.7))
+        torch.testing.assert_close(made_bits, model.exact_bits_per_dim(made), atol=1e-4, rtol=0)
+        assert not torch.allclose(model.exact_bits_per_dim(x), model.bits_per_dim(x), atol=1e-3)
+
+
 def test_standardize_then_generate_under_the_same_condition_reconstructs_input(conditional_glow):
     x = images(4, seed=8)
     cond = conditions(conditional_glow.config, 4, seed=3)
