@@ -42,8 +42,9 @@ GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest stren
 GUARD_STEP = 0.05  # a face's search stops once its next round would raise its strength by less than this
 # a blotched edit (the flow issue's "patchy", with colour as well as lightness): its CIELab change, blurred by
 # BLOTCH_BLUR of the crop's side, departs from its own median over the central face by more than BLOTCH_DELTA
-# (delta E) on more than BLOTCH_SHARE of it. Aging moves the median; folds are thin; blotches cover area.
-BLOTCH_DELTA, BLOTCH_SHARE, BLOTCH_BLUR = 12.0, 0.05, 1 / 64
+# (delta E) on more than a share of it (the guard's `max_blotch_share`; BLOTCH_SHARE is the shipped one, which
+# model.guard writes). Aging moves the median; folds are thin; blotches cover area.
+BLOTCH_DELTA, BLOTCH_SHARE, BLOTCH_BLUR = 12.0, 0.10, 1 / 64
 PASTE_STRIP_PIXELS = 1 << 20  # photo pixels pasted at once: bounds paste_back's float copies per face
 
 # why a detected face was not edited, for the person who sent the photo
@@ -193,8 +194,8 @@ def cielab(images: torch.Tensor) -> torch.Tensor:
 
 def blotch_shares(before: torch.Tensor, after: torch.Tensor, framing: str = "loose") -> np.ndarray:
     """Per face, the share of the central face where the edit's CIELab change, blurred, departs from its
-    median there by more than BLOTCH_DELTA: above BLOTCH_SHARE, the edit is blotched (dark, pale or
-    coloured patches)."""
+    median there by more than BLOTCH_DELTA: above the guard's `max_blotch_share`, the edit is blotched (dark,
+    pale or coloured patches)."""
     side = before.shape[-1]
     change = blur(cielab(after) - cielab(before), BLOTCH_BLUR * side)
     inside = change[:, :, central_face(side, framing).to(change.device)]  # N x 3 x P
@@ -428,7 +429,6 @@ class AgeEditor:
         back the same way: the search then follows the larger of the two excesses, the bits/dim's in units
         of the allowed rise and the blotched share's in units of its limit."""
         ceiling = self.plausible_bits_per_dim[1] if self.plausible_bits_per_dim else np.inf
-        bits = np.where(bits > ceiling, np.inf, bits)
         blotch = self.blotch_limit
         spread = max(limit[1], 0.05)
         strength = np.ones(len(faces))

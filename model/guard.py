@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.editor import EDITOR_CONFIG, GUARD_KEY, PLAUSIBLE_BITS_KEY
+from model.editor import BLOTCH_SHARE, EDITOR_CONFIG, GUARD_KEY, PLAUSIBLE_BITS_KEY
 
 # a detection is rated a face between these multiples of real held-out faces' mean exact bits/dim: wide on
 # both sides, since real photos differ from the training crops (light, blur, compression): the faces of the
@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--blotch-share",
         type=float,
-        default=0.10,
+        default=BLOTCH_SHARE,
         help="share of the central face an edit may blotch before it is scaled back (negative: no blotch limit)",
     )
     parser.add_argument("--threads", type=int, default=1)
