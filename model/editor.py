@@ -347,7 +347,11 @@ class AgeEditor:
         if (years is None) == (target_age is None):
             raise ValueError("give exactly one of years and target_age")
         faces = faces.to(self.device)
-        reading = reading if reading is not None else self.trajectory.estimate(faces)
+        if reading is None:  # one encoding gives the reading and, for the guard, the faces' own bits/dim
+            latents, contexts, logdet = self.flow.flow_forward(faces - 0.5)
+            reading = self.trajectory.read(latents, contexts)
+            if original_bits is None:
+                original_bits = finite_or_inf(self.flow.encoding_bits_per_dim(latents, contexts, logdet).cpu().numpy())
         low, high = self.age_range
         if target_age is None:
             target = reading.ages + np.broadcast_to(np.asarray(years, np.float64), reading.ages.shape)
