@@ -16,13 +16,13 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
-from app import api
 from app.auth import ApiKeyMiddleware
 from app.body_limit import BodyLimitMiddleware
 from app.errors import RETRY_AFTER_SECONDS, CatchAllMiddleware, install_error_handlers
 from app.gate import InferenceGate
 from app.imaging import megabytes, set_decompression_limit
 from app.metrics import Metrics, MetricsMiddleware
+from app.routers import analysis, edits, model_info, probes
 from app.security_headers import SecurityHeadersMiddleware
 from app.service import Service, load_editor
 from app.settings import Settings
@@ -125,10 +125,10 @@ def create_app(settings: Settings | None = None, editor: AgeEditor | None = None
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Accept"],
-            expose_headers=[*api.AGE_HEADERS, *api.SERIES_HEADERS, "X-Seed", "Retry-After"],
+            expose_headers=[*edits.AGE_HEADERS, *edits.SERIES_HEADERS, "X-Seed", "Retry-After"],
         )
-    app.include_router(api.router)
-    app.include_router(api.probes)
+    for routes in (edits, analysis, model_info, probes):
+        app.include_router(routes.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs-assets", StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
 

@@ -48,9 +48,18 @@ def age_editor():
     return load_editor(settings)
 
 
+@pytest.fixture(scope="session")
+def fake_editor(aligner):
+    """The editor's interface with the real detector and no flow (tests/fakes.py), for tests of what the
+    service does with its answers: they run with or without weights/."""
+    from tests.fakes import FakeEditor
+
+    return FakeEditor(aligner)
+
+
 @pytest.fixture(scope="module")
-def server_url(age_editor):
-    """The service with the shared editor, served over HTTP on a free loopback port."""
+def server_url(fake_editor):
+    """The service with the fake editor, served over HTTP on a free loopback port."""
     import socket
     import threading
     import time
@@ -62,7 +71,7 @@ def server_url(age_editor):
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(), editor=age_editor), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(), editor=fake_editor), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -1,4 +1,5 @@
-"""The HTTP API: every route, every error a bad upload or parameter can cause, and real edits of real photos."""
+"""The HTTP API: every route and every error a bad upload or parameter can cause, served from the fake editor
+(tests/fakes.py), and real edits of real photos by the shipped model (`model_client`)."""
 
 import base64
 import io
@@ -26,13 +27,20 @@ SMALL_PHOTO = "frrepo_obama_small.jpg"
 
 
 @pytest.fixture(scope="module")
-def service_app(age_editor):
-    return create_app(Settings(), editor=age_editor)
+def service_app(fake_editor):
+    return create_app(Settings(), editor=fake_editor)
 
 
 @pytest.fixture(scope="module")
 def client(service_app):
     with TestClient(service_app) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def model_client(age_editor):
+    """The service with the shipped model, for what only the model decides."""
+    with TestClient(create_app(Settings(), editor=age_editor)) as client:
         yield client
 
 
@@ -78,12 +86,12 @@ def test_readyz_is_ready_with_a_loaded_model(client):
     assert client.get("/readyz").json() == {"status": "ready"}
 
 
-def test_readyz_is_503_until_the_model_has_loaded(age_editor, monkeypatch):
+def test_readyz_is_503_until_the_model_has_loaded(fake_editor, monkeypatch):
     loaded = threading.Event()
 
     def slow_load(settings):
         loaded.wait(30)
-        return age_editor
+        return fake_editor
 
     monkeypatch.setattr(app.main, "load_editor", slow_load)
     with TestClient(create_app(Settings())) as client:
@@ -104,10 +112,10 @@ def test_readyz_stays_503_when_the_weights_are_missing(tmp_path):
         assert error_of(client.get("/readyz"), 503) == "model_unavailable"
 
 
-def test_model_info_describes_the_model(client, age_editor):
+def test_model_info_describes_the_model(client, fake_editor):
     info = client.get("/v1/model").json()
-    assert info["resolution"] == age_editor.resolution
-    assert info["age_range"] == list(age_editor.age_range)
+    assert info["resolution"] == fake_editor.resolution
+    assert info["age_range"] == list(fake_editor.age_range)
     assert info["trajectory"]
 
 
@@ -181,10 +189,10 @@ def test_age_returns_the_photo_with_ages_in_headers(client, small_jpeg):
     assert opened(response.content).size == (320, 240)
 
 
-def test_age_edits_inside_the_face_and_leaves_the_rest_alone(client, fixtures_dir, photo):
+def test_age_edits_inside_the_face_and_leaves_the_rest_alone(model_client, fixtures_dir, photo):
     original = photo("skimage_astronaut.png")
     response = post(
-        client,
+        model_client,
         "/v1/age",
         (fixtures_dir / "skimage_astronaut.png").read_bytes(),
         filename="astronaut.png",
@@ -204,17 +212,17 @@ def test_age_edits_inside_the_face_and_leaves_the_rest_alone(client, fixtures_di
     np.testing.assert_array_equal(edited[far], original[far])
 
 
-def test_age_to_a_target_age(client, small_jpeg, age_editor):
+def test_age_to_a_target_age(model_client, small_jpeg, age_editor):
     target = min(70.0, age_editor.age_range[1])
-    response = post(client, "/v1/age", small_jpeg, target_age=target, headers={"Accept": "application/json"})
+    response = post(model_client, "/v1/age", small_jpeg, target_age=target, headers={"Accept": "application/json"})
     (face,) = response.json()["faces"]
     assert (face["age_target"], face["clamped"]) == (pytest.approx(target), False)
     assert face["age_after"] == pytest.approx(face["age_before"] + face["strength"] * (target - face["age_before"]))
     assert face["shift"] == pytest.approx(face["age_after"] - face["age_before"])
 
 
-def test_years_beyond_the_age_range_say_which_target_was_used(client, small_jpeg, age_editor):
-    response = post(client, "/v1/age", small_jpeg, years=100, headers={"Accept": "application/json"})
+def test_years_beyond_the_age_range_say_which_target_was_used(model_client, small_jpeg, age_editor):
+    response = post(model_client, "/v1/age", small_jpeg, years=100, headers={"Accept": "application/json"})
     (face,) = response.json()["faces"]
     assert (face["age_target"], face["clamped"]) == (pytest.approx(age_editor.age_range[1]), True)
     assert 0.0 <= face["strength"] <= 1.0
@@ -248,11 +256,11 @@ def test_largest_face_only(client, fixtures_dir):
     assert response.headers["x-faces"] == "1"
 
 
-def test_face_output_is_a_strip_of_aligned_faces(client, fixtures_dir, age_editor):
+def test_face_output_is_a_strip_of_aligned_faces(client, fixtures_dir, fake_editor):
     response = post(
         client, "/v1/age", (fixtures_dir / "frrepo_two_people.jpg").read_bytes(), years=10, output="face", format="png"
     )
-    side = age_editor.work_size
+    side = fake_editor.work_size
     assert opened(response.content).size == (2 * side, side)
 
 
@@ -271,14 +279,14 @@ def test_png_output_keeps_the_uploads_alpha(client, fixtures_dir):
     np.testing.assert_array_equal(np.asarray(result)[:, :, 3], np.asarray(Image.open(path))[:, :, 3])
 
 
-def test_exif_rotated_jpeg_comes_back_upright(client, upload_files, age_editor, photo):
+def test_exif_rotated_jpeg_comes_back_upright(client, upload_files, fake_editor, photo):
     response = post(
         client, "/v1/age", upload_files["exif_rotated_jpeg"], years=10, headers={"Accept": "application/json"}
     )
     assert response.status_code == 200
     body = response.json()
     assert (body["image"]["width"], body["image"]["height"]) == (320, 240)
-    (expected,) = age_editor.aligner.detect(photo(SMALL_PHOTO))
+    (expected,) = fake_editor.aligner.detect(photo(SMALL_PHOTO))
     np.testing.assert_allclose(body["faces"][0]["box"], expected.box, atol=8)
 
 
@@ -298,20 +306,20 @@ def test_grayscale_fixture_is_aged(client, fixtures_dir):
 # ---- series, faces, likelihood, samples -----------------------------------------------------------------------
 
 
-def test_series_returns_a_strip_of_faces(client, small_jpeg, age_editor):
+def test_series_returns_a_strip_of_faces(client, small_jpeg, fake_editor):
     response = post(client, "/v1/age/series", small_jpeg, ages="10,30,50,70", format="png")
     assert response.status_code == 200
     assert response.headers["x-target-ages"] == "10.0,30.0,50.0,70.0"
-    side = age_editor.work_size
+    side = fake_editor.work_size
     strip = np.asarray(opened(response.content).convert("L"), np.int16)
     assert strip.shape == (side + label_band_height(side, side), 4 * side)
 
 
-def test_series_strip_labels_each_age_beneath_its_frame(client, small_jpeg, age_editor):
+def test_series_strip_labels_each_age_beneath_its_frame(client, small_jpeg, fake_editor):
     strip = np.asarray(
         opened(post(client, "/v1/age/series", small_jpeg, ages="10,70", format="png").content).convert("L"), np.int16
     )
-    side = age_editor.work_size
+    side = fake_editor.work_size
     bands = [strip[side:, :side], strip[side:, side:]]
     assert all((band < 128).any() and (band > 200).mean() > 0.5 for band in bands)  # dark text on white
     assert np.abs(bands[0] - bands[1]).sum() > 0  # "age 10" is not "age 70"
@@ -355,10 +363,10 @@ def test_likelihood_reports_bits_per_dim(client, small_jpeg):
         assert face["typicality"] in ("typical", "unusual", "very unusual")
 
 
-def test_likelihood_says_how_typical_against_heldout_faces(client, small_jpeg, age_editor, monkeypatch):
+def test_likelihood_says_how_typical_against_heldout_faces(client, small_jpeg, fake_editor, monkeypatch):
     bits = post(client, "/v1/likelihood", small_jpeg).json()["faces"][0]["bits_per_dim"]
-    info = age_editor.info()
-    monkeypatch.setattr(age_editor, "info", lambda: {**info, "heldout_bits_per_dim": bits / 1.1})
+    info = fake_editor.info()
+    monkeypatch.setattr(fake_editor, "info", lambda: {**info, "heldout_bits_per_dim": bits / 1.1})
     body = post(client, "/v1/likelihood", small_jpeg).json()
     (face,) = body["faces"]
     assert body["heldout_bits_per_dim"] == pytest.approx(bits / 1.1)
@@ -366,9 +374,9 @@ def test_likelihood_says_how_typical_against_heldout_faces(client, small_jpeg, a
     assert face["typicality"] == "unusual"
 
 
-def test_samples_grid_is_repeatable_with_a_seed(client, age_editor):
-    first = client.get("/v1/samples", params={"n": 4, "seed": 7, "temperature": 0.7})
-    second = client.get("/v1/samples", params={"n": 4, "seed": 7, "temperature": 0.7})
+def test_samples_grid_is_repeatable_with_a_seed(model_client, age_editor):
+    first = model_client.get("/v1/samples", params={"n": 4, "seed": 7, "temperature": 0.7})
+    second = model_client.get("/v1/samples", params={"n": 4, "seed": 7, "temperature": 0.7})
     assert first.status_code == 200 and first.headers["x-seed"] == "7"
     assert first.content == second.content
     side = age_editor.resolution
@@ -384,9 +392,9 @@ def test_samples_as_json(client):
 
 
 @pytest.fixture
-def min_face_40(age_editor, monkeypatch):
+def min_face_40(fake_editor, monkeypatch):
     """The editor refusing faces under 40 px, so that the 26 px face of `tiny_face_png` is too small."""
-    monkeypatch.setattr(age_editor.aligner, "min_face_size", 40)
+    monkeypatch.setattr(fake_editor.aligner, "min_face_size", 40)
 
 
 @pytest.fixture(scope="module")
@@ -433,8 +441,8 @@ def test_face_too_small_is_422(client, tiny_face_png, min_face_40):
     assert "too small" in response.json()["error"]["message"]
 
 
-def test_faces_from_24_px_are_edited(client, tiny_face_png):
-    response = post(client, "/v1/age", tiny_face_png, years=10)
+def test_faces_from_24_px_are_edited(model_client, tiny_face_png):
+    response = post(model_client, "/v1/age", tiny_face_png, years=10)
     assert response.status_code == 200 and response.headers["x-faces"] == "1"
 
 
@@ -444,8 +452,8 @@ def test_likelihood_without_a_face_is_422(client, fixtures_dir):
 
 
 @pytest.fixture(scope="module")
-def limited_client(age_editor):
-    with TestClient(create_app(Settings(max_upload_bytes=40_000, max_pixels=60_000), editor=age_editor)) as client:
+def limited_client(fake_editor):
+    with TestClient(create_app(Settings(max_upload_bytes=40_000, max_pixels=60_000), editor=fake_editor)) as client:
         yield client
 
 
@@ -549,8 +557,8 @@ def test_both_years_and_target_age_says_so(client, small_jpeg):
     assert "Give exactly one of years and target_age" in response.json()["error"]["message"]
 
 
-def test_target_age_outside_the_models_range_is_422(client, small_jpeg, age_editor):
-    too_old = age_editor.age_range[1] + 5
+def test_target_age_outside_the_models_range_is_422(client, small_jpeg, fake_editor):
+    too_old = fake_editor.age_range[1] + 5
     if too_old > 120:
         pytest.skip("the model's age range reaches the form's own limit")
     response = post(client, "/v1/age", small_jpeg, target_age=too_old)
@@ -580,8 +588,8 @@ def test_unknown_route_is_a_json_404(client):
 # ---- concurrency, keys, CORS, unexpected errors --------------------------------------------------------------
 
 
-def test_requests_beyond_the_queue_get_503_with_retry_after(age_editor, small_jpeg):
-    busy_app = create_app(Settings(max_concurrency=1, max_queue=0), editor=age_editor)
+def test_requests_beyond_the_queue_get_503_with_retry_after(fake_editor, small_jpeg):
+    busy_app = create_app(Settings(max_concurrency=1, max_queue=0), editor=fake_editor)
     with TestClient(busy_app) as client, busy_app.state.service.gate.slot():
         response = post(client, "/v1/age", small_jpeg, years=10)
         assert error_of(response, 503) == "busy"
@@ -589,8 +597,8 @@ def test_requests_beyond_the_queue_get_503_with_retry_after(age_editor, small_jp
         assert client.get("/healthz").status_code == 200
 
 
-def test_waiting_requests_run_when_a_slot_frees(age_editor, small_jpeg):
-    queued_app = create_app(Settings(max_concurrency=1, max_queue=1), editor=age_editor)
+def test_waiting_requests_run_when_a_slot_frees(fake_editor, small_jpeg):
+    queued_app = create_app(Settings(max_concurrency=1, max_queue=1), editor=fake_editor)
     statuses = []
     with TestClient(queued_app) as client:
         slot = queued_app.state.service.gate.slot()
@@ -608,8 +616,8 @@ def test_waiting_requests_run_when_a_slot_frees(age_editor, small_jpeg):
     assert statuses == [200]
 
 
-def test_api_keys_are_required_on_v1_routes_only(age_editor):
-    keyed_app = create_app(Settings(api_keys=("first-key", "second-key")), editor=age_editor)
+def test_api_keys_are_required_on_v1_routes_only(fake_editor):
+    keyed_app = create_app(Settings(api_keys=("first-key", "second-key")), editor=fake_editor)
     with TestClient(keyed_app) as client:
         missing = client.get("/v1/model")
         assert error_of(missing, 401) == "unauthorized"
@@ -620,8 +628,8 @@ def test_api_keys_are_required_on_v1_routes_only(age_editor):
         assert client.get("/readyz").status_code == 200
 
 
-def test_cors_allows_the_configured_origins(age_editor):
-    cors_app = create_app(Settings(cors_origins=("https://app.example",)), editor=age_editor)
+def test_cors_allows_the_configured_origins(fake_editor):
+    cors_app = create_app(Settings(cors_origins=("https://app.example",)), editor=fake_editor)
     with TestClient(cors_app) as client:
         preflight = client.options(
             "/v1/age", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
@@ -634,12 +642,12 @@ def test_cors_allows_the_configured_origins(age_editor):
 
 
 def test_unexpected_errors_are_a_generic_500_that_logs_only_the_type(
-    client, small_jpeg, age_editor, monkeypatch, caplog
+    client, small_jpeg, fake_editor, monkeypatch, caplog
 ):
     def broken(*args, **kwargs):
         raise RuntimeError("details that must not be logged")
 
-    monkeypatch.setattr(age_editor, "age_photo", broken)
+    monkeypatch.setattr(fake_editor, "age_photo", broken)
     response = post(client, "/v1/age", small_jpeg, years=10)
     assert error_of(response, 500) == "internal_error"
     assert "details" not in response.text

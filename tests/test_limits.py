@@ -169,16 +169,16 @@ async def body_never_read():
 
 
 @pytest.mark.parametrize("path", ["/v1/age", "/v1/faces", "/metrics"])
-def test_with_keys_a_request_without_one_is_401_before_its_body_is_read(age_editor, path):
-    keyed = create_app(Settings(api_keys=("k1",)), editor=age_editor)
+def test_with_keys_a_request_without_one_is_401_before_its_body_is_read(fake_editor, path):
+    keyed = create_app(Settings(api_keys=("k1",)), editor=fake_editor)
     status, headers, body = asyncio.run(
         answer(keyed, http_scope(path, {"content-length": "19000000"}), body_never_read)
     )
     assert status == 401 and b'"unauthorized"' in body and headers[b"connection"] == b"close"
 
 
-def test_metrics_need_the_key_when_keys_are_set(age_editor):
-    with TestClient(create_app(Settings(api_keys=("k1",)), editor=age_editor)) as client:
+def test_metrics_need_the_key_when_keys_are_set(fake_editor):
+    with TestClient(create_app(Settings(api_keys=("k1",)), editor=fake_editor)) as client:
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers={"Authorization": "Bearer k1"}).status_code == 200
 

@@ -25,12 +25,12 @@ class QuickProtocol(GuardedH11Protocol):
 
 
 @pytest.fixture(scope="module")
-def server(age_editor):
+def server(fake_editor):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = uvicorn.Config(
-        create_app(SETTINGS, editor=age_editor),
+        create_app(SETTINGS, editor=fake_editor),
         host="127.0.0.1",
         port=port,
         log_level="critical",

@@ -206,37 +206,37 @@ def test_while_working_the_previous_result_stays_dimmed_with_a_spinner(desktop_p
     page.wait_for_function("() => getComputedStyle(document.getElementById('result')).opacity === '1'")
 
 
-def test_the_years_range_follows_the_estimated_age(desktop_page, fixtures_dir, age_editor):
+def test_the_years_range_follows_the_estimated_age(desktop_page, fixtures_dir, fake_editor):
     page = desktop_page
     with page.expect_response(lambda r: r.url.endswith("/v1/faces"), timeout=60_000) as faces_call:
         page.set_input_files("#photo", str(fixtures_dir / "frrepo_obama_small.jpg"))
     age = faces_call.value.json()["faces"][0]["age"]
     page.wait_for_function(RESULT_SHOWN, timeout=60_000)
-    low, high = age_editor.age_range
+    low, high = fake_editor.age_range
     assert int(page.get_attribute("#years", "min")) == int(np.ceil(low - age))
     assert int(page.get_attribute("#years", "max")) == int(np.floor(high - age))
     assert f"{round(age)} →" in page.text_content("#years-value")
 
 
-def test_to_age_sends_a_target_age_and_names_the_download(desktop_page, fixtures_dir, age_editor):
+def test_to_age_sends_a_target_age_and_names_the_download(desktop_page, fixtures_dir, fake_editor):
     page = desktop_page
     upload(page, fixtures_dir / "frrepo_obama_small.jpg")
     with page.expect_request(lambda r: r.url.endswith("/v1/age"), timeout=60_000) as age_call:
         page.check("input[name=mode][value=target]")
     assert b'name="target_age"' in age_call.value.post_data_buffer
     page.wait_for_function(RESULT_SHOWN, timeout=60_000)
-    assert page.get_attribute("#years", "max") == str(round(age_editor.age_range[1]))
+    assert page.get_attribute("#years", "max") == str(round(fake_editor.age_range[1]))
     value = page.input_value("#years")
     assert page.get_attribute("#download", "download") == f"frrepo_obama_small-age-{value}.jpg"
 
 
-def test_a_clamped_face_is_said_so(desktop_page, fixtures_dir, photo, age_editor):
+def test_a_clamped_face_is_said_so(desktop_page, fixtures_dir, photo, fake_editor):
     """The range follows the largest face: taking it to the end of the range on the side of the other face
     (younger if the model reads the other face younger, else older) goes beyond what the other can."""
     image = photo("frrepo_two_people.jpg")
-    faces = age_editor.find_faces(image)
-    crops = torch.stack([a.crops[age_editor.resolution] for a in age_editor.align(image, faces)])
-    largest, other = age_editor.estimate_age(crops)[:2]
+    faces = fake_editor.find_faces(image)
+    crops = torch.stack([a.crops[fake_editor.resolution] for a in fake_editor.align(image, faces)])
+    largest, other = fake_editor.estimate_age(crops)[:2]
     key, end, suffix = ("Home", "youngest", "-years-younger.jpg") if other < largest else ("End", "oldest", "")
     page = desktop_page
     upload(page, fixtures_dir / "frrepo_two_people.jpg")
@@ -359,7 +359,7 @@ def test_photo_dropped_on_the_page_is_aged(desktop_page, fixtures_dir):
     assert desktop_page.get_attribute("#download", "download") == "dropped-20-years-older.jpg"
 
 
-def test_series_is_a_labelled_row(desktop_page, fixtures_dir, age_editor):
+def test_series_is_a_labelled_row(desktop_page, fixtures_dir, fake_editor):
     page = desktop_page
     upload(page, fixtures_dir / "frrepo_obama_small.jpg")
     page.click("#series-button")
@@ -367,7 +367,7 @@ def test_series_is_a_labelled_row(desktop_page, fixtures_dir, age_editor):
     labels = page.locator("#series-row figcaption").all_text_contents()
     assert len(labels) >= 4 and all(label.startswith("Age ") for label in labels)
     ages = [int(label.removeprefix("Age ")) for label in labels]
-    assert ages == sorted(ages) and age_editor.age_range[0] <= ages[0] and ages[-1] <= age_editor.age_range[1]
+    assert ages == sorted(ages) and fake_editor.age_range[0] <= ages[0] and ages[-1] <= fake_editor.age_range[1]
     tops = {round(box["y"]) for box in (f.bounding_box() for f in page.locator("#series-row figure").all())}
     assert len(tops) == 1  # one row
 
