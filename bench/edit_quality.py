@@ -27,8 +27,6 @@ whether its finer levels are carried by their priors (as shipped) or kept and sh
 from __future__ import annotations
 
 import argparse
-import csv
-import functools
 import hashlib
 import importlib.util
 import json
@@ -40,16 +38,28 @@ from pathlib import Path
 import dlib
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from bench.judges import (
+    JUDGES,
+    calibration,
+    data_fingerprint,
+    judge,
+    load_or_train_judge,
+    reading_curve,
+    save_tensors,
+    to_tensor,
+    train_faces,
+    train_mean_age,
+)
 from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory, fit_posthoc, reduce_rank
 from model.align import face_mask, reframe, to_loose_matrix
 from model.checkpoint import WEIGHTS, load_flow
 from model.data import FaceSet, load_faces
-from model.editor import EDITOR_CONFIG, GUARD_KEY, AgeEditor, blur, central_face
+from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, AgeEditor, blur, central_face
+from model.fine_detail import DETAIL_KEY
+from model.flow.detail import haar_split
 from model.flow.glow import Glow
 from model.heads import HEADS_FILE, load_heads
 from model.transport import TransportTrajectory, load_transport, subset
@@ -121,176 +131,10 @@ def figure_faces(faces: FaceSet, seed: int) -> list[int]:
     return chosen
 
 
-# ---- the independent age estimator ------------------------------------------------------------------
-def _conv(c_in: int, c_out: int, stride: int, kernel: int = 3) -> list[nn.Module]:
-    return [
-        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    ]
-
-
-class AgeEstimator(nn.Module):
-    """Age in years and gender (logit of female) from an aligned face; it shares nothing with the flow."""
-
-    side = 64
-    age_scale = 20.0
-
-    def __init__(self, mean_age: float = 35.0) -> None:
-        super().__init__()
-        widths = (3, 24, 48, 96, 192)
-        layers = [m for c_in, c_out in zip(widths, widths[1:]) for m in _conv(c_in, c_out, 2)]
-        head = [*_conv(widths[-1], 256, 1, kernel=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 2)]
-        self.net = nn.Sequential(*layers, *head)
-        self.register_buffer("mean_age", torch.tensor(float(mean_age)))
-
-    def forward(self, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if faces.shape[-1] != self.side:
-            faces = F.interpolate(faces, size=self.side, mode="area")
-        out = self.net(((faces - 0.5) / 0.25).contiguous(memory_format=torch.channels_last))
-        return self.mean_age + self.age_scale * out[:, 0], out[:, 1]
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """N x S x S x 3 uint8 -> N x 3 x S x S floats in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-@torch.no_grad()
-def judge(estimator: AgeEstimator, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """The estimator's ages and P(female) for N x S x S x 3 uint8 faces."""
-    ages, female = [], []
-    for start in range(0, len(images), batch):
-        age, logit = estimator(to_tensor(images[start : start + batch]))
-        ages.append(age.numpy())
-        female.append(torch.sigmoid(logit).numpy())
-    return np.concatenate(ages).astype(np.float64), np.concatenate(female).astype(np.float64)
-
-
-def age_balance_weights(ages: np.ndarray, bin_years: float = 5.0) -> torch.Tensor:
-    """Per-face loss weights, 1 / sqrt(share of the face's 5-year age bin), mean 1. Trained without them,
-    the estimator reads the rare old (and very young) faces towards the mean age: real 80-year-olds read
-    about 53. With them it reads the whole range more evenly, so that it can tell how much older an edit
-    looks."""
-    bins = (np.asarray(ages) // bin_years).astype(int)
-    counts = np.bincount(bins)
-    weights = 1.0 / np.sqrt(counts[bins].astype(np.float64))
-    return torch.from_numpy(weights / weights.mean()).float()
-
-
-def reading_curve(labels: np.ndarray, readings: np.ndarray, sigma: float = 3.0):
-    """The estimator's mean reading of real faces as a function of their labelled age (Gaussian-weighted
-    over neighbouring ages): how much older a face truly 30 years older reads, for comparison with edits."""
-    labels, readings = np.asarray(labels, np.float64), np.asarray(readings, np.float64)
-
-    def curve(ages) -> np.ndarray:
-        w = np.exp(-0.5 * ((np.asarray(ages, np.float64)[:, None] - labels[None]) / sigma) ** 2)
-        return (w * readings[None]).sum(1) / w.sum(1)
-
-    return curve
-
-
-def calibration(labels: np.ndarray, readings: np.ndarray) -> dict:
-    """Mean reading per age band of real held-out faces, and the slope of reading on labelled age."""
-    bands = ((0, 5), (5, 15), (15, 25), (25, 35), (35, 45), (45, 55), (55, 65), (65, 75), (75, 85), (85, 120))
-    out = {"slope": float(np.polyfit(labels, readings, 1)[0]), "bands": {}}
-    for low, high in bands:
-        members = (labels >= low) & (labels < high)
-        if members.any():
-            out["bands"][f"{low}-{high - 1}"] = {"faces": int(members.sum()), "read": float(readings[members].mean())}
-    return out
-
-
-def train_estimator(train: FaceSet, epochs: int, seed: int, batch: int = 64) -> AgeEstimator:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = AgeEstimator(float(train.ages.mean())).to(memory_format=torch.channels_last)
-    ages = torch.from_numpy(train.ages).float()
-    weights = age_balance_weights(train.ages)
-    female = torch.tensor([g == "female" for g in train.genders], dtype=torch.float32)
-    steps_per_epoch = len(train) // batch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=epochs * steps_per_epoch)
-    model.train()
-    for epoch in range(epochs):
-        order = rng.permutation(len(train))
-        for step in range(steps_per_epoch):
-            idx = np.sort(order[step * batch : (step + 1) * batch])
-            x = train.batch(idx)
-            x = torch.where(torch.rand(len(idx), 1, 1, 1) < 0.5, x.flip(3), x)
-            # a shift of a few pixels: the aligner's framing varies about that much between photos
-            dx, dy = (int(v) for v in rng.integers(0, 7, 2))
-            x = F.pad(x, (3, 3, 3, 3), mode="replicate")[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
-            age, logit = model(x)
-            age_loss = F.smooth_l1_loss(age, ages[idx], beta=2.0, reduction="none")
-            loss = (age_loss * weights[idx]).mean() / 10 + F.binary_cross_entropy_with_logits(logit, female[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        print(f"  estimator epoch {epoch + 1}/{epochs}: last batch loss {loss.item():.3f}", flush=True)
-    return model.eval()
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Written beside, then renamed: an evaluation running at the same time never reads half a file."""
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(path)
-
-
 def data_framing(data: Path) -> str:
     """The framing a prepared face set was cut in (its report.json; loose when it does not say)."""
     report = data / "report.json"
     return str(json.loads(report.read_text()).get("framing", "loose")) if report.exists() else "loose"
-
-
-def data_fingerprint(data: Path) -> str:
-    return hashlib.sha256((data / "labels.csv").read_bytes()).hexdigest()[:16]
-
-
-def train_mean_age(data: Path) -> float:
-    with open(data / "labels.csv", newline="") as f:
-        return float(np.mean([float(r["age"]) for r in csv.DictReader(f) if r["split"] == "train"]))
-
-
-@functools.cache
-def train_faces(data: Path) -> FaceSet:
-    return load_faces(data, 64, "train")
-
-
-def load_or_train_estimator(folder: Path, data: Path, epochs: int) -> tuple[AgeEstimator, dict]:
-    """The estimator in `folder` when it has this architecture and was trained on this data set for as many
-    epochs; else a new one, trained and saved there."""
-    meta_path, weights_path = folder / "age_estimator.json", folder / "age_estimator.safetensors"
-    shapes = repr([(k, tuple(v.shape)) for k, v in AgeEstimator().state_dict().items()])
-    wanted = {
-        "data": data_fingerprint(data),
-        "epochs": epochs,
-        "seed": 0,
-        "age_balanced": True,
-        "architecture": hashlib.sha256(shapes.encode()).hexdigest()[:16],
-    }
-    if meta_path.exists() and weights_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if all(meta.get(k) == v for k, v in wanted.items()):
-            model = AgeEstimator()
-            model.load_state_dict(load_file(str(weights_path)))
-            return model.to(memory_format=torch.channels_last).eval(), meta
-    train = train_faces(data)
-    print(f"training the age estimator on {len(train)} train faces, {epochs} epochs", flush=True)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    model = train_estimator(train, epochs, seed=0)
-    meta = {
-        **wanted,
-        "train_faces": len(train),
-        "train_seconds": round(time.perf_counter() - start, 1),
-        "train_cpu_seconds": round(time.process_time() - cpu_start, 1),
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    save_tensors(model.state_dict(), weights_path)
-    meta_path.write_text(json.dumps(meta, indent=2))
-    return model, meta
 
 
 # ---- the editor under test --------------------------------------------------------------------------
@@ -329,10 +173,14 @@ def build_editor(
     guard: bool = False,
     reading: str = "heads",
     younger=None,
+    fine_detail: bool = True,
+    patch_limit: str = "shipped",
 ) -> AgeEditor:
     """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
     likelihood guard of weights/editor.json; `reading`: "heads" reads the current age with the flow's
-    supervised heads where the weights have them, "fit" always with the post-hoc fit."""
+    supervised heads where the weights have them, "fit" always with the post-hoc fit; `fine_detail`: the
+    photo's fine detail rescaled to the new age as weights/editor.json says (where it says); `patch_limit`:
+    "shipped" (weights/editor.json's, where it has one), "off", or "MAX_DEPARTURE:SIGMA_64"."""
     if method == TransportTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)
@@ -351,6 +199,13 @@ def build_editor(
     settings: dict = {"model": {"framing": shipped.get("model", {}).get("framing", "loose")}}
     if guard:
         settings[GUARD_KEY] = shipped[GUARD_KEY]
+    if fine_detail and DETAIL_KEY in shipped:
+        settings[DETAIL_KEY] = shipped[DETAIL_KEY]
+    if patch_limit == "shipped" and PATCH_LIMIT_KEY in shipped:
+        settings[PATCH_LIMIT_KEY] = shipped[PATCH_LIMIT_KEY]
+    elif patch_limit not in ("shipped", "off"):
+        departure, sigma = (float(v) for v in patch_limit.split(":"))
+        settings[PATCH_LIMIT_KEY] = {"max_departure": departure, "sigma_64": sigma}
     if reading == "heads" and (weights / HEADS_FILE).exists():
         trajectory.heads = load_heads(weights / HEADS_FILE)
     # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
@@ -405,7 +260,7 @@ def run_edits(
     """Every named edit (keyword arguments of `AgeEditor.edit`) of every face, and the editor's age readings.
     `crops`: the 128 px crops of framing `view` that the judges see; an editor of another framing has its
     change resampled into them."""
-    mask = face_mask(CROP_SIDE, editor.framing)
+    mask, view_mask = face_mask(CROP_SIDE, editor.framing), face_mask(CROP_SIDE, view)
     parts: dict[str, list[EditRun]] = {name: [] for name in steps}
     readings = []
     for start in range(0, len(faces), EDIT_BATCH):
@@ -416,6 +271,8 @@ def run_edits(
             change = torch.stack([editor.work_change(e) * mask for e in edits])
             if editor.framing != view:
                 change = reframe(change, editor.framing, view, CROP_SIDE)
+            # the photo's own fine detail, rescaled to the new age, as the service does on its work crop
+            change = change + editor.fine_detail_change(to_tensor(crops[start : start + EDIT_BATCH]), edits) * view_mask
             change = change.permute(0, 2, 3, 1).numpy()
             shown = np.clip(np.rint(batch_crops + 255.0 * change), 0, 255).astype(np.uint8)
             parts[name].append(
@@ -492,6 +349,29 @@ def patch_shares(before: np.ndarray, after: np.ndarray, framing: str = "loose") 
     region = central_face(before.shape[1], framing).numpy()
     inside = smooth[:, region]
     return (np.abs(inside - np.median(inside, 1, keepdims=True)) > PATCH_LIGHTNESS).mean(1)
+
+
+def fine_detail_energy(crops: np.ndarray, framing: str = "loose") -> np.ndarray:
+    """Per face (N x S x S x 3 uint8), the mean square of the finest Haar detail bands (what a 2x2 average
+    loses) over the central face."""
+    detail = haar_split(to_tensor(crops))[1]
+    region = central_face(detail.shape[-1], framing)
+    return detail.pow(2).mean(1)[:, region].mean(1).double().numpy()
+
+
+def fine_detail_ratio(before: np.ndarray, after: np.ndarray, framing: str = "loose") -> np.ndarray:
+    """Per face, the fine-detail energy of the central face after an edit over before."""
+    return fine_detail_energy(after, framing) / np.maximum(fine_detail_energy(before, framing), 1e-12)
+
+
+def real_fine_detail(crops: FaceSet, framing: str) -> dict:
+    """The fine-detail energy of real held-out 55-75 year-olds over 18-35 year-olds (medians), from the
+    sources whose crops are not upsampled."""
+    sharp = np.array([not s.endswith("-64") for s in crops.sources]) if crops.sources else np.ones(len(crops), bool)
+    energy = fine_detail_energy(crops.images[np.flatnonzero(sharp)], framing)
+    ages = crops.ages[sharp]
+    old, young = energy[(ages >= 55) & (ages <= 75)], energy[(ages >= 18) & (ages <= 35)]
+    return {"old_faces": len(old), "young_faces": len(young), "ratio": float(np.median(old) / np.median(young))}
 
 
 def different_people(genders: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -635,7 +515,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     # the same photos
     view_data = args.view_data or args.data
     view = data_framing(view_data)
-    estimator, estimator_meta = load_or_train_estimator(args.estimator, view_data, args.estimator_epochs)
+    judges = {name: load_or_train_judge(name, args.estimator, view_data, args.estimator_epochs) for name in JUDGES}
+    first = next(iter(judges))
     heldout, heldout128 = load_faces(args.data, 64, "heldout"), load_faces(view_data, CROP_SIDE, "heldout")
     view64 = heldout if view_data == args.data else load_faces(view_data, 64, "heldout")
     if view_data != args.data or args.faces_from:
@@ -655,7 +536,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         in_view = np.array([position[heldout.files[i]] for i in shared], np.int64)
         heldout, view64, heldout128 = subset(heldout, shared), subset(view64, in_view), subset(heldout128, in_view)
     mean_age = train_mean_age(args.data)
-    all_ages, all_female = judge(estimator, view64.images)
+    all_readings = {name: judge(model, heldout128.images) for name, (model, _) in judges.items()}
+    all_ages, all_female = all_readings[first]
     is_female = np.array([g == "female" for g in heldout.genders])
     lap("estimator")
 
@@ -674,6 +556,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         args.guard,
         args.reading,
         args.younger_level_strengths,
+        not args.no_fine_detail,
+        args.patch_limit,
     )
     lap("editor")
 
@@ -684,7 +568,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     genders = [heldout.genders[i] for i in chosen]
     groups = [heldout.races[i] or "unlabelled" for i in chosen]
 
-    read_before, female_before = judge(estimator, crops)
+    readings_before = {name: judge(model, crops) for name, (model, _) in judges.items()}
+    read_before, female_before = readings_before[first]
     bits_before = editor.bits_per_dim(faces)
     describe = FaceDescriptors(view)
     descriptors_before = describe(crops)
@@ -712,15 +597,35 @@ def evaluate(args: argparse.Namespace) -> dict:
             edits[name] = {"faces": 0}
             continue
         shown = runs[name].shown[idx]
-        read_after, female_after = judge(estimator, shown)
-        change = read_after - read_before[idx]
+        by_judge = {}
+        for judge_name, (model, _) in judges.items():
+            read_after, female_after = judge(model, shown)
+            before_ages, before_female = readings_before[judge_name]
+            change = read_after - before_ages[idx]
+            verdict = {
+                "read_change": summary(change),
+                "gender_flips": float(np.mean((female_after > 0.5) != (before_female[idx] > 0.5))),
+            }
+            if years:
+                # the same change of age in real faces: the judge's reading of real held-out faces at the
+                # labelled age + years, less its reading at the labelled age
+                real = reading_curve(heldout.ages, all_readings[judge_name][0])
+                verdict["real_faces_change"] = float(np.mean(real(ages[idx] + years) - real(ages[idx])))
+                goal = OLDER_GOAL if years > 0 else YOUNGER_GOAL
+                verdict["goal"] = goal
+                reached = change >= goal if goal > 0 else change <= goal
+                middle = float(np.median(change))
+                verdict["goal_met"] = bool(middle >= goal if goal > 0 else middle <= goal)
+                verdict["share_reaching_goal"] = float(np.mean(reached))
+            by_judge[judge_name] = verdict
         row = {
             "faces": len(idx),
             "asked": float(np.mean(runs[name].age_after[idx] - runs[name].age_before[idx])),
-            "read_change": summary(change),
-            "gender_flips": float(np.mean((female_after > 0.5) != (female_before[idx] > 0.5))),
+            **by_judge[first],
+            "judges": by_judge,
             "identity": identity(descriptors_before[idx], describe(shown)),
             "grain": grain(runs[name].after[idx] - faces[idx], editor.framing),
+            "fine_detail_ratio": summary(fine_detail_ratio(crops[idx], shown, view)),
         }
         shares = patch_shares(crops[idx], shown, view)
         bits = editor.bits_per_dim(runs[name].after[idx])
@@ -732,16 +637,6 @@ def evaluate(args: argparse.Namespace) -> dict:
             strength=float(np.mean(runs[name].strength[idx])),
             scaled_back=float(np.mean(runs[name].strength[idx] < 1)),
         )
-        if years:
-            # the same change of age in real faces: the estimator's reading of real held-out faces at the
-            # labelled age + years, less its reading at the labelled age
-            real = reading_curve(heldout.ages, all_ages)
-            row["real_faces_change"] = float(np.mean(real(ages[idx] + years) - real(ages[idx])))
-            goal = OLDER_GOAL if years > 0 else YOUNGER_GOAL
-            row["goal"] = goal
-            reached = change >= goal if goal > 0 else change <= goal
-            row["goal_met"] = bool(np.mean(change) >= goal if goal > 0 else np.mean(change) <= goal)
-            row["share_reaching_goal"] = float(np.mean(reached))
         edits[name] = row
         shift = skin_colour(shown, view) - colour_before[idx]
         colour[name] = {
@@ -758,7 +653,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     sweep = {}
     for target in TARGET_AGES:
-        read_after, female_after = judge(estimator, runs[f"to {target}"].shown)
+        read_after, female_after = judge(judges[first][0], runs[f"to {target}"].shown)
         sweep[f"to {target}"] = {
             "faces": len(chosen),
             "read_age": summary(read_after),
@@ -768,7 +663,24 @@ def evaluate(args: argparse.Namespace) -> dict:
     stability = {"originals": broken(faces), **{name: broken(runs[name].after) for name in RANGE_ENDS}}
     lap("judging")
 
+    estimators = {
+        name: {
+            **meta,
+            "folder": str(args.estimator),
+            "heldout_mae": float(np.mean(np.abs(all_readings[name][0] - heldout.ages))),
+            "mean_guess_mae": float(np.mean(np.abs(mean_age - heldout.ages))),
+            "gender_accuracy": float(np.mean((all_readings[name][1] > 0.5) == is_female)),
+            "calibration": calibration(heldout.ages.astype(np.float64), all_readings[name][0]),
+            "selected_mae": float(np.mean(np.abs(readings_before[name][0] - ages))),
+            "selected_mean_guess_mae": float(np.mean(np.abs(mean_age - ages))),
+        }
+        for name, (_, meta) in judges.items()
+    }
     label = config_label(args.method, strengths, args.details) + (" guarded" if args.guard else "")
+    if editor.fine_detail is not None:
+        label += " fine detail"
+    if editor.patch_limit is not None:
+        label += " patches {:g}-{:g}".format(*editor.patch_limit)
     if args.younger_level_strengths:
         label += f" younger [{','.join(f'{s:g}' for s in args.younger_level_strengths)}]"
     figures = []
@@ -795,6 +707,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             "rank": args.rank,
             "details": args.details,
             "guard": args.guard,
+            "fine_detail": editor.fine_detail is not None,
+            "patch_limit": editor.patch_limit,
             "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name else None,
             "level_strengths": strengths,
             "younger_level_strengths": args.younger_level_strengths,
@@ -811,16 +725,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
         },
-        "estimator": {
-            **estimator_meta,
-            "folder": str(args.estimator),
-            "heldout_mae": float(np.mean(np.abs(all_ages - heldout.ages))),
-            "mean_guess_mae": float(np.mean(np.abs(mean_age - heldout.ages))),
-            "gender_accuracy": float(np.mean((all_female > 0.5) == is_female)),
-            "calibration": calibration(heldout.ages.astype(np.float64), all_ages),
-            "selected_mae": float(np.mean(np.abs(read_before - ages))),
-            "selected_mean_guess_mae": float(np.mean(np.abs(mean_age - ages))),
-        },
+        "estimator": estimators[first],
+        "estimators": estimators,
         "latent_age": {
             "faces": len(chosen),
             "mae": float(np.mean(np.abs(latent_ages - ages))),
@@ -831,6 +737,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "edits": edits,
         "different_people": identity(descriptors_before[firsts], descriptors_before[seconds]),
         "real_bits_per_dim": summary(bits_before) | {"p95": float(np.percentile(bits_before, 95))},
+        "real_fine_detail": real_fine_detail(heldout128, view),
         "target_sweep": sweep,
         "skin_colour": colour,
         "stability": stability,
@@ -852,23 +759,25 @@ def print_report(report: dict) -> None:
         f"{c['faces']} of {c['heldout_faces']} held-out faces, stratified by decade, seed {c['seed']}; "
         f"cores {c['cores']}, torch threads {c['torch_threads']}"
     )
-    print(
-        f"age estimator   held-out MAE {e['heldout_mae']:5.1f} y (mean guess {e['mean_guess_mae']:5.1f} y), "
-        f"on the selected 128 px crops {e['selected_mae']:5.1f} y "
-        f"(mean guess {e['selected_mean_guess_mae']:5.1f} y), gender accuracy {e['gender_accuracy']:.3f}"
-    )
-    if "calibration" in e:
-        cal = e["calibration"]
+    for name, e in report.get("estimators", {"estimator": e}).items():
         print(
-            f"estimator reads real held-out faces (slope {cal['slope']:.2f} y per labelled year): "
-            + ", ".join(f"{band} -> {row['read']:.0f}" for band, row in cal["bands"].items())
+            f"judge {name:<10} held-out MAE {e['heldout_mae']:5.1f} y (mean guess {e['mean_guess_mae']:5.1f} y), "
+            f"on the selected 128 px crops {e['selected_mae']:5.1f} y "
+            f"(mean guess {e['selected_mean_guess_mae']:5.1f} y), gender accuracy {e['gender_accuracy']:.3f}"
+            + (f"; trained on {e['train_faces']} faces (half {e['half']})" if "half" in e else "")
         )
+        if "calibration" in e:
+            cal = e["calibration"]
+            print(
+                f"  reads real held-out faces (slope {cal['slope']:.2f} y per labelled year): "
+                + ", ".join(f"{band} -> {row['read']:.0f}" for band, row in cal["bands"].items())
+            )
     print(
         f"latent age      estimate_age MAE {lat['mae']:5.1f} y (mean guess {lat['mean_guess_mae']:5.1f} y) "
         f"on the selected faces"
     )
     print(
-        f"\n{'edit':<16}{'faces':>6}{'asked':>8}{'read change':>13}{'p10..p90':>14}{'goal':>7}{'met':>5}"
+        f"\n{'edit':<16}{'faces':>6}{'asked':>8}{'read median':>13}{'p10..p90':>14}{'goal':>7}{'met':>5}"
         f"{'reach':>7}{'gender flip':>12}{'id dist':>9}{'match':>7}{'real faces':>12}{'grain':>8}"
     )
     for name, row in report["edits"].items():
@@ -880,13 +789,33 @@ def print_report(report: dict) -> None:
         met = ("yes" if row["goal_met"] else "no") if "goal" in row else ""
         reach = f"{row['share_reaching_goal']:.2f}" if "goal" in row else ""
         print(
-            f"{name:<16}{row['faces']:>6}{row['asked']:>+8.1f}{rc['mean']:>+13.1f}"
+            f"{name:<16}{row['faces']:>6}{row['asked']:>+8.1f}{rc['median']:>+13.1f}"
             f"{rc['p10']:>+7.1f}..{rc['p90']:>+5.1f}{goal:>7}{met:>5}{reach:>7}{row['gender_flips']:>12.2f}"
             f"{row['identity']['distance']:>9.3f}{row['identity']['match_rate']:>7.2f}"
             + (f"{row['real_faces_change']:>+12.1f}" if "real_faces_change" in row else "")
             + (f"{row['grain']:>8.4f}" if "grain" in row else "")
         )
-    print("real faces: how much the estimator's reading of real held-out faces changes over the same years")
+    print("real faces: how much the judge's reading of real held-out faces changes over the same years")
+    for name, row in report["edits"].items():
+        for judge_name, verdict in list(row.get("judges", {}).items())[1:]:
+            if "goal" in verdict:
+                rc = verdict["read_change"]
+                print(
+                    f"  judge {judge_name}: {name} read {rc['median']:+.1f} (median; p10..p90 {rc['p10']:+.1f}.."
+                    f"{rc['p90']:+.1f}), goal {verdict['goal']:+.0f} {'met' if verdict['goal_met'] else 'not met'}, "
+                    f"real faces {verdict['real_faces_change']:+.1f}, gender flips {verdict['gender_flips']:.2f}"
+                )
+    if "real_fine_detail" in report:
+        fine = report["real_fine_detail"]
+        print(
+            "fine-detail energy of the central face, after / before (median): "
+            + ", ".join(
+                f"{name} {row['fine_detail_ratio']['median']:.2f}"
+                for name, row in report["edits"].items()
+                if row["faces"] and "fine_detail_ratio" in row
+            )
+            + f"; real 55-75 over 18-35: {fine['ratio']:.2f} ({fine['old_faces']} / {fine['young_faces']} faces)"
+        )
     people = report["different_people"]
     print(f"{'different people':<16}{people['pairs']:>6}{'':>66}{people['distance']:>9.3f}{people['match_rate']:>7.2f}")
     real = report["real_bits_per_dim"]
@@ -1005,6 +934,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--guard", action="store_true", help="with the likelihood guard of --weights/editor.json (edits scaled back)"
+    )
+    parser.add_argument(
+        "--no-fine-detail",
+        action="store_true",
+        help="keep the photo's fine detail as it is (default: rescaled to the new age where --weights/editor.json "
+        "has a fitted curve, as the service does)",
+    )
+    parser.add_argument(
+        "--patch-limit",
+        default="shipped",
+        metavar="shipped|off|MAX:SIGMA",
+        help="the limit on the edit's patches (model.editor.limit_patches): --weights/editor.json's, none, or "
+        "its largest departure (RGB, 0-1) and blur (pixels of a 64 px crop)",
     )
     parser.add_argument("--threads", type=int, default=1)
     return parser

@@ -51,6 +51,9 @@ def version_args(weights: Path, data: Path, others: list[Path], options: argpars
         "--threads",
         str(options.threads),
         *(["--guard"] if options.guard else []),
+        *(["--no-fine-detail"] if options.no_fine_detail else []),
+        "--patch-limit",
+        options.patch_limit,
         *(["--figures", str(options.figures)] if options.figures else []),
     ]
     if trajectory.get("younger_level_strengths"):
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--estimator-epochs", type=int, default=15)
     parser.add_argument("--guard", action="store_true", help="each version with its likelihood guard")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-fine-detail", action="store_true", help="as bench.edit_quality's")
+    parser.add_argument("--patch-limit", default="shipped", help="as bench.edit_quality's")
     parser.add_argument("--out", type=Path, default=None, help="write the rows and the reports as JSON here")
     parser.add_argument(
         "--figures", type=Path, default=None, help="each version's age sweep of held-out faces, as PNGs named by label"

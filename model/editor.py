@@ -31,6 +31,7 @@ from model.align import (
     scaled,
 )
 from model.checkpoint import load_flow
+from model.fine_detail import DETAIL_KEY, DetailEnergy
 
 EDITOR_CONFIG = "editor.json"
 # editor.json key: [low, high] exact bits/dim (Glow.exact_bits_per_dim) of an aligned crop outside which a
@@ -38,6 +39,9 @@ EDITOR_CONFIG = "editor.json"
 PLAUSIBLE_BITS_KEY = "plausible_face_bits_per_dim"
 # editor.json key: {"max_bits_per_dim": ...}, real held-out faces' 95th percentile of exact bits/dim (model.guard)
 GUARD_KEY = "likelihood_guard"
+# editor.json key: {"max_departure": ..., "sigma_64": ...}, how far an edit's broad change may depart from
+# its median over the skin (limit_patches); without it the change is not limited
+PATCH_LIMIT_KEY = "patch_limit"
 GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest strength within the limit
 GUARD_STEP = 0.05  # a face's search stops once its next round would raise its strength by less than this
 # a blotched edit (the flow issue's "patchy", with colour as well as lightness): its CIELab change, blurred by
@@ -264,6 +268,25 @@ def keep_cheek_colour(
     return after
 
 
+def limit_patches(
+    before: torch.Tensor, after: torch.Tensor, max_departure: float, sigma_64: float, framing: str = "loose"
+) -> torch.Tensor:
+    """`after` with the edit's patches flattened over the face's skin: the change, blurred by `sigma_64`
+    pixels of a 64 px crop, departs from its median over the skin by at most `max_departure` (the length of
+    the RGB departure, in [0, 1] units). Blotches cover area, so they are what the blurred change holds;
+    thin folds and lines pass as they are, and so does whatever changes off the skin (hair that greys).
+    A zero change stays exactly zero."""
+    side = before.shape[-1]
+    change = after - before
+    broad = blur(change, sigma_64 * side / 64)
+    skin = face_skin_mask(side, framing).to(before.device)
+    inside = broad[:, :, skin > 0.5]  # N x 3 x P
+    departure = broad - inside.median(2).values[:, :, None, None]
+    length = departure.norm(dim=1, keepdim=True)
+    excess = (1 - max_departure / length.clamp(min=1e-12)).clamp(min=0)
+    return after - departure * excess * skin
+
+
 def within_gamut(before: torch.Tensor, after: torch.Tensor, max_outside: float = 0.1) -> torch.Tensor:
     """`after` with each face's change scaled down, in steps, until at most `max_outside` of its pixels
     leave [0, 1], so that no edit burns out into flat black or white."""
@@ -285,6 +308,8 @@ class AgeEditor:
         self.settings = settings
         self.work_size = work_size
         self._aligner = aligner
+        # the fitted fine-detail energy over age (model.fine_detail); None: the photo's detail is kept as is
+        self.fine_detail = DetailEnergy.from_dict(settings[DETAIL_KEY]) if DETAIL_KEY in settings else None
 
     @classmethod
     def from_dir(
@@ -391,7 +416,15 @@ class AgeEditor:
         after = within_gamut(faces, after).clamp(0, 1)
         if self.trajectory.keep_skin_tone:
             after = keep_cheek_colour(faces, after, framing=self.framing)
+        if self.patch_limit is not None:
+            after = limit_patches(faces, after, *self.patch_limit, framing=self.framing).clamp(0, 1)
         return after, finite_or_inf(bits.cpu().numpy())
+
+    @property
+    def patch_limit(self) -> tuple[float, float] | None:
+        """(max_departure, sigma_64) of `limit_patches` from editor.json, None where it has none."""
+        values = self.settings.get(PATCH_LIMIT_KEY)
+        return None if not values else (float(values["max_departure"]), float(values["sigma_64"]))
 
     @property
     def guard_limit(self) -> tuple[float, float] | None:
@@ -628,6 +661,14 @@ class AgeEditor:
         change = F.avg_pool2d(F.pad(change, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         return F.interpolate(change, size=self.work_size, mode="bicubic", align_corners=False)[0]
 
+    def fine_detail_change(self, crops: torch.Tensor, edits: list[FaceEdit]) -> torch.Tensor:
+        """The change that takes the fine detail of N crops of the faces' own pixels (N x 3 x S x S in
+        [0, 1], finer than the flow's resolution) to each edit's new age (model.fine_detail); zero where the
+        age does not change, and everywhere without a fitted curve."""
+        if self.fine_detail is None:
+            return torch.zeros_like(crops)
+        return self.fine_detail.change(crops, [e.age_before for e in edits], [e.age_after for e in edits])
+
     def work_after(self, aligned: AlignedFace, change: torch.Tensor) -> np.ndarray:
         """The aligned face at the work resolution with `change` applied under the paste-back mask."""
         after = (aligned.crops[self.work_size] + change * face_mask(self.work_size, aligned.framing)).clamp(0, 1)
@@ -686,8 +727,9 @@ class AgeEditor:
             watch.lap("edit")
             out = None if canvas is None else canvas.copy()
             face_results = []
-            for a, moved, e in zip(aligned, on_canvas, edits):
-                change = self.work_change(e)
+            details = self.fine_detail_change(torch.stack([a.crops[self.work_size] for a in aligned]), edits)
+            for a, moved, e, detail in zip(aligned, on_canvas, edits, details):
+                change = self.work_change(e) + detail
                 if out is not None:
                     paste_in_place(out, moved, change)
                 face_results.append(

@@ -1,0 +1,55 @@
+"""model.editor.limit_patches: an edit's broad patches over the skin are flattened; lines, the hair and a
+zero edit are left as they are."""
+
+from __future__ import annotations
+
+import torch
+
+from model.align import face_grid
+from model.editor import blotch_shares, blur, face_skin_mask, limit_patches
+
+SIDE = 64
+FRAMING = "tight"
+
+
+def face() -> torch.Tensor:
+    torch.manual_seed(0)
+    return (0.55 + 0.05 * torch.rand(1, 3, SIDE, SIDE)).clamp(0, 1)
+
+
+def cheek_patch(depth: float) -> torch.Tensor:
+    """A dark, soft-edged patch of a few pixels on the cheek: N x 3 x S x S change."""
+    ys, xs = face_grid(SIDE, FRAMING)
+    bump = torch.exp(-(((xs - 0.38) / 0.06) ** 2 + ((ys - 0.62) / 0.06) ** 2))
+    return -depth * bump.expand(1, 3, SIDE, SIDE)
+
+
+def test_a_zero_edit_stays_exactly_the_same():
+    before = face()
+    assert torch.equal(limit_patches(before, before.clone(), 0.04, 1.5, FRAMING), before)
+
+
+def test_a_dark_patch_is_flattened_to_the_limit():
+    before = face()
+    after = (before + cheek_patch(0.3)).clamp(0, 1)
+    limited = limit_patches(before, after, 0.04, 1.5, FRAMING)
+    broad_before = blur(after - before, 1.5).norm(dim=1).max()
+    broad_after = blur(limited - before, 1.5).norm(dim=1).max()
+    assert broad_before > 0.3
+    assert broad_after < 0.1
+    assert blotch_shares(before, after, FRAMING)[0] > blotch_shares(before, limited, FRAMING)[0]
+
+
+def test_thin_lines_and_changes_off_the_skin_pass():
+    before = face()
+    change = torch.zeros_like(before)
+    change[:, :, 40, 20:44] = -0.12  # a one-pixel fold across the lower face
+    skin = face_skin_mask(SIDE, FRAMING)
+    change[:, :, skin == 0] = 0.2  # hair greying where there is no skin
+    after = before + change
+    limited = limit_patches(before, after, 0.04, 1.5, FRAMING)
+    kept = (limited - before)[:, :, 40, 20:44]
+    assert kept.mean() < -0.09  # most of the line's depth stays
+    off_skin = skin == 0
+    assert off_skin.float().mean() > 0.05
+    assert torch.equal(limited[:, :, off_skin], after[:, :, off_skin])
