@@ -53,7 +53,8 @@ from bench.judges import (
     train_faces,
     train_mean_age,
 )
-from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory, fit_posthoc, reduce_rank
+from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory
+from model.age_fit import fit_posthoc, reduce_rank
 from model.align import face_mask, reframe, to_loose_matrix
 from model.checkpoint import WEIGHTS, load_flow
 from model.data import FaceSet, load_faces
@@ -515,7 +516,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     # the same photos
     view_data = args.view_data or args.data
     view = data_framing(view_data)
-    judges = {name: load_or_train_judge(name, args.estimator, view_data, args.estimator_epochs) for name in JUDGES}
+    judges = {
+        name: load_or_train_judge(name, args.estimator, view_data, args.estimator_epochs)
+        for name in (args.judge or JUDGES)
+    }
     first = next(iter(judges))
     heldout, heldout128 = load_faces(args.data, 64, "heldout"), load_faces(view_data, CROP_SIDE, "heldout")
     view64 = heldout if view_data == args.data else load_faces(view_data, 64, "heldout")
@@ -922,7 +926,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("runs/age_estimator"),
         help="where the independent age estimator is kept (trained there when missing)",
     )
-    parser.add_argument("--estimator-epochs", type=int, default=15)
+    parser.add_argument(
+        "--estimator-epochs", type=int, default=None, help="epochs of every judge (default: each its own)"
+    )
+    parser.add_argument(
+        "--judge", choices=sorted(JUDGES), action="append", default=None, help="judge with these only (default: all)"
+    )
     parser.add_argument(
         "--posthoc-dir",
         type=Path,

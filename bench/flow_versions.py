@@ -1,7 +1,7 @@
 """Shipped models side by side on the same held-out faces, in one run: the flow issue's table.
 
     python -m bench.flow_versions --version v1=weights-v1:data/faces-loose --version v2=weights:data/faces-tight \\
-        --view-data data/faces-loose --faces 200 --estimator data/bench/age_estimator --estimator-epochs 10
+        --view-data data/faces-loose --faces 200 --estimator data/bench/age_estimator
 
 Each version is a weights folder and the prepared faces of its framing. Every version edits the same
 held-out faces (those all the face sets hold, picked by bench.edit_quality's stratified choice), with the
@@ -46,10 +46,10 @@ def version_args(weights: Path, data: Path, others: list[Path], options: argpars
         str(options.seed),
         "--estimator",
         str(options.estimator),
-        "--estimator-epochs",
-        str(options.estimator_epochs),
         "--threads",
         str(options.threads),
+        *(["--estimator-epochs", str(options.estimator_epochs)] if options.estimator_epochs else []),
+        *(f"--judge={name}" for name in options.judge or []),
         *(["--guard"] if options.guard else []),
         *(["--no-fine-detail"] if options.no_fine_detail else []),
         "--patch-limit",
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faces", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--estimator", type=Path, default=Path("runs/age_estimator"))
-    parser.add_argument("--estimator-epochs", type=int, default=15)
+    parser.add_argument("--estimator-epochs", type=int, default=None, help="as bench.edit_quality's")
+    parser.add_argument("--judge", action="append", default=None, help="as bench.edit_quality's")
     parser.add_argument("--guard", action="store_true", help="each version with its likelihood guard")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-fine-detail", action="store_true", help="as bench.edit_quality's")

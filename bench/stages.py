@@ -46,8 +46,7 @@ from bench.common import (
 )
 from model.age import AgeReading, ConditionalPriorTrajectory
 from model.align import DETECTOR_SMALLEST, FaceAligner, downscaled, paste_back
-from model.condition import condition_grid, condition_vector
-from model.config import GENDERS, RACES
+from model.condition import GENDERS, RACES, condition_grid, condition_vector
 from model.detect import mtcnn_detect
 from model.editor import AgeEditor, FaceEdit
 

@@ -1,20 +1,32 @@
 """The condition vector of the flow's priors: age as piecewise-linear weights over the age knots, then
-gender and ethnicity as one-hot blocks. An unknown gender or ethnicity is the uniform mixture."""
+gender and ethnicity as one-hot blocks. An unknown gender or ethnicity is the uniform mixture. The label
+lists and the grids of labels live here; the flow takes the vectors as opaque tensors."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Protocol
 
 import torch
 
-from model.config import GENDERS, RACES, FlowConfig
-
+# Ages at which the prior's mean and scale are learned; in between they are interpolated linearly, so the
+# age trajectory is a smooth, piecewise-linear path through latent space rather than one straight line.
+DEFAULT_AGE_KNOTS = (0, 4, 9, 15, 21, 28, 36, 45, 55, 65, 75, 90)
+# the labels in the order of their one-hot blocks, which trained priors and heads depend on
+GENDERS = ("male", "female")
+RACES = ("white", "black", "asian", "indian", "other")
 # every (gender, ethnicity) pair, in the order of `condition_grid`
 PAIRS = tuple(itertools.product(GENDERS, RACES))
 # the ages a face's likelihood is averaged over when no condition is given (with every pair), and the ages
 # drawn for samples without a condition
 MARGINAL_AGES = tuple(range(1, 91, 3))
 SAMPLE_AGES = tuple(range(5, 81))
+
+
+class WithAgeKnots(Protocol):
+    """What the condition code reads of a flow's config (`model.config.FlowConfig`): its age knots."""
+
+    age_knots: tuple[float, ...]
 
 
 def age_weights(ages: torch.Tensor, knots: tuple[float, ...]) -> torch.Tensor:
@@ -30,6 +42,11 @@ def age_weights(ages: torch.Tensor, knots: tuple[float, ...]) -> torch.Tensor:
     return weights
 
 
+def condition_size(age_knots: tuple[float, ...]) -> int:
+    """The length of a condition vector: one weight per age knot, then the gender and ethnicity blocks."""
+    return len(age_knots) + len(GENDERS) + len(RACES)
+
+
 def one_hot(values: list[str | None], names: tuple[str, ...]) -> torch.Tensor:
     out = torch.full((len(values), len(names)), 1.0 / len(names))
     for i, v in enumerate(values):
@@ -39,7 +56,7 @@ def one_hot(values: list[str | None], names: tuple[str, ...]) -> torch.Tensor:
     return out
 
 
-def condition_vector(config: FlowConfig, ages, genders=None, races=None) -> torch.Tensor:
+def condition_vector(config: WithAgeKnots, ages, genders=None, races=None) -> torch.Tensor:
     """Condition vectors for N faces. `genders`/`races` are lists of names, None entries for unknown."""
     ages = torch.as_tensor(ages, dtype=torch.float32).reshape(-1)
     n = len(ages)
@@ -48,14 +65,14 @@ def condition_vector(config: FlowConfig, ages, genders=None, races=None) -> torc
     return torch.cat([age_weights(ages, config.age_knots), one_hot(genders, GENDERS), one_hot(races, RACES)], 1)
 
 
-def condition_grid(config: FlowConfig, ages) -> tuple[torch.Tensor, list[tuple[float, str, str]]]:
+def condition_grid(config: WithAgeKnots, ages) -> tuple[torch.Tensor, list[tuple[float, str, str]]]:
     """Every combination of the given ages with each gender and ethnicity, and what each row means."""
     combos = list(itertools.product([float(a) for a in ages], GENDERS, RACES))
     vectors = condition_vector(config, [c[0] for c in combos], [c[1] for c in combos], [c[2] for c in combos])
     return vectors, combos
 
 
-def condition_parts(config: FlowConfig, ages, pairs=PAIRS) -> tuple[torch.Tensor, torch.Tensor]:
+def condition_parts(config: WithAgeKnots, ages, pairs=PAIRS) -> tuple[torch.Tensor, torch.Tensor]:
     """Condition vectors split in two: one per age (the age block; A x K) and one per (gender, ethnicity)
     pair (the other blocks; J x K). Every condition_vector(age, gender, ethnicity) is a row of the first
     plus a row of the second, which `Glow.condition_grid_log_likelihoods` evaluates without forming them."""
@@ -67,13 +84,13 @@ def condition_parts(config: FlowConfig, ages, pairs=PAIRS) -> tuple[torch.Tensor
     return age_rows, other_rows
 
 
-def marginal_parts(config: FlowConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def marginal_parts(config: WithAgeKnots) -> tuple[torch.Tensor, torch.Tensor]:
     """`condition_parts` of the uniform grid a conditional flow's likelihood averages over when no condition
     is given: MARGINAL_AGES crossed with every gender and ethnicity."""
     return condition_parts(config, MARGINAL_AGES)
 
 
-def sample_conditions(config: FlowConfig, n: int, generator: torch.Generator) -> torch.Tensor:
+def sample_conditions(config: WithAgeKnots, n: int, generator: torch.Generator) -> torch.Tensor:
     """n condition vectors drawn uniformly from SAMPLE_AGES crossed with every gender and ethnicity."""
     grid, _ = condition_grid(config, SAMPLE_AGES)
     return grid[torch.randint(len(grid), (n,), generator=generator)]

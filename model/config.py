@@ -1,4 +1,5 @@
-"""The flow's architecture in one dataclass, saved as JSON beside the weights."""
+"""The flow's architecture in one dataclass, saved as JSON beside the weights, with the age knots of its
+condition vectors; what those vectors hold, and the grids of them, come from model.condition."""
 
 from __future__ import annotations
 
@@ -6,11 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# Ages at which the prior's mean and scale are learned; in between they are interpolated linearly, so the
-# age trajectory is a smooth, piecewise-linear path through latent space rather than one straight line.
-DEFAULT_AGE_KNOTS = (0, 4, 9, 15, 21, 28, 36, 45, 55, 65, 75, 90)
-GENDERS = ("male", "female")
-RACES = ("white", "black", "asian", "indian", "other")
+import torch
+
+from model import condition
 
 
 @dataclass
@@ -25,7 +24,7 @@ class FlowConfig:
     mask: str = "channel"  # "channel" (Glow), "checkerboard", or "realnvp" (checkerboard, then channel)
     n_bits: int = 5
     conditional: bool = True  # priors conditioned on age, gender and ethnicity
-    age_knots: tuple[float, ...] = field(default_factory=lambda: DEFAULT_AGE_KNOTS)
+    age_knots: tuple[float, ...] = field(default_factory=lambda: condition.DEFAULT_AGE_KNOTS)
     # capacity per level, finest first; empty: `width` and `steps` at every level
     level_widths: tuple[int, ...] = ()
     level_steps: tuple[int, ...] = ()
@@ -60,7 +59,17 @@ class FlowConfig:
 
     @property
     def condition_dim(self) -> int:
-        return len(self.age_knots) + len(GENDERS) + len(RACES) if self.conditional else 0
+        """The length of the flow's condition vectors (0: unconditional)."""
+        return condition.condition_size(self.age_knots) if self.conditional else 0
+
+    def marginal_conditions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditions a conditional flow's likelihood averages over when none is given, in two parts
+        (every row of the first plus every row of the second): `model.condition.marginal_parts`."""
+        return condition.marginal_parts(self)
+
+    def sample_conditions(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n conditions for samples drawn without one, from `generator`: `model.condition.sample_conditions`."""
+        return condition.sample_conditions(self, n, generator)
 
     @property
     def dimensions(self) -> int:

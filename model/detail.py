@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from model.condition import age_weights
-from model.config import DEFAULT_AGE_KNOTS
+from model.condition import DEFAULT_AGE_KNOTS, age_weights
 from model.flow.detail import DetailConfig, DetailFlow, haar_merge, haar_split
 
 WEIGHTS = "detail.safetensors"

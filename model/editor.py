@@ -349,6 +349,12 @@ class AgeEditor:
             "age_range": list(self.age_range),
             "trajectory": self.trajectory.name,
             **self.settings.get("model", {}),
+            # the photo's own fine detail is rescaled to the new age (model.fine_detail)
+            "fine_detail": self.fine_detail is not None,
+            # an edit's broad patches over the skin are flattened (limit_patches)
+            "patch_limit": None
+            if self.patch_limit is None
+            else dict(zip(("max_departure", "sigma_64"), self.patch_limit)),
         }
 
     # ---- aligned faces ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.config import GENDERS, RACES
+from model.condition import GENDERS, RACES
 from model.data import FaceSet
 from model.flow.glow import Glow
 from model.heads import LatentHeads, label_indices

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from model.config import GENDERS, RACES
+from model.condition import GENDERS, RACES
 
 MAX_AGE = 90
 HEADS_FILE = "heads.safetensors"

@@ -26,7 +26,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from model.checkpoint import save_flow
-from model.config import GENDERS, RACES, FlowConfig
+from model.condition import GENDERS, RACES
+from model.config import FlowConfig
 from model.data import load_faces
 from model.evaluation import evaluate_bits_per_dim, evaluate_heads, save_grid
 from model.flow.glow import Glow

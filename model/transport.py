@@ -32,8 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from model.age import AgeReading, PosthocTrajectory
-from model.condition import age_weights, condition_vector, one_hot
-from model.config import GENDERS, RACES
+from model.condition import GENDERS, RACES, age_weights, condition_vector, one_hot
 from model.flow.glow import Glow
 
 TRANSPORT_WEIGHTS = "age_transport.safetensors"

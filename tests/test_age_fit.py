@@ -5,16 +5,22 @@ the older faces come mostly from one source, as in the real data. The fit must r
 and its age path must move the top band without taking the source's brightness along.
 """
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from model.age import PosthocTrajectory, fit_posthoc
+from model.age import PosthocTrajectory
+from model.age_fit import fit_posthoc
 from model.config import FlowConfig
 from model.data import FaceSet
 from model.flow.glow import Glow
 
 SIDE = 16
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def synthetic_faces(n: int, seed: int) -> FaceSet:
@@ -145,3 +151,18 @@ def test_younger_edits_take_their_own_level_strengths_and_older_ones_keep_theirs
     save_flow(flow, tmp_path)
     save_trajectory(tmp_path, split)
     assert load_trajectory(tmp_path, flow).younger_level_strengths == [0.0, 0.0]
+
+
+def test_the_editor_imports_neither_the_fit_nor_the_training_set_loader():
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, model.editor; print(sorted({'model.age_fit', 'model.data'} & set(sys.modules)))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.stdout.strip() == "[]", finished.stderr

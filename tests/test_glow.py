@@ -1,9 +1,11 @@
 """The multi-scale model as a whole: exact reconstruction, log-determinant, likelihood, conditioning, the
 standardized edit space, sampling, and saving."""
 
+import ast
 import copy
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -293,3 +295,16 @@ def test_load_flow_does_not_unpickle(conditional_glow, tmp_path, monkeypatch):
     header_length = int.from_bytes((tmp_path / WEIGHTS).read_bytes()[:8], "little")
     assert (tmp_path / WEIGHTS).read_bytes()[8 : 8 + header_length].startswith(b"{")
     assert loaded.config == conditional_glow.config
+
+
+def test_the_flow_reads_nothing_of_the_model_but_its_config():
+    """model/flow takes conditions as opaque tensors: the label lists and grids stay outside it."""
+    imported = set()
+    for path in (Path(__file__).resolve().parents[1] / "model" / "flow").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    outside = {name for name in imported if name.split(".")[0] == "model" and not name.startswith("model.flow")}
+    assert outside <= {"model.config"}, outside

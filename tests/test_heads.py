@@ -2,7 +2,7 @@
 
 import torch
 
-from model.config import GENDERS, RACES
+from model.condition import GENDERS, RACES
 from model.heads import MAX_AGE, LatentHeads, age_label_distribution, label_indices
 
 

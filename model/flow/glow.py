@@ -3,8 +3,9 @@
 Images are floats in [0, 1], N x 3 x H x W. `encode` returns the raw latents of every level, finest
 split first and the top latent last; `decode` inverts them exactly. The edit space is the *standardized*
 latents (`standardize`): each latent minus its prior's mean, divided by its prior's scale, where the prior
-depends on the coarser latents and on the condition (age, gender, ethnicity). `generate` maps
-standardized latents under any condition back to an image.
+depends on the coarser latents and on the condition, an opaque vector of `config.condition_dim` numbers.
+`generate` maps standardized latents under any condition back to an image. What a conditional flow stands
+for without a condition comes from its config (`marginal_conditions`, `sample_conditions`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from model.condition import marginal_parts, sample_conditions
 from model.config import FlowConfig
 from model.flow.layers import FlowStep, squeeze, unsqueeze
 from model.flow.priors import ConditionalGaussianPrior
@@ -174,9 +174,9 @@ class Glow(nn.Module):
     ) -> torch.Tensor:
         """Log-likelihood in nats of each image's discretized pixels (Glow's objective, per sample).
 
-        Without a condition, a conditional model gives the likelihood averaged over a uniform grid of
-        ages, genders and ethnicities (`model.condition.marginal_parts`); with `dequantize` the bin offset
-        is uniform noise (for training), otherwise the bin centre.
+        Without a condition, a conditional model gives the likelihood averaged uniformly over its config's
+        `marginal_conditions`; with `dequantize` the bin offset is uniform noise (for training), otherwise
+        the bin centre.
         """
         x = self.quantize(x01, torch.rand_like(x01) if dequantize else None)
         latents, contexts, logdet = self.flow_forward(x)
@@ -185,8 +185,8 @@ class Glow(nn.Module):
     def encoding_log_prob(self, latents, contexts, logdet, condition: torch.Tensor | None = None) -> torch.Tensor:
         """`log_prob` of the flow input that `flow_forward` encoded as (latents, contexts, logdet)."""
         if condition is None and self.config.conditional:
-            ages, pairs, sides = self._marginal_sides(latents[0].device)
-            prior = self.condition_grid_log_likelihoods(latents, contexts, ages, pairs, sides)
+            first, second, sides = self._marginal_sides(latents[0].device)
+            prior = self.condition_grid_log_likelihoods(latents, contexts, first, second, sides)
             prior = torch.logsumexp(prior.flatten(1), 1) - math.log(prior[0].numel())
         else:
             prior = self.prior_log_prob(latents, contexts, condition)
@@ -210,7 +210,7 @@ class Glow(nn.Module):
         return -self.log_prob(x01, condition, dequantize) / (self.config.dimensions * math.log(2.0))
 
     def condition_log_likelihoods(self, latents, contexts, conditions: torch.Tensor) -> torch.Tensor:
-        """Prior log-density of N encoded faces under each of M conditions: N x M (the flow is shared)."""
+        """Prior log-density of N encoded images under each of M conditions: N x M (the flow is shared)."""
         return self.condition_grid_log_likelihoods(
             latents, contexts, conditions, conditions.new_zeros(1, conditions.shape[1])
         )[:, 0]
@@ -218,25 +218,25 @@ class Glow(nn.Module):
     def condition_grid_log_likelihoods(
         self, latents, contexts, first: torch.Tensor, second: torch.Tensor, sides: list[tuple] | None = None
     ) -> torch.Tensor:
-        """Prior log-density of N encoded faces under every condition `first[m] + second[j]`: N x J x M.
+        """Prior log-density of N encoded images under every condition `first[m] + second[j]`: N x J x M.
 
         The priors map conditions affinely, and a Gaussian's quadratic term with log-scale s_nj + t_m,
-        sum_d exp(-2 s_njd) exp(-2 t_md) (r_njd - c_md)^2, expands into one matrix product of per-face
-        features (J per face) and per-condition features (M), so the elementwise work grows with N * J + M
-        rather than N * J * M: an age grid (first) crossed with genders and ethnicities (second) is cheap.
+        sum_d exp(-2 s_njd) exp(-2 t_md) (r_njd - c_md)^2, expands into one matrix product of per-image
+        features (J per image) and per-condition features (M), so the elementwise work grows with N * J + M
+        rather than N * J * M: a long grid of the first part crossed with a short one of the second is cheap.
         `sides`: `condition_sides(first, second)`, when already made.
         """
         sides = sides if sides is not None else self.condition_sides(first, second)
         n, j = latents[0].shape[0], second.shape[0]
         total = latents[0].new_zeros(n, j, first.shape[0])
         for prior, z, ctx, (other, features, centre, logs_sum) in zip(self.all_priors(), latents, contexts, sides):
-            face = prior.context_params(ctx, n)  # N x 2C x H x W
-            face = (face[:, None] + other[None]).flatten(0, 1)  # N*J x 2C x H x W
-            face_mean, face_logs = face[:, 0::2].flatten(1), face[:, 1::2].flatten(1)
-            r = z.flatten(1).repeat_interleave(j, 0) - face_mean - centre
-            u = torch.exp(-2.0 * face_logs)
+            own = prior.context_params(ctx, n)  # each input's part of (mean, log-std): N x 2C x H x W
+            own = (own[:, None] + other[None]).flatten(0, 1)  # N*J x 2C x H x W
+            own_mean, own_logs = own[:, 0::2].flatten(1), own[:, 1::2].flatten(1)
+            r = z.flatten(1).repeat_interleave(j, 0) - own_mean - centre
+            u = torch.exp(-2.0 * own_logs)
             square = torch.cat([u * r * r, -2.0 * u * r, u], 1) @ features
-            level = -0.5 * r.shape[1] * math.log(2 * math.pi) - face_logs.sum(1, keepdim=True) - logs_sum - 0.5 * square
+            level = -0.5 * r.shape[1] * math.log(2 * math.pi) - own_logs.sum(1, keepdim=True) - logs_sum - 0.5 * square
             total = total + level.view(n, j, -1)
         return total
 
@@ -260,15 +260,16 @@ class Glow(nn.Module):
         return sides
 
     def _marginal_sides(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[tuple]]:
-        """The uniform grid the likelihood averages over without a condition, and its `condition_sides`,
-        kept between calls outside training as long as the priors' parameters stay the same."""
-        ages, pairs = (part.to(device) for part in marginal_parts(self.config))
+        """The two-part grid the likelihood averages over without a condition (`config.marginal_conditions`)
+        and its `condition_sides`, kept between calls outside training as long as the priors' parameters stay
+        the same."""
+        first, second = (part.to(device) for part in self.config.marginal_conditions())
         if self.training or torch.is_grad_enabled():
-            return ages, pairs, self.condition_sides(ages, pairs)
+            return first, second, self.condition_sides(first, second)
         key = (device, *(p._version for prior in self.all_priors() for p in prior.parameters()))
         if self._marginal_cache is None or self._marginal_cache[0] != key:
-            self._marginal_cache = (key, self.condition_sides(ages, pairs))
-        return ages, pairs, self._marginal_cache[1]
+            self._marginal_cache = (key, self.condition_sides(first, second))
+        return first, second, self._marginal_cache[1]
 
     # ---- the edit space and sampling ---------------------------------------------------------------
     @staticmethod
@@ -316,11 +317,11 @@ class Glow(nn.Module):
     def sample(
         self, n: int, temperature: float = 0.7, seed: int = 0, condition: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """n new faces, the same for the same seed. Without a condition, a conditional model draws each
-        face's age, gender and ethnicity from the same seed (`model.condition.sample_conditions`)."""
+        """n new images, the same for the same seed. Without a condition, a conditional model draws each
+        image's condition from the same seed (`config.sample_conditions`)."""
         generator = torch.Generator().manual_seed(seed)
         device = next(self.parameters()).device
         eps = [torch.randn((n, *shape), generator=generator).to(device) for shape in self.latent_shapes()]
         if condition is None and self.config.conditional:
-            condition = sample_conditions(self.config, n, generator).to(device)
+            condition = self.config.sample_conditions(n, generator).to(device)
         return self.generate(eps, condition, temperature)

@@ -13,7 +13,7 @@ from model.flow.nets import ZeroConv2d
 class ConditionalGaussianPrior(nn.Module):
     """Diagonal Gaussian over a latent of shape C x H x W, whose mean and log-std come from an optional
     context tensor (the other half of a split, through a zero-initialized convolution) plus a linear map of
-    the condition vector (age, gender, ethnicity), in the way Glow conditions its prior on a class."""
+    the condition vector, in the way Glow conditions its prior on a class."""
 
     def __init__(self, shape: tuple[int, int, int], context_channels: int, condition_dim: int) -> None:
         super().__init__()
