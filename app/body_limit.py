@@ -11,10 +11,15 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
+from app.imaging import megabytes
 
 UPLOADS_BUSY = "The service is receiving too many uploads at once. Try again in a few seconds."
 BODY_TIMEOUT = "The upload stalled or took too long and was closed. Send it again."
 CLOSE = {"Connection": "close"}  # the rest of a refused body is not read: the connection cannot be reused
+
+
+def upload_too_large_message(max_upload_bytes: int) -> str:
+    return f"The upload is larger than the limit of {megabytes(max_upload_bytes)}."
 
 
 class BodyLimitMiddleware:

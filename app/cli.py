@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.imaging import OUTPUT_FORMATS, DecodedImage, ImageError, decode_image, encode_image, set_decompression_limit
+from model.edit_rules import MAX_YEARS, EditError, check_one_kind_of_edit, check_target_ages
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif"}
 FORMAT_OF_SUFFIX = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
@@ -52,9 +53,8 @@ class ServiceUnreachable(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app.cli", description="Age the faces in photos.")
     parser.add_argument("inputs", nargs="+", type=Path, help="photos, or folders of photos (any number)")
-    edit = parser.add_mutually_exclusive_group(required=True)
-    edit.add_argument("--years", type=float, help="years to add; negative makes faces younger")
-    edit.add_argument("--target-age", type=float, help="age in years to take every face to")
+    parser.add_argument("--years", type=float, help="years to add; negative makes faces younger")
+    parser.add_argument("--target-age", type=float, help="age in years to take every face to")
     parser.add_argument("--faces", choices=("all", "largest"), default="all", help="which faces to age")
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="the output photo (one input), or a folder for the results"
@@ -77,8 +77,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, help="model folder (default: $WEIGHTS_DIR, else weights/)")
     parser.add_argument("--device", help="auto, cpu or cuda (default: $DEVICE, else auto)")
     args = parser.parse_args(argv)
-    if args.years is not None and not -100 <= args.years <= 100:
-        parser.error("--years must be between -100 and 100")
+    try:
+        check_one_kind_of_edit(args.years, args.target_age)
+    except EditError as exc:
+        parser.error(str(exc))
+    if args.years is not None and not -MAX_YEARS <= args.years <= MAX_YEARS:
+        parser.error(f"--years must be between {-MAX_YEARS} and {MAX_YEARS}")
     if args.server and (args.weights or args.device):
         parser.error("--weights and --device choose the model loaded here; with --server the service's is used")
     return args
@@ -178,9 +182,7 @@ def age_here(args: argparse.Namespace, photos: list[Path], single_file: bool) ->
     started = time.perf_counter()
     import torch  # here, and timed: with --server it is never imported
 
-    from app.schemas import check_target_ages
     from app.settings import Settings, SettingsError, checked_device
-    from model.editor import EditError
 
     imported = time.perf_counter()
     try:

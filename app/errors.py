@@ -12,12 +12,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.gate import ServerBusy
 from app.imaging import ImageError
-from app.schemas import TargetAgeOutOfRange
-from model.editor import EditError, FaceTooSmallError, NoFaceError
+from model.edit_rules import EditError
 
 log = logging.getLogger("app")
 
 RETRY_AFTER_SECONDS = 5
+BUSY = "The service is busy. Try again in a few seconds."
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -44,16 +44,6 @@ def error_response(status_code: int, code: str, message: str, headers: dict[str,
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code, headers=headers)
 
 
-def _edit_error_code(exc: EditError) -> str:
-    if isinstance(exc, NoFaceError):
-        return "no_face"
-    if isinstance(exc, FaceTooSmallError):
-        return "face_too_small"
-    if isinstance(exc, TargetAgeOutOfRange):
-        return "target_age_out_of_range"
-    return "cannot_edit"
-
-
 def _validation_message(exc: RequestValidationError) -> str:
     """The fields at fault and why, without echoing what was sent (it may be the photo)."""
     parts = []
@@ -70,18 +60,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(ImageError)
-    async def image_error(request: Request, exc: ImageError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, str(exc))
-
     @app.exception_handler(EditError)
-    async def edit_error(request: Request, exc: EditError) -> JSONResponse:
-        return error_response(422, _edit_error_code(exc), str(exc))
+    async def refusal(request: Request, exc: ImageError | EditError) -> JSONResponse:
+        """A photo that cannot be used or edited: each error carries its own status and code."""
+        return error_response(exc.status_code, exc.code, str(exc))
 
     @app.exception_handler(ServerBusy)
     async def busy(request: Request, exc: ServerBusy) -> JSONResponse:
-        return error_response(
-            503, "busy", "The service is busy. Try again in a few seconds.", {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        )
+        return error_response(503, "busy", BUSY, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

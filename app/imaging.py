@@ -27,6 +27,7 @@ _KNOWN_SIGNATURES = ((b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _RGB_PROFILE_MODES = ("RGB", "RGBA", "P", "PA")
+DAMAGED_OR_INCOMPLETE = "The photo is damaged or incomplete and cannot be read."
 
 
 class ImageError(ValueError):
@@ -102,17 +103,28 @@ def set_decompression_limit(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = _pillow_pixel_limit
 
 
+def unsupported_format_message(name: str) -> str:
+    return f"{name} files are not supported. Send a {SUPPORTED_NAMES} photo."
+
+
 def _unsupported_message(data: bytes) -> str:
     for signature, name in _KNOWN_SIGNATURES:
         if data.startswith(signature):
-            return f"{name} files are not supported. Send a {SUPPORTED_NAMES} photo."
+            return unsupported_format_message(name)
     return f"The file is not a photo in a supported format. Send a {SUPPORTED_NAMES} photo."
 
 
-def _too_many_pixels(width: int, height: int, max_pixels: int) -> TooManyPixels:
-    return TooManyPixels(
+def too_many_pixels_message(width: int, height: int, max_pixels: int) -> str:
+    return (
         f"The photo has {width} x {height} pixels ({width * height / 1e6:.0f} megapixels); "
         f"the limit is {max_pixels / 1e6:.0f} megapixels. Send a smaller photo."
+    )
+
+
+def output_too_large_message(width: int, height: int, format_name: str) -> str:
+    return (
+        f"The result is {width} x {height} pixels, more than {format_name.upper()} can hold "
+        f"({OUTPUT_FORMATS[format_name].max_side} pixels a side). Ask for png instead."
     )
 
 
@@ -144,7 +156,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
         raise CorruptImage("The photo is damaged and cannot be read.") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise _too_many_pixels(width, height, max_pixels)
+        raise TooManyPixels(too_many_pixels_message(width, height, max_pixels))
     if width == 0 or height == 0:
         raise CorruptImage("The photo has no pixels.")
     source_format = image.format
@@ -154,7 +166,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
         upright = ImageOps.exif_transpose(image)
         rgb, alpha = _rgb_and_alpha(upright)
     except DECODE_ERRORS:
-        raise CorruptImage("The photo is damaged or incomplete and cannot be read.") from None
+        raise CorruptImage(DAMAGED_OR_INCOMPLETE) from None
     return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format or "", icc_profile=icc_profile or None)
 
 
@@ -165,10 +177,7 @@ def encode_image(
     output = OUTPUT_FORMATS[format_name]
     height, width = rgb.shape[:2]
     if max(height, width) > output.max_side:
-        raise OutputTooLarge(
-            f"The result is {width} x {height} pixels, more than {format_name.upper()} can hold "
-            f"({output.max_side} pixels a side). Ask for png instead."
-        )
+        raise OutputTooLarge(output_too_large_message(width, height, format_name))
     if alpha is not None and output.keeps_alpha:
         image = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
     else:

@@ -17,10 +17,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
 from app.auth import ApiKeyMiddleware
-from app.body_limit import BodyLimitMiddleware
+from app.body_limit import BodyLimitMiddleware, upload_too_large_message
 from app.errors import RETRY_AFTER_SECONDS, CatchAllMiddleware, install_error_handlers
 from app.gate import InferenceGate
-from app.imaging import megabytes, set_decompression_limit
+from app.imaging import set_decompression_limit
 from app.metrics import Metrics, MetricsMiddleware
 from app.routers import analysis, edits, model_info, probes
 from app.security_headers import SecurityHeadersMiddleware
@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None, editor: AgeEditor | None = None
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
-        message=f"The upload is larger than the limit of {megabytes(settings.max_upload_bytes)}.",
+        message=upload_too_large_message(settings.max_upload_bytes),
         max_uploading_bytes=settings.max_uploading_bytes,
         idle_timeout=settings.body_idle_timeout,
         timeout=settings.body_timeout,

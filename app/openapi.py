@@ -3,35 +3,42 @@
 from __future__ import annotations
 
 from app.auth import UNAUTHORIZED
+from app.body_limit import BODY_TIMEOUT, UPLOADS_BUSY, upload_too_large_message
 from app.dependencies import MODEL_LOADING, MODEL_UNAVAILABLE
-from app.imaging import OUTPUT_FORMATS
+from app.errors import BUSY
+from app.imaging import (
+    DAMAGED_OR_INCOMPLETE,
+    OUTPUT_FORMATS,
+    output_too_large_message,
+    too_many_pixels_message,
+    unsupported_format_message,
+)
 from app.schemas import ErrorResponse
+from model.edit_rules import NO_FACE, ONE_KIND_OF_EDIT, face_too_small_message, target_age_message
 
+# each message as the service writes it, with example values where it has some
 _ERROR_EXAMPLES = {
     400: {
-        "corrupt_image": "The photo is damaged or incomplete and cannot be read.",
+        "corrupt_image": DAMAGED_OR_INCOMPLETE,
         "bad_request": "There was an error parsing the body",
     },
     401: {"unauthorized": UNAUTHORIZED},
-    408: {"upload_timeout": "The upload stalled or took too long and was closed. Send it again."},
+    408: {"upload_timeout": BODY_TIMEOUT},
     413: {
-        "upload_too_large": "The upload is larger than the limit of 20.0 MB.",
-        "too_many_pixels": "The photo has 12000 x 9000 pixels (108 megapixels); the limit is 40 megapixels. "
-        "Send a smaller photo.",
+        "upload_too_large": upload_too_large_message(20 * 1024 * 1024),
+        "too_many_pixels": too_many_pixels_message(12000, 9000, 40_000_000),
     },
-    415: {"unsupported_image": "GIF files are not supported. Send a JPEG, PNG, WebP or HEIC photo."},
+    415: {"unsupported_image": unsupported_format_message("GIF")},
     422: {
-        "no_face": "No face was found in the photo. Use a photo where a face is clearly visible.",
-        "face_too_small": "The face is too small (28 px; at least 40 px are needed). Use a closer or larger photo.",
-        "invalid_parameters": "Give exactly one of years and target_age: years to add, or the age to take "
-        "the faces to.",
-        "target_age_out_of_range": "The target age 95 is outside the model's range of 1 to 90 years.",
-        "output_too_large": "The result is 20000 x 3000 pixels, more than WEBP can hold (16383 pixels a "
-        "side). Ask for png instead.",
+        "no_face": NO_FACE,
+        "face_too_small": face_too_small_message(28, 40),
+        "invalid_parameters": ONE_KIND_OF_EDIT,
+        "target_age_out_of_range": target_age_message(95, (1, 90)),
+        "output_too_large": output_too_large_message(20000, 3000, "webp"),
     },
     503: {
-        "busy": "The service is busy. Try again in a few seconds.",
-        "uploads_busy": "The service is receiving too many uploads at once. Try again in a few seconds.",
+        "busy": BUSY,
+        "uploads_busy": UPLOADS_BUSY,
         "model_loading": MODEL_LOADING,
         "model_unavailable": MODEL_UNAVAILABLE,
     },

@@ -7,7 +7,8 @@ from typing import Literal
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from model.editor import SKIP_REASONS, EditError
+from model.edit_rules import MAX_YEARS, NO_FACE, PLAUSIBLE_AGES, check_one_kind_of_edit
+from model.editor import SKIP_REASONS
 
 MAX_SERIES_AGES = 8
 
@@ -33,8 +34,8 @@ class PhotoForm(BaseModel):
 class AgeForm(PhotoForm):
     years: float | None = Field(
         None,
-        ge=-100,
-        le=100,
+        ge=-MAX_YEARS,
+        le=MAX_YEARS,
         allow_inf_nan=False,
         examples=[30],
         description="Years to add (negative: younger). Give this or `target_age`.",
@@ -42,8 +43,8 @@ class AgeForm(PhotoForm):
     # Try-it-out on /docs fills every field in, this one with its example: null, sent as the word "null"
     target_age: float | None = Field(
         None,
-        ge=0,
-        le=120,
+        ge=PLAUSIBLE_AGES[0],
+        le=PLAUSIBLE_AGES[1],
         allow_inf_nan=False,
         examples=[None],
         description="Age in years to take every face to, e.g. 70. Give this or "
@@ -66,8 +67,7 @@ class AgeForm(PhotoForm):
 
     @model_validator(mode="after")
     def one_kind_of_edit(self) -> AgeForm:
-        if (self.years is None) == (self.target_age is None):
-            raise ValueError("Give exactly one of years and target_age: years to add, or the age to take the faces to.")
+        check_one_kind_of_edit(self.years, self.target_age)
         return self
 
 
@@ -94,8 +94,9 @@ class SeriesForm(PhotoForm):
             numbers = [float(v) for v in values]
         except ValueError:
             raise ValueError("Give the ages as numbers separated by commas, e.g. 10,30,50,70.") from None
-        if not all(0 <= n <= 120 for n in numbers):
-            raise ValueError("Give ages between 0 and 120.")
+        low, high = PLAUSIBLE_AGES
+        if not all(low <= n <= high for n in numbers):
+            raise ValueError(f"Give ages between {low} and {high}.")
         return ",".join(values)
 
     @property
@@ -103,25 +104,11 @@ class SeriesForm(PhotoForm):
         return [float(v) for v in self.ages.split(",")]
 
 
-class TargetAgeOutOfRange(EditError):
-    pass
-
-
-def check_target_ages(ages: list[float], age_range: tuple[float, float]) -> None:
-    """Target ages must lie in the model's range (the form only checks that they are plausible ages)."""
-    low, high = age_range
-    for age in ages:
-        if not low <= age <= high:
-            raise TargetAgeOutOfRange(
-                f"The target age {age:g} is outside the model's range of {low:g} to {high:g} years."
-            )
-
-
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable, machine-readable reason.", examples=["no_face"])
     message: str = Field(
         description="What went wrong, for people.",
-        examples=["No face was found in the photo. Use a photo where a face is clearly visible."],
+        examples=[NO_FACE],
     )
 
 

@@ -5,13 +5,14 @@
 
 Needs the evaluation extras: `pip install -r requirements-eval.txt`. What it measures:
 
-1. Age, read by an independent judge: a small CNN age (and gender) regressor trained on the train split,
-   its loss weighted so that rare ages count (else it reads real 80-year-olds as about 53), kept in
-   --estimator and reused while the data set is the same. Its reading of real held-out faces per age band
-   is printed. Each selected face is aged by +30 and -25 years (where the target stays within 1..90 by its
-   labelled age) and swept to fixed target ages; the table gives the change in the judge's reading (goals:
-   +30 read >= 20 years older, -25 read >= 15 years younger), the change the judge reads between real
-   held-out faces the same years apart, and how often the judge's gender reading flips.
+1. Age, read by two independent judges (bench.judges): a strided CNN on 64 px and a residual network on
+   128 px crops, each trained on its own half of the train split only, their losses weighted so that rare
+   ages count, kept in --estimator and reused while the data set is the same. Their readings of real
+   held-out faces per age band are printed. Each selected face is aged by +30 and -25 years (where the
+   target stays within 1..90 by its labelled age) and swept to fixed target ages; the table gives the
+   median change in each judge's reading (goals: +30 read >= 20 years older, -25 read >= 15 years
+   younger), the change the judge reads between real held-out faces the same years apart, and how often
+   the judge's gender reading flips.
 2. Identity: dlib's face-recognition descriptors of the original vs. the edited face; baselines are the
    unedited reconstruction and pairs of different held-out people of the same gender.
 3. Skin tone: the CIELab shift of the cheeks, per ethnicity label.
@@ -19,7 +20,10 @@ Needs the evaluation extras: `pip install -r requirements-eval.txt`. What it mea
 5. The editor's own age reading (`estimate_age`) against always guessing the mean training age.
 
 Edited faces are judged the way the service shows them: the edit's change, upsampled as for the work
-crop, applied under the face mask to the 128 px aligned crop. A method of `posthoc` uses the weights
+crop, applied under the face mask to the 128 px aligned crop, and the crop's own fine detail rescaled to
+the new age where the weights' editor.json has a fitted curve (--no-fine-detail: kept as it is). The
+fine-detail energy of the central face after / before (the finest Haar bands) is reported beside real
+held-out 55-75 year-olds' over 18-35 year-olds'. A method of `posthoc` uses the weights
 folder's age_posthoc.safetensors, or fits one on train faces and keeps it in --posthoc-dir; --details says
 whether its finer levels are carried by their priors (as shipped) or kept and shifted.
 """
@@ -57,12 +61,14 @@ from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajec
 from model.age_fit import fit_posthoc, reduce_rank
 from model.align import face_mask, reframe, to_loose_matrix
 from model.checkpoint import WEIGHTS, load_flow
+from model.colour import blur
 from model.data import FaceSet, load_faces
-from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, AgeEditor, blur, central_face
+from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, AgeEditor
 from model.fine_detail import DETAIL_KEY
 from model.flow.detail import haar_split
 from model.flow.glow import Glow
 from model.heads import HEADS_FILE, load_heads
+from model.masks import central_face
 from model.transport import TransportTrajectory, load_transport, subset
 
 METHODS = (ConditionalPriorTrajectory.name, PosthocTrajectory.name, TransportTrajectory.name)
@@ -954,7 +960,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--patch-limit",
         default="shipped",
         metavar="shipped|off|MAX:SIGMA",
-        help="the limit on the edit's patches (model.editor.limit_patches): --weights/editor.json's, none, or "
+        help="the limit on the edit's patches (model.colour.limit_patches): --weights/editor.json's, none, or "
         "its largest departure (RGB, 0-1) and blur (pixels of a 64 px crop)",
     )
     parser.add_argument("--threads", type=int, default=1)

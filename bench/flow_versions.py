@@ -82,6 +82,13 @@ def row(label: str, weights: Path, report: dict) -> dict:
         "younger_patchy": younger["patchy"],
         "reconstruction_same_person": report["edits"]["reconstruction"]["identity"]["match_rate"],
         "faces": report["config"]["faces"],
+        "judges": {
+            name: {
+                "older_read_median": older["judges"][name]["read_change"]["median"],
+                "younger_read_median": younger["judges"][name]["read_change"]["median"],
+            }
+            for name in older.get("judges", {})
+        },
     }
 
 
@@ -103,6 +110,10 @@ def markdown(rows: list[dict]) -> str:
     for title, key, fmt in columns:
         cells = [fmt.format(r[key]) if r[key] is not None else "n/a" for r in rows]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    for name in rows[0].get("judges", {}):
+        for edit, key in ((OLDER, "older_read_median"), (YOUNGER, "younger_read_median")):
+            cells = [f"{r['judges'][name][key]:+.1f}" if name in r.get("judges", {}) else "n/a" for r in rows]
+            lines.append(f"| {edit:+g} years: judge {name}, median | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

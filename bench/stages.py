@@ -45,7 +45,7 @@ from bench.common import (
     use_threads,
 )
 from model.age import AgeReading, ConditionalPriorTrajectory
-from model.align import DETECTOR_SMALLEST, FaceAligner, downscaled, paste_back
+from model.align import DETECTOR_SMALLEST, FaceAligner, downscaled, paste_back, stack_crops
 from model.condition import GENDERS, RACES, condition_grid, condition_vector
 from model.detect import mtcnn_detect
 from model.editor import AgeEditor, FaceEdit
@@ -180,7 +180,7 @@ def run_stages(editor: AgeEditor, photo: TestPhoto, settings: Settings, baseline
         faces = editor.find_faces(decoded.rgb)
         lap("detect")
         aligned = editor.align(decoded.rgb, faces)
-        crops = torch.stack([a.crops[editor.resolution] for a in aligned])
+        crops = stack_crops(aligned, editor.resolution)
         lap("align")
         old_read = baseline and isinstance(editor.trajectory, ConditionalPriorTrajectory)
         reading = estimate_per_condition(editor.trajectory, crops) if old_read else editor.trajectory.estimate(crops)
@@ -232,7 +232,7 @@ def stage_table(editor: AgeEditor, photo: TestPhoto, settings: Settings, repeats
 # ---- baselines -------------------------------------------------------------------------------------
 def face_crops(editor: AgeEditor, photo: TestPhoto) -> torch.Tensor:
     """The photo's faces aligned at the flow's resolution, N x 3 x S x S."""
-    return torch.stack([a.crops[editor.resolution] for a in editor.align(photo.rgb, editor.find_faces(photo.rgb))])
+    return stack_crops(editor.align(photo.rgb, editor.find_faces(photo.rgb)), editor.resolution)
 
 
 def ratio_row(table: Table, name: str, before: Samples, after: Samples, label_before: str, label_after: str):

@@ -52,6 +52,11 @@ class AlignedFace:
     framing: str = "loose"  # the landmark template of FRAMINGS the matrix maps the face onto
 
 
+def stack_crops(aligned: list[AlignedFace], side: int) -> torch.Tensor:
+    """The faces' crops of `side` pixels as one batch: N x 3 x side x side."""
+    return torch.stack([a.crops[side] for a in aligned])
+
+
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation) mapping src points onto dst (Umeyama)."""
     src = np.asarray(src, np.float64)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 
 from model.age import AgeReading, AgeTrajectory, load_trajectory
 from model.align import (
@@ -23,14 +22,21 @@ from model.align import (
     DetectedFace,
     FaceAligner,
     crop_footprint,
-    face_grid,
     face_mask,
-    face_scale,
     invert_affine,
     paste_back,
     scaled,
+    stack_crops,
 )
 from model.checkpoint import load_flow
+from model.colour import blotch_shares, keep_cheek_colour, keep_skin_tone, limit_patches, no_added_tint, within_gamut
+from model.edit_rules import (
+    NO_FACE,
+    FaceTooSmallError,
+    NoFaceError,
+    check_one_kind_of_edit,
+    face_too_small_message,
+)
 from model.fine_detail import DETAIL_KEY, DetailEnergy
 
 EDITOR_CONFIG = "editor.json"
@@ -44,11 +50,6 @@ GUARD_KEY = "likelihood_guard"
 PATCH_LIMIT_KEY = "patch_limit"
 GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest strength within the limit
 GUARD_STEP = 0.05  # a face's search stops once its next round would raise its strength by less than this
-# a blotched edit (the flow issue's "patchy", with colour as well as lightness): its CIELab change, blurred by
-# BLOTCH_BLUR of the crop's side, departs from its own median over the central face by more than BLOTCH_DELTA
-# (delta E) on more than a share of it (the guard's `max_blotch_share`; BLOTCH_SHARE is the shipped one, which
-# model.guard writes). Aging moves the median; folds are thin; blotches cover area.
-BLOTCH_DELTA, BLOTCH_SHARE, BLOTCH_BLUR = 12.0, 0.10, 1 / 64
 PASTE_STRIP_PIXELS = 1 << 20  # photo pixels pasted at once: bounds paste_back's float copies per face
 
 # why a detected face was not edited, for the person who sent the photo
@@ -59,18 +60,6 @@ SKIP_REASONS = {
     "face_limit": "beyond the limit on faces per request",
     "work_budget": "beyond the work budget of the request (faces x ages x pixels)",
 }
-
-
-class EditError(ValueError):
-    """A photo that cannot be edited, with a message meant for the person who sent it."""
-
-
-class NoFaceError(EditError):
-    pass
-
-
-class FaceTooSmallError(EditError):
-    pass
 
 
 @dataclass
@@ -168,137 +157,6 @@ class _Stopwatch:
         self.last = now
 
 
-def skin_region(side: int, framing: str = "loose") -> torch.Tensor:
-    """Cheeks and nose of an aligned crop of `framing` (model.align.FRAMINGS): side x side, 0 or 1."""
-    ys, xs = face_grid(side, framing)
-    return ((((xs - 0.5) / 0.17) ** 2 + ((ys - 0.6) / 0.1) ** 2) <= 1.0).float()
-
-
-def central_face(side: int, framing: str = "loose") -> torch.Tensor:
-    """Cheeks, eyes, nose and mouth of an aligned crop of `framing`: side x side booleans."""
-    ys, xs = face_grid(side, framing)
-    return (((xs - 0.5) / 0.2) ** 2 + ((ys - 0.6) / 0.2) ** 2) <= 1.0
-
-
-# sRGB (linear) to CIE XYZ, each row divided by the D65 white's
-_XYZ_OF_RGB = (
-    torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]], dtype=torch.float64)
-    / torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)[:, None]
-)
-
-
-def cielab(images: torch.Tensor) -> torch.Tensor:
-    """CIELab (D65) of N x 3 x S x S sRGB images in [0, 1]: N x 3 x S x S (L*, a*, b*)."""
-    rgb = images.clamp(0, 1)
-    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    xyz = torch.einsum("ij,njhw->nihw", _XYZ_OF_RGB.to(images), linear)
-    f = torch.where(xyz > (6 / 29) ** 3, xyz.clamp(min=1e-12) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
-
-
-def blotch_shares(before: torch.Tensor, after: torch.Tensor, framing: str = "loose") -> np.ndarray:
-    """Per face, the share of the central face where the edit's CIELab change, blurred, departs from its
-    median there by more than BLOTCH_DELTA: above the guard's `max_blotch_share`, the edit is blotched (dark,
-    pale or coloured patches)."""
-    side = before.shape[-1]
-    change = blur(cielab(after) - cielab(before), BLOTCH_BLUR * side)
-    inside = change[:, :, central_face(side, framing).to(change.device)]  # N x 3 x P
-    departs = (inside - inside.median(2, keepdim=True).values).norm(dim=1) > BLOTCH_DELTA
-    return departs.float().mean(1).cpu().numpy()
-
-
-def face_skin_mask(side: int, framing: str = "loose") -> torch.Tensor:
-    """Where the face's skin is in an aligned crop of `framing`, 1 over the face and feathered to 0 at the
-    hairline, the ears and below the chin: side x side."""
-    ys, xs = face_grid(side, framing)
-    radius = (((xs - 0.5) / 0.2) ** 2 + ((ys - 0.6) / 0.25) ** 2).sqrt()
-    t = ((radius - 0.8) / 0.6).clamp(0, 1)
-    return 1 - t * t * (3 - 2 * t)
-
-
-LUMA = (0.299, 0.587, 0.114)
-
-
-def no_added_tint(before: torch.Tensor, after: torch.Tensor, max_gain: float = 1.1) -> torch.Tensor:
-    """`after` with its colour, per pixel, made a scaling (0 to `max_gain`) of the colour `before` had: the
-    brightness change stays, hair can grey, but the edit adds no tint of its own (a flow moved far from
-    its data tends to cast faces blue or purple)."""
-    weights = torch.tensor(LUMA, device=before.device).view(1, 3, 1, 1)
-    luma_before = (before * weights).sum(1, keepdim=True)
-    luma_after = (after * weights).sum(1, keepdim=True)
-    chroma_before, chroma_after = before - luma_before, after - luma_after
-    scale = (
-        (chroma_after * chroma_before).sum(1, keepdim=True)
-        / ((chroma_before * chroma_before).sum(1, keepdim=True) + 1e-8)
-    ).clamp(0, max_gain)
-    return luma_after + scale * chroma_before
-
-
-def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of N x C x S x S images over 3 sigma each side, edges reflected."""
-    return gaussian_blur(images, 2 * max(1, int(3 * sigma)) + 1, sigma)
-
-
-def keep_skin_tone(before: torch.Tensor, after: torch.Tensor, framing: str = "loose") -> torch.Tensor:
-    """`after` without the edit's broad colour and brightness change over the face's skin (what stays there:
-    wrinkles, shadows, the shape of the face), and with the cheeks' average colour exactly as before; the
-    hair may still grey and the background is not touched. In this data older faces are also darker and
-    redder, and an age edit must not change skin tone."""
-    side = before.shape[-1]
-    mask = face_skin_mask(side, framing).to(before.device)
-    after = after - blur(after - before, side / 24 * face_scale(framing)) * mask
-    return after - cheek_shift(before, after, framing) * mask
-
-
-def cheek_shift(before: torch.Tensor, after: torch.Tensor, framing: str = "loose") -> torch.Tensor:
-    """How far the cheeks' average colour moved from `before` to `after`: N x 3 x 1 x 1."""
-    region = skin_region(before.shape[-1], framing).to(before.device)
-    return ((after - before) * region).sum((2, 3), keepdim=True) / region.sum()
-
-
-def keep_cheek_colour(
-    before: torch.Tensor, after: torch.Tensor, rounds: int = 4, framing: str = "loose"
-) -> torch.Tensor:
-    """`after` (in [0, 1]) with the cheeks' average colour set back to `before`'s over the face's skin, in
-    `rounds` that each clip to [0, 1] again: where an edit reaches the end of the pixel range (light skin in
-    bright light), clipping alone would shift the cheeks' colour."""
-    mask = face_skin_mask(before.shape[-1], framing).to(before.device)
-    for _ in range(rounds):
-        after = (after - cheek_shift(before, after, framing) * mask).clamp(0, 1)
-    return after
-
-
-def limit_patches(
-    before: torch.Tensor, after: torch.Tensor, max_departure: float, sigma_64: float, framing: str = "loose"
-) -> torch.Tensor:
-    """`after` with the edit's patches flattened over the face's skin: the change, blurred by `sigma_64`
-    pixels of a 64 px crop, departs from its median over the skin by at most `max_departure` (the length of
-    the RGB departure, in [0, 1] units). Blotches cover area, so they are what the blurred change holds;
-    thin folds and lines pass as they are, and so does whatever changes off the skin (hair that greys).
-    A zero change stays exactly zero."""
-    side = before.shape[-1]
-    change = after - before
-    broad = blur(change, sigma_64 * side / 64)
-    skin = face_skin_mask(side, framing).to(before.device)
-    inside = broad[:, :, skin > 0.5]  # N x 3 x P
-    departure = broad - inside.median(2).values[:, :, None, None]
-    length = departure.norm(dim=1, keepdim=True)
-    excess = (1 - max_departure / length.clamp(min=1e-12)).clamp(min=0)
-    return after - departure * excess * skin
-
-
-def within_gamut(before: torch.Tensor, after: torch.Tensor, max_outside: float = 0.1) -> torch.Tensor:
-    """`after` with each face's change scaled down, in steps, until at most `max_outside` of its pixels
-    leave [0, 1], so that no edit burns out into flat black or white."""
-    change = after - before
-    factors = torch.linspace(1.0, 0.1, 10, device=before.device)
-    trial = before[None] + factors[:, None, None, None, None] * change[None]  # F x N x 3 x S x S
-    outside = ((trial < 0) | (trial > 1)).float().flatten(2).mean(2)  # F x N
-    first_fit = (outside <= max_outside).float().argmax(0)  # F - 1 (0.1) when none fits
-    first_fit[~(outside <= max_outside).any(0)] = len(factors) - 1
-    return before + factors[first_fit][:, None, None, None] * change
-
-
 class AgeEditor:
     def __init__(
         self, trajectory: AgeTrajectory, settings: dict, aligner: FaceAligner | None = None, work_size: int = 256
@@ -375,8 +233,7 @@ class AgeEditor:
         """Age N aligned faces by `years` (a number or one per face) or to `target_age` (likewise).
         `reading`: the faces' ages as `trajectory.estimate` read them, and `original_bits` their exact
         bits/dim, when already known."""
-        if (years is None) == (target_age is None):
-            raise ValueError("give exactly one of years and target_age")
+        check_one_kind_of_edit(years, target_age)
         faces = faces.to(self.device)
         if reading is None:  # one encoding gives the reading and, for the guard, the faces' own bits/dim
             latents, contexts, logdet = self.flow.flow_forward(faces - 0.5)
@@ -562,16 +419,17 @@ class AgeEditor:
 
     def find_faces(self, image: np.ndarray, faces: str = "all") -> list[DetectedFace]:
         """Faces to edit, largest first. Raises NoFaceError or FaceTooSmallError with a reason."""
-        detected = self.aligner.detect(image)
+        usable = self._usable_faces(self.aligner.detect(image))
+        return usable[:1] if faces == "largest" else usable
+
+    def _usable_faces(self, detected: list[DetectedFace]) -> list[DetectedFace]:
+        """The detected faces large enough to edit; NoFaceError or FaceTooSmallError where there are none."""
         if not detected:
-            raise NoFaceError("No face was found in the photo. Use a photo where a face is clearly visible.")
+            raise NoFaceError(NO_FACE)
         usable = [f for f in detected if not self.aligner.is_too_small(f)]
         if not usable:
-            raise FaceTooSmallError(
-                f"The face is too small ({detected[0].size:.0f} px; at least {self.aligner.min_face_size} px "
-                "are needed). Use a closer or larger photo."
-            )
-        return usable[:1] if faces == "largest" else usable
+            raise FaceTooSmallError(face_too_small_message(detected[0].size, self.aligner.min_face_size))
+        return usable
 
     @torch.no_grad()
     def plan_faces(
@@ -582,8 +440,7 @@ class AgeEditor:
         with results at `scale` result pixels per photo pixel (0: faces only, no photo)."""
         limits = limits or EditLimits()
         detected = self.aligner.detect(image)
-        if not detected:
-            raise NoFaceError("No face was found in the photo. Use a photo where a face is clearly visible.")
+        usable = self._usable_faces(detected)
         skipped: list[SkippedFace] = []
 
         def skip(face: DetectedFace, reason: str) -> None:
@@ -593,14 +450,9 @@ class AgeEditor:
                 )
             )
 
-        usable = []
         for face in detected:
-            (skip(face, "too_small") if self.aligner.is_too_small(face) else usable.append(face))
-        if not usable:
-            raise FaceTooSmallError(
-                f"The face is too small ({detected[0].size:.0f} px; at least {self.aligner.min_face_size} px "
-                "are needed). Use a closer or larger photo."
-            )
+            if self.aligner.is_too_small(face):
+                skip(face, "too_small")
         if faces == "largest":
             for face in usable[1:]:
                 skip(face, "largest_only")
@@ -617,7 +469,7 @@ class AgeEditor:
                     skip(face, "face_limit")
                 continue
             aligned = self.align(image, batch)
-            crops = torch.stack([a.crops[self.resolution] for a in aligned]).to(self.device)
+            crops = stack_crops(aligned, self.resolution).to(self.device)
             latents, contexts, logdet = self.flow.flow_forward(crops - 0.5)  # one encoding: rating and reading
             bits = finite_or_inf(self.flow.encoding_bits_per_dim(latents, contexts, logdet).cpu().numpy())
             for index, one in enumerate(aligned):
@@ -726,14 +578,14 @@ class AgeEditor:
         aligned = plan.aligned
         watch.lap("detect")
         on_canvas = [AlignedFace(face=a.face, matrix=compose(a.matrix, to_photo)) for a in aligned]
-        crops = torch.stack([a.crops[self.resolution] for a in aligned])
+        crops = stack_crops(aligned, self.resolution)
         results = []
         for step in steps:
             edits = self.edit(crops, reading=plan.reading, original_bits=plan.bits_per_dim, **step)
             watch.lap("edit")
             out = None if canvas is None else canvas.copy()
             face_results = []
-            details = self.fine_detail_change(torch.stack([a.crops[self.work_size] for a in aligned]), edits)
+            details = self.fine_detail_change(stack_crops(aligned, self.work_size), edits)
             for a, moved, e, detail in zip(aligned, on_canvas, edits, details):
                 change = self.work_change(e) + detail
                 if out is not None:

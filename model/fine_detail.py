@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from model.align import face_grid
+from model.masks import central_face
 
 # editor.json key: {"ages": [...], "log_energy": [...], "max_gain": ..., "sigma": ...}
 DETAIL_KEY = "fine_detail"
@@ -41,17 +41,10 @@ def highpass(images: torch.Tensor, sigma_64: float = SIGMA_64) -> torch.Tensor:
     return images - gaussian_blur(images, [kernel, kernel], [sigma, sigma])
 
 
-def central_region(side: int, framing: str) -> torch.Tensor:
-    """Cheeks, eyes, nose and mouth of an aligned crop of `framing`: side x side booleans (as
-    model.editor.central_face, drawn here so that the module stands alone)."""
-    ys, xs = face_grid(side, framing)
-    return (((xs - 0.5) / 0.2) ** 2 + ((ys - 0.6) / 0.2) ** 2) <= 1.0
-
-
 def central_energy(images: torch.Tensor, framing: str, sigma_64: float = SIGMA_64) -> torch.Tensor:
     """Mean square fine detail over the central face of N x 3 x S x S crops in [0, 1]: N values."""
     detail = highpass(images, sigma_64)
-    region = central_region(images.shape[-1], framing).to(images.device)
+    region = central_face(images.shape[-1], framing).to(images.device)
     return detail.pow(2).mean(1)[:, region].mean(1)
 
 

@@ -5,7 +5,7 @@ more exact bits/dim (`Glow.exact_bits_per_dim`, the density at the face's own pi
 decoding of an edit gives in the same pass) than the `percentile` of real held-out aligned faces, or, for a
 face already beyond that, more than its original's plus the real faces' spread (that percentile less their
 median), or while its colour change is blotched over more than `max_blotch_share` of the central face
-(`model.editor.blotch_shares`). A detection is edited only when its crop's exact bits/dim lie within
+(`model.colour.blotch_shares`). A detection is edited only when its crop's exact bits/dim lie within
 PLAUSIBLE_RANGE times the real faces' mean (`plausible_face_bits_per_dim`). `python -m model.guard
 --weights weights --data data/faces-tight` measures the real faces and writes both into weights/editor.json.
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.editor import BLOTCH_SHARE, EDITOR_CONFIG, GUARD_KEY, PLAUSIBLE_BITS_KEY
+from model.colour import BLOTCH_SHARE
+from model.editor import EDITOR_CONFIG, GUARD_KEY, PLAUSIBLE_BITS_KEY
 
 # a detection is rated a face between these multiples of real held-out faces' mean exact bits/dim: wide on
 # both sides, since real photos differ from the training crops (light, blur, compression): the faces of the

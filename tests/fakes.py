@@ -11,8 +11,9 @@ import time
 import numpy as np
 import torch
 
-from model.align import AlignedFace, DetectedFace, FaceAligner
-from model.editor import EditLimits, FaceResult, FaceTooSmallError, NoFaceError, PhotoResult, SkippedFace, result_canvas
+from model.align import AlignedFace, DetectedFace, FaceAligner, stack_crops
+from model.edit_rules import NO_FACE, FaceTooSmallError, NoFaceError, face_too_small_message
+from model.editor import EditLimits, FaceResult, PhotoResult, SkippedFace, result_canvas
 
 
 class FakeEditor:
@@ -47,10 +48,10 @@ class FakeEditor:
 
     def _usable(self, detected: list[DetectedFace]) -> list[DetectedFace]:
         if not detected:
-            raise NoFaceError("No face was found in the photo.")
+            raise NoFaceError(NO_FACE)
         usable = [f for f in detected if not self.aligner.is_too_small(f)]
         if not usable:
-            raise FaceTooSmallError(f"The face is too small ({detected[0].size:.0f} px).")
+            raise FaceTooSmallError(face_too_small_message(detected[0].size, self.aligner.min_face_size))
         return usable
 
     def age_photo(
@@ -83,7 +84,7 @@ class FakeEditor:
             self._skipped(f, "largest_only" if faces == "largest" else "face_limit") for f in usable[len(edited) :]
         ]
         aligned = self.align(image, edited)
-        ages = self.estimate_age(torch.stack([a.crops[self.resolution] for a in aligned]))
+        ages = self.estimate_age(stack_crops(aligned, self.resolution))
         canvas, _ = result_canvas(image, photo_pixels)
         detect_seconds = time.perf_counter() - started
         results = []

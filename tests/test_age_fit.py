@@ -83,7 +83,7 @@ def test_the_age_path_moves_the_aged_band_and_not_the_source_brightness(fitted):
 
 
 def test_colour_control_keeps_brightness_and_greying_but_drops_an_added_tint():
-    from model.editor import no_added_tint
+    from model.colour import no_added_tint
 
     before = torch.tensor([0.6, 0.4, 0.3]).view(1, 3, 1, 1).expand(1, 3, 4, 4).clone()  # brown
     assert torch.allclose(no_added_tint(before, before), before, atol=1e-5)
@@ -103,7 +103,8 @@ def test_colour_control_keeps_brightness_and_greying_but_drops_an_added_tint():
 
 
 def test_skin_tone_is_kept_on_the_skin_and_the_background_is_left_alone():
-    from model.editor import face_skin_mask, keep_skin_tone, skin_region
+    from model.colour import keep_skin_tone
+    from model.masks import face_skin_mask, skin_region
 
     before = torch.full((1, 3, 64, 64), 0.5)
     after = before + torch.tensor([-0.1, -0.05, -0.05]).view(1, 3, 1, 1)  # everything darker
@@ -115,7 +116,7 @@ def test_skin_tone_is_kept_on_the_skin_and_the_background_is_left_alone():
 
 
 def test_the_cheeks_keep_their_colour_where_an_edit_reaches_the_end_of_the_pixel_range():
-    from model.editor import cheek_shift, keep_cheek_colour, keep_skin_tone
+    from model.colour import cheek_shift, keep_cheek_colour, keep_skin_tone
 
     torch.manual_seed(0)
     before = torch.full((1, 3, 64, 64), 0.9) + 0.05 * torch.rand(1, 3, 64, 64)  # light skin, bright light

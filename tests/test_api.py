@@ -21,6 +21,7 @@ import app.main
 from app.imaging import label_band_height
 from app.main import create_app
 from app.settings import Settings, SettingsError
+from model.edit_rules import EditError
 from model.editor import AgeEditor
 
 SMALL_PHOTO = "frrepo_obama_small.jpg"
@@ -439,6 +440,32 @@ def test_face_too_small_is_422(client, tiny_face_png, min_face_40):
     response = post(client, "/v1/age", tiny_face_png, years=10)
     assert error_of(response, 422) == "face_too_small"
     assert "too small" in response.json()["error"]["message"]
+
+
+def test_an_edit_error_is_answered_with_the_status_and_code_it_carries(client, small_jpeg, fake_editor, monkeypatch):
+    class Declined(EditError):
+        status_code, code = 409, "declined"
+
+    def decline(image, faces="all"):
+        raise Declined("Not this photo.")
+
+    monkeypatch.setattr(fake_editor, "find_faces", decline)
+    response = post(client, "/v1/likelihood", small_jpeg)
+    assert error_of(response, 409) == "declined"
+    assert response.json()["error"]["message"] == "Not this photo."
+
+
+@pytest.mark.parametrize(
+    "code, photo, fields",
+    [
+        ("no_face", "skimage_coffee_noface.png", {"years": 10}),
+        ("invalid_parameters", SMALL_PHOTO, {"years": 10, "target_age": 40}),
+    ],
+)
+def test_an_error_example_on_docs_is_the_error_the_service_sends(client, fixtures_dir, code, photo, fields):
+    responses = client.get("/openapi.json").json()["paths"]["/v1/age"]["post"]["responses"]
+    example = responses["422"]["content"]["application/json"]["examples"][code]["value"]
+    assert post(client, "/v1/age", (fixtures_dir / photo).read_bytes(), **fields).json() == example
 
 
 def test_faces_from_24_px_are_edited(model_client, tiny_face_png):

@@ -12,6 +12,7 @@ from PIL import Image
 
 import app.cli
 from app.cli import main
+from model.edit_rules import ONE_KIND_OF_EDIT
 
 ROOT = Path(__file__).parent.parent
 
@@ -119,6 +120,13 @@ def test_years_and_target_age_together_are_refused(photos, tmp_path):
             ]
         )
     assert exit_info.value.code == 2
+
+
+def test_neither_years_nor_target_age_is_refused_with_the_services_message(photos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(photos / "frrepo_obama_small.jpg"), "-o", str(tmp_path / "out.jpg")])
+    assert exit_info.value.code == 2
+    assert ONE_KIND_OF_EDIT in capsys.readouterr().err
 
 
 def test_runs_as_a_module(photos, tmp_path):

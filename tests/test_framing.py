@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.align import FRAMINGS, FaceAligner, face_grid, face_mask, face_scale, paste_back, reframe
-from model.editor import face_skin_mask, skin_region
+from model.masks import face_skin_mask, skin_region
 
 
 def pixel_of(point: np.ndarray, side: int) -> tuple[int, int]:

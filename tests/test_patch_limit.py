@@ -1,4 +1,4 @@
-"""model.editor.limit_patches: an edit's broad patches over the skin are flattened; lines, the hair and a
+"""model.colour.limit_patches: an edit's broad patches over the skin are flattened; lines, the hair and a
 zero edit are left as they are."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from model.align import face_grid
-from model.editor import blotch_shares, blur, face_skin_mask, limit_patches
+from model.colour import blotch_shares, blur, limit_patches
+from model.masks import face_skin_mask
 
 SIDE = 64
 FRAMING = "tight"

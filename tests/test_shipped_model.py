@@ -96,7 +96,7 @@ def test_edits_at_the_ends_of_the_range_give_sound_faces(editor, known_faces, ch
 
 
 def test_an_age_edit_keeps_the_average_skin_colour(editor, known_faces):
-    from model.editor import skin_region
+    from model.masks import skin_region
 
     faces, _ = known_faces
     region = skin_region(faces.shape[-1], editor.framing)
@@ -106,7 +106,7 @@ def test_an_age_edit_keeps_the_average_skin_colour(editor, known_faces):
 
 
 def test_within_gamut_scales_down_only_changes_that_leave_the_pixel_range():
-    from model.editor import within_gamut
+    from model.colour import within_gamut
 
     before = torch.full((2, 3, 8, 8), 0.5)
     after = before.clone()

@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from model.age import load_trajectory, save_trajectory
+from model.colour import blotch_shares
 from model.condition import condition_vector
 from model.config import FlowConfig
-from model.editor import GUARD_KEY, AgeEditor, blotch_shares, central_face
+from model.edit_rules import InvalidEdit
+from model.editor import GUARD_KEY, AgeEditor
 from model.flow.glow import Glow
+from model.masks import central_face
 from model.transport import (
     ConditionalCoupling,
     LatentBasis,
@@ -275,6 +278,12 @@ def overflowing(move, beyond_years: float):
         return (after, bits) if with_bits else after
 
     return broken_move
+
+
+@pytest.mark.parametrize("asked", [{}, {"years": 10, "target_age": 40}])
+def test_an_edit_gives_exactly_one_of_years_and_target_age(trajectory, asked):
+    with pytest.raises(InvalidEdit):
+        AgeEditor(trajectory, {}).edit(faces(), **asked)
 
 
 def test_an_edit_that_overflows_gives_the_face_back_and_says_so(trajectory, monkeypatch):

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+
+from model.align import stack_crops
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -235,7 +236,7 @@ def test_a_clamped_face_is_said_so(desktop_page, fixtures_dir, photo, fake_edito
     (younger if the model reads the other face younger, else older) goes beyond what the other can."""
     image = photo("frrepo_two_people.jpg")
     faces = fake_editor.find_faces(image)
-    crops = torch.stack([a.crops[fake_editor.resolution] for a in fake_editor.align(image, faces)])
+    crops = stack_crops(fake_editor.align(image, faces), fake_editor.resolution)
     largest, other = fake_editor.estimate_age(crops)[:2]
     key, end, suffix = ("Home", "youngest", "-years-younger.jpg") if other < largest else ("End", "oldest", "")
     page = desktop_page

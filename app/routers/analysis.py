@@ -6,7 +6,6 @@ import secrets
 from typing import Annotated
 
 import numpy as np
-import torch
 from fastapi import Form, Query, Request, Response
 
 from app.dependencies import EditorDep, ServiceDep
@@ -24,6 +23,7 @@ from app.schemas import (
     SamplesResponse,
     Typicality,
 )
+from model.align import stack_crops
 from model.editor import AgeEditor
 
 MAX_SAMPLES = 64
@@ -49,7 +49,7 @@ def detect_faces(
         usable = [f for f in detected if not editor.aligner.is_too_small(f)]
         ages = []
         if usable:
-            crops = torch.stack([a.crops[editor.resolution] for a in editor.align(decoded.rgb, usable)])
+            crops = stack_crops(editor.align(decoded.rgb, usable), editor.resolution)
             ages = editor.estimate_age(crops).tolist()
     service.metrics.faces.labels("faces").inc(len(detected))
     age_of = {id(f): age for f, age in zip(usable, ages)}
@@ -99,7 +99,7 @@ def face_likelihood(
     with service.gate.slot():
         decoded = decode_upload(service, form)
         detected = editor.find_faces(decoded.rgb, form.faces)
-        crops = torch.stack([a.crops[editor.resolution] for a in editor.align(decoded.rgb, detected)])
+        crops = stack_crops(editor.align(decoded.rgb, detected), editor.resolution)
         bits = editor.bits_per_dim(crops).tolist()
     service.metrics.faces.labels("likelihood").inc(len(detected))
     heldout = heldout_bits_per_dim(editor)

@@ -21,8 +21,8 @@ from app.schemas import (
     SeriesResponse,
     SeriesStep,
     SkippedFace,
-    check_target_ages,
 )
+from model.edit_rules import check_target_ages
 from model.editor import SKIP_REASONS, FaceResult, PhotoResult
 
 router = v1_router()
