@@ -31,20 +31,16 @@ whether its finer levels are carried by their priors (as shipped) or kept and sh
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import dlib
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
-from safetensors.torch import load_file
 
+from bench.editors import CROP_SIDE, METHODS, TARGET_AGES, TARGET_EDITS, build_editor, read_genders, run_edits
+from bench.figures import write_figures
 from bench.judges import (
     JUDGES,
     calibration,
@@ -52,60 +48,35 @@ from bench.judges import (
     judge,
     load_or_train_judge,
     reading_curve,
-    save_tensors,
-    to_tensor,
-    train_faces,
     train_mean_age,
 )
-from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory
-from model.age_fit import fit_posthoc, reduce_rank
-from model.align import face_mask, reframe, to_loose_matrix
+from bench.measures import (
+    PATCH_SHARE,
+    FaceDescriptors,
+    broken,
+    different_people,
+    fine_detail_ratio,
+    grain,
+    identity,
+    patch_shares,
+    real_fine_detail,
+    skin_colour,
+)
+from model.age import ConditionalPriorTrajectory, PosthocTrajectory
 from model.checkpoint import WEIGHTS, load_flow
-from model.colour import blur
-from model.data import FaceSet, load_faces
-from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, AgeEditor
-from model.fine_detail import DETAIL_KEY
-from model.flow.detail import haar_split
-from model.flow.glow import Glow
-from model.heads import HEADS_FILE, load_heads
-from model.masks import central_face
-from model.transport import TransportTrajectory, load_transport, subset
+from model.data import load_faces
+from model.transport import TransportTrajectory, file_digest, subset
 
-METHODS = (ConditionalPriorTrajectory.name, PosthocTrajectory.name, TransportTrajectory.name)
 OLDER, YOUNGER = 30.0, -25.0
 OLDER_GOAL, YOUNGER_GOAL = 20.0, -15.0
-TARGET_AGES = (5, 15, 30, 50, 70, 85)
 RANGE_ENDS = {
     "years -40": dict(years=-40.0),
     "years +50": dict(years=50.0),
     "to age 1": dict(target_age=1.0),
     "to age 90": dict(target_age=90.0),
 }
-CROP_SIDE = 128
-# "patchy" (the flow issue's definition): the share of the central face where the edit's lightness change,
-# after a 2 px blur, departs from its own median there by more than 12 L*; a face is patchy beyond 0.05
-PATCH_LIGHTNESS, PATCH_SHARE, PATCH_BLUR = 12.0, 0.05, 2.0
-DLIB_SIDE = 256
-MATCH_THRESHOLD = 0.6  # dlib's standard threshold for "same person"
-# the median box of dlib's own HOG face detector on aligned crops, as fractions of the crop
-DLIB_FACE_BOX = (0.25, 0.30, 0.74, 0.82)
-# the cheeks, level with the nose tip: below the eyes' shadows, beside the nose, above any moustache
-SKIN_PATCHES = ((0.33, 0.55, 0.44, 0.66), (0.56, 0.55, 0.67, 0.66))
-EDIT_BATCH = 16
-# figure rows: (youngest, oldest, gender, ethnicity), relaxed when no held-out face matches
-FIGURE_ROWS = (
-    (1, 10, "female", "white"),
-    (11, 20, "male", "black"),
-    (21, 30, "female", "asian"),
-    (31, 40, "male", "indian"),
-    (41, 50, "female", "black"),
-    (51, 60, "male", "white"),
-    (61, 75, "female", "indian"),
-    (76, 116, "male", "asian"),
-)
 
 
-# ---- selection --------------------------------------------------------------------------------------
 def stratified(ages: np.ndarray, n: int, seed: int) -> np.ndarray:
     """n indices spread evenly over age decades (80 and over in one), taken in turn from each decade."""
     rng = np.random.default_rng(seed)
@@ -119,378 +90,12 @@ def stratified(ages: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.array(chosen, np.int64))
 
 
-def figure_faces(faces: FaceSet, seed: int) -> list[int]:
-    order = np.random.default_rng(seed).permutation(len(faces))
-    chosen: list[int] = []
-    for low, high, gender, race in FIGURE_ROWS:
-        for strict in (2, 1, 0):  # drop the ethnicity, then the gender, when nobody fits
-            match = [
-                int(i)
-                for i in order
-                if low <= faces.ages[i] <= high
-                and i not in chosen
-                and (strict < 1 or faces.genders[i] == gender)
-                and (strict < 2 or faces.races[i] == race)
-            ]
-            if match:
-                chosen.append(match[0])
-                break
-    return chosen
-
-
 def data_framing(data: Path) -> str:
     """The framing a prepared face set was cut in (its report.json; loose when it does not say)."""
     report = data / "report.json"
     return str(json.loads(report.read_text()).get("framing", "loose")) if report.exists() else "loose"
 
 
-# ---- the editor under test --------------------------------------------------------------------------
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def posthoc_tensors(flow: Glow, weights: Path, data: Path, cache: Path) -> dict[str, torch.Tensor]:
-    """The weights folder's post-hoc trajectory, or one fitted on train faces and kept in `cache`."""
-    if (weights / POSTHOC_WEIGHTS).exists():
-        return load_file(str(weights / POSTHOC_WEIGHTS))
-    path = cache / f"age_posthoc-{file_digest(weights / WEIGHTS)}.safetensors"
-    if not path.exists():
-        train = train_faces(data)
-        print(f"fitting the post-hoc trajectory on all {len(train)} train faces into {path}", flush=True)
-        tensors = fit_posthoc(flow, train)
-        cache.mkdir(parents=True, exist_ok=True)
-        save_tensors(tensors, path)
-    return load_file(str(path))
-
-
-def build_editor(
-    flow: Glow,
-    method: str,
-    strengths,
-    weights: Path,
-    data: Path,
-    cache: Path,
-    rank: int,
-    details: str,
-    transport: Path | None = None,
-    guard: bool = False,
-    reading: str = "heads",
-    younger=None,
-    fine_detail: bool = True,
-    patch_limit: str = "shipped",
-) -> AgeEditor:
-    """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
-    likelihood guard of weights/editor.json; `reading`: "heads" reads the current age with the flow's
-    supervised heads where the weights have them, "fit" always with the post-hoc fit; `fine_detail`: the
-    photo's fine detail rescaled to the new age as weights/editor.json says (where it says); `patch_limit`:
-    "shipped" (weights/editor.json's, where it has one), "off", or "MAX_DEPARTURE:SIGMA_64"."""
-    if method == TransportTrajectory.name:
-        tensors = posthoc_tensors(flow, weights, data, cache)
-        trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)
-    elif method == PosthocTrajectory.name:
-        tensors = posthoc_tensors(flow, weights, data, cache)
-        trajectory = PosthocTrajectory(
-            flow,
-            reduce_rank(tensors, rank) if rank else tensors,
-            strengths,
-            details=details,
-            younger_level_strengths=younger,
-        )
-    else:
-        trajectory = ConditionalPriorTrajectory(flow, strengths)
-    shipped = json.loads((weights / EDITOR_CONFIG).read_text()) if (weights / EDITOR_CONFIG).exists() else {}
-    settings: dict = {"model": {"framing": shipped.get("model", {}).get("framing", "loose")}}
-    if guard:
-        settings[GUARD_KEY] = shipped[GUARD_KEY]
-    if fine_detail and DETAIL_KEY in shipped:
-        settings[DETAIL_KEY] = shipped[DETAIL_KEY]
-    if patch_limit == "shipped" and PATCH_LIMIT_KEY in shipped:
-        settings[PATCH_LIMIT_KEY] = shipped[PATCH_LIMIT_KEY]
-    elif patch_limit not in ("shipped", "off"):
-        departure, sigma = (float(v) for v in patch_limit.split(":"))
-        settings[PATCH_LIMIT_KEY] = {"max_departure": departure, "sigma_64": sigma}
-    if reading == "heads" and (weights / HEADS_FILE).exists():
-        trajectory.heads = load_heads(weights / HEADS_FILE)
-    # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
-    return AgeEditor(ReadingOnce(trajectory), settings, work_size=CROP_SIDE)
-
-
-@torch.no_grad()
-def read_genders(editor: AgeEditor, flow: Glow, faces: torch.Tensor, batch: int = 50) -> np.ndarray:
-    """The gender the editor's reading gives each face; for a reading without one (a post-hoc fit), the
-    conditional prior's most likely gender. An array of "female" / "male" (or "unknown")."""
-    out: list[str | None] = []
-    for start in range(0, len(faces), batch):
-        part = faces[start : start + batch]
-        genders = editor.trajectory.estimate(part).genders
-        if genders and genders[0] is None and flow.config.conditional:
-            genders = ConditionalPriorTrajectory(flow).estimate(part).genders
-        out.extend(genders)
-    return np.array([g or "unknown" for g in out])
-
-
-class ReadingOnce:
-    """A trajectory that reads the ages of a batch once and reuses that reading for every edit of the same
-    batch: the editor reads them on each call, and the conditional prior's reading is the slow part."""
-
-    def __init__(self, trajectory) -> None:
-        self.trajectory = trajectory
-        self._faces: torch.Tensor | None = None
-        self._reading = None
-
-    def __getattr__(self, name: str):
-        return getattr(self.trajectory, name)
-
-    def estimate(self, faces: torch.Tensor):
-        if faces is not self._faces:
-            self._faces, self._reading = faces, self.trajectory.estimate(faces)
-        return self._reading
-
-
-@dataclass
-class EditRun:
-    after: torch.Tensor  # N x 3 x 64 x 64, the flow's output
-    shown: np.ndarray  # N x 128 x 128 x 3 uint8, the change applied to the 128 px crop under the face mask
-    age_before: np.ndarray
-    age_after: np.ndarray
-    strength: np.ndarray  # the share of the asked change applied (below 1: scaled back by the guard)
-
-
-@torch.no_grad()
-def run_edits(
-    editor: AgeEditor, faces: torch.Tensor, crops: np.ndarray, steps: dict[str, dict], view: str = "loose"
-) -> tuple[dict[str, EditRun], np.ndarray]:
-    """Every named edit (keyword arguments of `AgeEditor.edit`) of every face, and the editor's age readings.
-    `crops`: the 128 px crops of framing `view` that the judges see; an editor of another framing has its
-    change resampled into them."""
-    mask, view_mask = face_mask(CROP_SIDE, editor.framing), face_mask(CROP_SIDE, view)
-    parts: dict[str, list[EditRun]] = {name: [] for name in steps}
-    readings = []
-    for start in range(0, len(faces), EDIT_BATCH):
-        batch, batch_crops = faces[start : start + EDIT_BATCH], crops[start : start + EDIT_BATCH].astype(np.float32)
-        readings.append(editor.estimate_age(batch))
-        for name, step in steps.items():
-            edits = editor.edit(batch, **step)
-            change = torch.stack([editor.work_change(e) * mask for e in edits])
-            if editor.framing != view:
-                change = reframe(change, editor.framing, view, CROP_SIDE)
-            # the photo's own fine detail, rescaled to the new age, as the service does on its work crop
-            change = change + editor.fine_detail_change(to_tensor(crops[start : start + EDIT_BATCH]), edits) * view_mask
-            change = change.permute(0, 2, 3, 1).numpy()
-            shown = np.clip(np.rint(batch_crops + 255.0 * change), 0, 255).astype(np.uint8)
-            parts[name].append(
-                EditRun(
-                    torch.stack([e.after for e in edits]),
-                    shown,
-                    np.array([e.age_before for e in edits]),
-                    np.array([e.age_after for e in edits]),
-                    np.array([e.strength for e in edits]),
-                )
-            )
-    runs = {
-        name: EditRun(
-            torch.cat([p.after for p in pieces]),
-            np.concatenate([p.shown for p in pieces]),
-            np.concatenate([p.age_before for p in pieces]),
-            np.concatenate([p.age_after for p in pieces]),
-            np.concatenate([p.strength for p in pieces]),
-        )
-        for name, pieces in parts.items()
-    }
-    return runs, np.concatenate(readings)
-
-
-# ---- identity, skin tone, stability -----------------------------------------------------------------
-def box_in(box: tuple[float, float, float, float], framing: str) -> tuple[float, float, float, float]:
-    """A box (x0, y0, x1, y1) drawn in the loose framing's unit crop, in the unit crop of `framing`."""
-    m = np.linalg.inv(to_loose_matrix(framing))
-    (x0, y0), (x1, y1) = ((m[:2, :2] @ np.array(p) + m[:2, 2]) for p in (box[:2], box[2:]))
-    return float(x0), float(y0), float(x1), float(y1)
-
-
-class FaceDescriptors:
-    """dlib's 128-d face-recognition descriptors of aligned crops of `framing`."""
-
-    def __init__(self, framing: str = "loose") -> None:
-        # located without importing the package, whose __init__ needs pkg_resources (gone from setuptools)
-        models = Path(importlib.util.find_spec("face_recognition_models").submodule_search_locations[0]) / "models"
-        self.landmarks = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-        self.network = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
-        self.box = dlib.rectangle(*(int(round(v * DLIB_SIDE)) for v in box_in(DLIB_FACE_BOX, framing)))
-
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        out = []
-        for crop in crops:
-            image = np.asarray(Image.fromarray(crop).resize((DLIB_SIDE, DLIB_SIDE), Image.BICUBIC))
-            shape = self.landmarks(image, self.box)
-            out.append(np.asarray(self.network.compute_face_descriptor(image, shape)))
-        return np.stack(out)
-
-
-def identity(a: np.ndarray, b: np.ndarray) -> dict:
-    distance = np.linalg.norm(a - b, axis=1)
-    return {
-        "pairs": len(distance),
-        "distance": float(distance.mean()),
-        "match_rate": float((distance < MATCH_THRESHOLD).mean()),
-    }
-
-
-def grain(changes: torch.Tensor, framing: str = "loose") -> float:
-    """Mean absolute high-frequency part of N x 3 x S x S changes (of crops of `framing`) over the face mask
-    (the change less its Gaussian blur of 1 px): how much grid and blotch an edit adds."""
-    mask = face_mask(changes.shape[-1], framing)
-    detail = (changes - blur(changes, 1.0)).abs().mean(1)
-    return float(((detail * mask).sum((1, 2)) / mask.sum()).mean())
-
-
-def patch_shares(before: np.ndarray, after: np.ndarray, framing: str = "loose") -> np.ndarray:
-    """Per face (N x S x S x 3 uint8 each), the share of the central face where the lightness change,
-    blurred by 2 px, departs from its median over the central face by more than 12 L*."""
-    change = cielab(after.astype(np.float64) / 255.0)[..., 0] - cielab(before.astype(np.float64) / 255.0)[..., 0]
-    smooth = blur(torch.from_numpy(change).float()[:, None], PATCH_BLUR)[:, 0].numpy()
-    region = central_face(before.shape[1], framing).numpy()
-    inside = smooth[:, region]
-    return (np.abs(inside - np.median(inside, 1, keepdims=True)) > PATCH_LIGHTNESS).mean(1)
-
-
-def fine_detail_energy(crops: np.ndarray, framing: str = "loose") -> np.ndarray:
-    """Per face (N x S x S x 3 uint8), the mean square of the finest Haar detail bands (what a 2x2 average
-    loses) over the central face."""
-    detail = haar_split(to_tensor(crops))[1]
-    region = central_face(detail.shape[-1], framing)
-    return detail.pow(2).mean(1)[:, region].mean(1).double().numpy()
-
-
-def fine_detail_ratio(before: np.ndarray, after: np.ndarray, framing: str = "loose") -> np.ndarray:
-    """Per face, the fine-detail energy of the central face after an edit over before."""
-    return fine_detail_energy(after, framing) / np.maximum(fine_detail_energy(before, framing), 1e-12)
-
-
-def real_fine_detail(crops: FaceSet, framing: str) -> dict:
-    """The fine-detail energy of real held-out 55-75 year-olds over 18-35 year-olds (medians), from the
-    sources whose crops are not upsampled."""
-    sharp = np.array([not s.endswith("-64") for s in crops.sources]) if crops.sources else np.ones(len(crops), bool)
-    energy = fine_detail_energy(crops.images[np.flatnonzero(sharp)], framing)
-    ages = crops.ages[sharp]
-    old, young = energy[(ages >= 55) & (ages <= 75)], energy[(ages >= 18) & (ages <= 35)]
-    return {"old_faces": len(old), "young_faces": len(young), "ratio": float(np.median(old) / np.median(young))}
-
-
-def different_people(genders: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i, j) of different faces of the same gender: each face once as i, partners shuffled."""
-    rng = np.random.default_rng(seed)
-    firsts, seconds = [], []
-    for gender in sorted(set(genders)):
-        members = rng.permutation([i for i, g in enumerate(genders) if g == gender])
-        if len(members) > 1:
-            firsts.append(members)
-            seconds.append(np.roll(members, 1))
-    return np.concatenate(firsts), np.concatenate(seconds)
-
-
-SRGB_TO_XYZ = np.array(
-    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
-)
-D65_WHITE = np.array([0.95047, 1.0, 1.08883])
-
-
-def cielab(rgb: np.ndarray) -> np.ndarray:
-    """sRGB in [0, 1] (... x 3) -> CIELab under D65 (... x 3: L*, a*, b*)."""
-    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ SRGB_TO_XYZ.T / D65_WHITE
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
-
-
-def skin_colour(crops: np.ndarray, framing: str = "loose") -> np.ndarray:
-    """Mean CIELab of the cheek patches of N x S x S x 3 uint8 crops of `framing`: N x 3."""
-    side = crops.shape[1]
-    pixels = []
-    for patch in SKIN_PATCHES:
-        x0, y0, x1, y1 = (int(round(v * side)) for v in box_in(patch, framing))
-        pixels.append(crops[:, y0:y1, x0:x1].reshape(len(crops), -1, 3))
-    return cielab(np.concatenate(pixels, 1).astype(np.float64) / 255.0).mean(1)
-
-
-def broken(images: torch.Tensor) -> dict:
-    """NaN, black (mean < 0.05) and saturated (> 30 % of values at 0 or 1) faces among N x 3 x S x S."""
-    nan = ~torch.isfinite(images).flatten(1).all(1)
-    clean = torch.nan_to_num(images, 0.5)
-    black = clean.flatten(1).mean(1) < 0.05
-    clipped = ((clean <= 0.5 / 255) | (clean >= 1 - 0.5 / 255)).flatten(1).float().mean(1)
-    return {
-        "faces": len(images),
-        "nan": int(nan.sum()),
-        "black": int((black & ~nan).sum()),
-        "saturated": int(((clipped > 0.3) & ~nan & ~black).sum()),
-    }
-
-
-# ---- figures ----------------------------------------------------------------------------------------
-def sweep_strip(editor: AgeEditor, faces: torch.Tensor, crops: np.ndarray, view: str) -> list[np.ndarray]:
-    """For each target age, the faces at that age as the service shows them."""
-    runs, _ = run_edits(editor, faces, crops, {f"to {t}": dict(target_age=float(t)) for t in TARGET_AGES}, view)
-    return [run.shown for run in runs.values()]
-
-
-def grid_image(blocks: list[tuple[str, list[str], list[np.ndarray]]], row_labels: list[str]) -> Image.Image:
-    """Blocks of columns side by side, each with a title and column labels; rows are faces."""
-    side, gap, head = CROP_SIDE, 8, 36
-    n_rows = len(row_labels)
-    n_cols = sum(len(columns) for _, columns, _ in blocks)
-    canvas = Image.new("RGB", (n_cols * side + gap * (len(blocks) - 1), head + n_rows * side), "white")
-    draw = ImageDraw.Draw(canvas)
-    title_font, label_font = ImageFont.load_default(size=13), ImageFont.load_default(size=12)
-    x = 0
-    for title, labels, columns in blocks:
-        draw.text((x + 4, 2), title, fill="black", font=title_font)
-        for label, column in zip(labels, columns):
-            draw.text((x + 4, 19), label, fill="black", font=label_font)
-            for row, crop in enumerate(column):
-                canvas.paste(Image.fromarray(crop), (x, head + row * side))
-            x += side
-        x += gap
-    for row, label in enumerate(row_labels):
-        top = head + row * side
-        draw.rectangle((0, top, draw.textlength(label, font=label_font) + 6, top + 15), fill="black")
-        draw.text((3, top + 1), label, fill="white", font=label_font)
-    return canvas
-
-
-def write_figures(
-    folder: Path, editors: list[tuple[str, AgeEditor]], faces: FaceSet, crops: FaceSet, seed: int, view: str
-) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = figure_faces(faces, seed)
-    faces64, crops128 = faces.batch(rows), crops.images[rows]
-    row_labels = [f"{faces.ages[i]:.0f} {faces.genders[i][0].upper()} {faces.races[i] or ''}".strip() for i in rows]
-    targets = [f"to {t}" for t in TARGET_AGES]
-    strips = [(label, sweep_strip(editor, faces64, crops128, view)) for label, editor in editors]
-    original = ("held-out", ["photo"], [list(crops128)])
-    main_label, main_strip = strips[0]
-    sweep = grid_image([original, (main_label, targets, main_strip)], row_labels)
-    paths = [(folder / f"age_sweep_{slug(main_label)}.png", sweep)]
-    if len(strips) > 1:
-        other_label, other_strip = strips[1]
-        both = grid_image(
-            [original, (main_label, targets, main_strip), (other_label, targets, other_strip)], row_labels
-        )
-        paths.append((folder / f"age_compare_{slug(main_label)}_vs_{slug(other_label)}.png", both))
-    for path, image in paths:
-        image.save(path, optimize=True)
-    return [str(path) for path, _ in paths]
-
-
-def slug(label: str) -> str:
-    return label.replace(" ", "_").replace(",", "-").replace("[", "").replace("]", "")
-
-
-# ---- the run ----------------------------------------------------------------------------------------
 def strengths_arg(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
@@ -593,7 +198,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         (f"{YOUNGER:+g} years", YOUNGER, ages + YOUNGER >= 1),
     )
     steps = {name: dict(years=years) for name, years, _ in shift_edits}
-    steps.update({f"to {t}": dict(target_age=float(t)) for t in TARGET_AGES})
+    steps.update(TARGET_EDITS)
     steps.update(RANGE_ENDS)
     runs, latent_ages = run_edits(editor, faces, crops, steps, view)
     latent_female = read_genders(editor, flow, faces) == "female"

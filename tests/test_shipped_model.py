@@ -123,3 +123,38 @@ def test_model_info_states_its_training_epochs_heldout_bits_and_age_error(editor
     assert info["training_epochs"] > 1.0
     assert 0.5 < info["heldout_bits_per_dim"] < 8.0
     assert 0.0 < info["heldout_age_error_years"] < 30.0
+
+
+def test_the_shipped_editor_rescales_the_photos_fine_detail_with_the_age(editor):
+    """editor.json's fitted curve (model.fine_detail): older edits sharpen the face's own fine detail,
+    younger ones from middle age smooth it, and nothing between childhood and young adulthood sharpens."""
+    assert editor.info()["fine_detail"] is True
+    curve = editor.fine_detail
+    assert curve.gain(30, 60) > 1.05
+    assert curve.gain(60, 35) < 0.95
+    assert curve.gain(30, 5) == pytest.approx(1.0, abs=0.02)
+    assert curve.gain(42.0, 42.0) == 1.0
+
+
+def test_an_older_edit_adds_fine_detail_inside_the_face_and_nowhere_else(editor, photo):
+    from model.fine_detail import DETAIL_KEY, highpass
+
+    image = photo("fr_obama.jpg")
+    plain = AgeEditor(editor.trajectory, {k: v for k, v in editor.settings.items() if k != DETAIL_KEY}, editor.aligner)
+    with_detail = editor.age_photo(image, years=30).image
+    without = plain.age_photo(image, years=30).image
+    differs = np.any(with_detail != without, axis=2)
+    ys, xs = np.nonzero(differs)
+    box = editor.find_faces(image)[0].box
+    # every changed pixel lies within the face's paste-back region, around its box
+    side = max(box[2] - box[0], box[3] - box[1])
+    assert differs.any()
+    assert xs.min() > box[0] - side and xs.max() < box[2] + side
+    assert ys.min() > box[1] - side and ys.max() < box[3] + side
+
+    def fine_energy(pixels: np.ndarray) -> float:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        crop = torch.from_numpy(pixels[y0:y1, x0:x1].copy()).permute(2, 0, 1)[None].float() / 255
+        return float(highpass(crop, 64 / (x1 - x0)).pow(2).mean())
+
+    assert fine_energy(with_detail) > 1.05 * fine_energy(without)

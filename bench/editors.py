@@ -1,0 +1,180 @@
+"""The editor under test in bench.edit_quality, built from a weights folder as the service builds it, and its
+edits shown as the service shows them: the change applied under the face mask to the 128 px aligned crop."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from bench.judges import save_tensors, to_tensor, train_faces
+from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory
+from model.age_fit import fit_posthoc, reduce_rank
+from model.align import face_mask, reframe
+from model.checkpoint import WEIGHTS
+from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, AgeEditor
+from model.fine_detail import DETAIL_KEY
+from model.flow.glow import Glow
+from model.heads import HEADS_FILE, load_heads
+from model.transport import TransportTrajectory, file_digest, load_transport
+
+METHODS = (ConditionalPriorTrajectory.name, PosthocTrajectory.name, TransportTrajectory.name)
+CROP_SIDE = 128
+EDIT_BATCH = 16
+TARGET_AGES = (5, 15, 30, 50, 70, 85)
+TARGET_EDITS = {f"to {t}": dict(target_age=float(t)) for t in TARGET_AGES}
+
+
+def posthoc_tensors(flow: Glow, weights: Path, data: Path, cache: Path) -> dict[str, torch.Tensor]:
+    """The weights folder's post-hoc trajectory, or one fitted on train faces and kept in `cache`."""
+    if (weights / POSTHOC_WEIGHTS).exists():
+        return load_file(str(weights / POSTHOC_WEIGHTS))
+    path = cache / f"age_posthoc-{file_digest(weights / WEIGHTS)}.safetensors"
+    if not path.exists():
+        train = train_faces(data)
+        print(f"fitting the post-hoc trajectory on all {len(train)} train faces into {path}", flush=True)
+        tensors = fit_posthoc(flow, train)
+        cache.mkdir(parents=True, exist_ok=True)
+        save_tensors(tensors, path)
+    return load_file(str(path))
+
+
+def build_editor(
+    flow: Glow,
+    method: str,
+    strengths,
+    weights: Path,
+    data: Path,
+    cache: Path,
+    rank: int,
+    details: str,
+    transport: Path | None = None,
+    guard: bool = False,
+    reading: str = "heads",
+    younger=None,
+    fine_detail: bool = True,
+    patch_limit: str = "shipped",
+) -> AgeEditor:
+    """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
+    likelihood guard of weights/editor.json; `reading`: "heads" reads the current age with the flow's
+    supervised heads where the weights have them, "fit" always with the post-hoc fit; `fine_detail`: the
+    photo's fine detail rescaled to the new age as weights/editor.json says (where it says); `patch_limit`:
+    "shipped" (weights/editor.json's, where it has one), "off", or "MAX_DEPARTURE:SIGMA_64"."""
+    if method == TransportTrajectory.name:
+        tensors = posthoc_tensors(flow, weights, data, cache)
+        trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)
+    elif method == PosthocTrajectory.name:
+        tensors = posthoc_tensors(flow, weights, data, cache)
+        trajectory = PosthocTrajectory(
+            flow,
+            reduce_rank(tensors, rank) if rank else tensors,
+            strengths,
+            details=details,
+            younger_level_strengths=younger,
+        )
+    else:
+        trajectory = ConditionalPriorTrajectory(flow, strengths)
+    shipped = json.loads((weights / EDITOR_CONFIG).read_text()) if (weights / EDITOR_CONFIG).exists() else {}
+    settings: dict = {"model": {"framing": shipped.get("model", {}).get("framing", "loose")}}
+    if guard:
+        settings[GUARD_KEY] = shipped[GUARD_KEY]
+    if fine_detail and DETAIL_KEY in shipped:
+        settings[DETAIL_KEY] = shipped[DETAIL_KEY]
+    if patch_limit == "shipped" and PATCH_LIMIT_KEY in shipped:
+        settings[PATCH_LIMIT_KEY] = shipped[PATCH_LIMIT_KEY]
+    elif patch_limit not in ("shipped", "off"):
+        departure, sigma = (float(v) for v in patch_limit.split(":"))
+        settings[PATCH_LIMIT_KEY] = {"max_departure": departure, "sigma_64": sigma}
+    if reading == "heads" and (weights / HEADS_FILE).exists():
+        trajectory.heads = load_heads(weights / HEADS_FILE)
+    # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
+    return AgeEditor(ReadingOnce(trajectory), settings, work_size=CROP_SIDE)
+
+
+@torch.no_grad()
+def read_genders(editor: AgeEditor, flow: Glow, faces: torch.Tensor, batch: int = 50) -> np.ndarray:
+    """The gender the editor's reading gives each face; for a reading without one (a post-hoc fit), the
+    conditional prior's most likely gender. An array of "female" / "male" (or "unknown")."""
+    out: list[str | None] = []
+    for start in range(0, len(faces), batch):
+        part = faces[start : start + batch]
+        genders = editor.trajectory.estimate(part).genders
+        if genders and genders[0] is None and flow.config.conditional:
+            genders = ConditionalPriorTrajectory(flow).estimate(part).genders
+        out.extend(genders)
+    return np.array([g or "unknown" for g in out])
+
+
+class ReadingOnce:
+    """A trajectory that reads the ages of a batch once and reuses that reading for every edit of the same
+    batch: the editor reads them on each call, and the conditional prior's reading is the slow part."""
+
+    def __init__(self, trajectory) -> None:
+        self.trajectory = trajectory
+        self._faces: torch.Tensor | None = None
+        self._reading = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.trajectory, name)
+
+    def estimate(self, faces: torch.Tensor):
+        if faces is not self._faces:
+            self._faces, self._reading = faces, self.trajectory.estimate(faces)
+        return self._reading
+
+
+@dataclass
+class EditRun:
+    after: torch.Tensor  # N x 3 x 64 x 64, the flow's output
+    shown: np.ndarray  # N x 128 x 128 x 3 uint8, the change applied to the 128 px crop under the face mask
+    age_before: np.ndarray
+    age_after: np.ndarray
+    strength: np.ndarray  # the share of the asked change applied (below 1: scaled back by the guard)
+
+
+@torch.no_grad()
+def run_edits(
+    editor: AgeEditor, faces: torch.Tensor, crops: np.ndarray, steps: dict[str, dict], view: str = "loose"
+) -> tuple[dict[str, EditRun], np.ndarray]:
+    """Every named edit (keyword arguments of `AgeEditor.edit`) of every face, and the editor's age readings.
+    `crops`: the 128 px crops of framing `view` that the judges see; an editor of another framing has its
+    change resampled into them."""
+    mask, view_mask = face_mask(CROP_SIDE, editor.framing), face_mask(CROP_SIDE, view)
+    parts: dict[str, list[EditRun]] = {name: [] for name in steps}
+    readings = []
+    for start in range(0, len(faces), EDIT_BATCH):
+        batch, batch_crops = faces[start : start + EDIT_BATCH], crops[start : start + EDIT_BATCH].astype(np.float32)
+        readings.append(editor.estimate_age(batch))
+        for name, step in steps.items():
+            edits = editor.edit(batch, **step)
+            change = torch.stack([editor.work_change(e) * mask for e in edits])
+            if editor.framing != view:
+                change = reframe(change, editor.framing, view, CROP_SIDE)
+            # the photo's own fine detail, rescaled to the new age, as the service does on its work crop
+            change = change + editor.fine_detail_change(to_tensor(crops[start : start + EDIT_BATCH]), edits) * view_mask
+            change = change.permute(0, 2, 3, 1).numpy()
+            shown = np.clip(np.rint(batch_crops + 255.0 * change), 0, 255).astype(np.uint8)
+            parts[name].append(
+                EditRun(
+                    torch.stack([e.after for e in edits]),
+                    shown,
+                    np.array([e.age_before for e in edits]),
+                    np.array([e.age_after for e in edits]),
+                    np.array([e.strength for e in edits]),
+                )
+            )
+    runs = {
+        name: EditRun(
+            torch.cat([p.after for p in pieces]),
+            np.concatenate([p.shown for p in pieces]),
+            np.concatenate([p.age_before for p in pieces]),
+            np.concatenate([p.age_after for p in pieces]),
+            np.concatenate([p.strength for p in pieces]),
+        )
+        for name, pieces in parts.items()
+    }
+    return runs, np.concatenate(readings)
