@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from model import align
 from model.edit_rules import MAX_YEARS, NO_FACE, PLAUSIBLE_AGES, check_one_kind_of_edit
 from model.editor import SKIP_REASONS
 
@@ -132,6 +133,11 @@ class Face(BaseModel):
         examples=[[[133.2, 97.4], [184.9, 96.1], [160.3, 124.8], [139.0, 153.2], [182.5, 152.0]]],
     )
     score: float = Field(description="Detector confidence, 0 to 1.", examples=[0.999])
+
+    @classmethod
+    def of(cls, face: align.DetectedFace, **fields) -> Self:
+        """The detected face as the API shows it (box, landmarks, score), with the subclass's other `fields`."""
+        return cls(box=face.box.tolist(), landmarks=face.landmarks.tolist(), score=face.score, **fields)
 
 
 class AgedFace(Face):

@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         image = decode_image(path.read_bytes(), 1 << 30, 1 << 28).rgb
         results = [editor.age_photo(image, years=years) for years in args.years]
         for k, face in enumerate(results[0].faces):
-            cells = [(face_cell(image, face.box), "photo")]
+            cells = [(face_cell(image, face.face.box), "photo")]
             for years, result in zip(args.years, results):
                 edited = result.faces[k]
                 label = f"{years:+g}: {edited.age_before:.0f} -> {edited.age_after:.0f}, strength {edited.strength:.2f}"
-                cells.append((face_cell(result.image, face.box), label))
+                cells.append((face_cell(result.image, face.face.box), label))
             rows.append((f"{path.name} face {k + 1}", cells))
     head, gap = 16, 4
     columns = 1 + len(args.years)

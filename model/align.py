@@ -51,6 +51,12 @@ class AlignedFace:
     crops: dict[int, torch.Tensor] = field(default_factory=dict)  # side -> 3 x side x side, floats in [0, 1]
     framing: str = "loose"  # the landmark template of FRAMINGS the matrix maps the face onto
 
+    def cut(self, image: np.ndarray, side: int) -> torch.Tensor:
+        """The face's crop of `side` pixels from `image`, the photo it was aligned in: cut once, then kept."""
+        if side not in self.crops:
+            self.crops[side] = warp_to_crop(image, self.matrix, side)
+        return self.crops[side]
+
 
 def stack_crops(aligned: list[AlignedFace], side: int) -> torch.Tensor:
     """The faces' crops of `side` pixels as one batch: N x 3 x side x side."""
@@ -338,5 +344,5 @@ class FaceAligner:
         matrix = self.alignment(face, framing)
         aligned = AlignedFace(face=face, matrix=matrix, framing=framing)
         for side in sides:
-            aligned.crops[side] = warp_to_crop(image, matrix, side)
+            aligned.cut(image, side)
         return aligned

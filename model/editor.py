@@ -85,17 +85,20 @@ class FaceEdit:
 
 @dataclass
 class FaceResult:
-    box: list[float]
-    landmarks: list[list[float]]
-    score: float
+    """One edited face: the face as detected and aligned (its crops as cut), and what the edit made of it."""
+
+    aligned: AlignedFace
     age_before: float
     age_after: float
-    aligned_before: torch.Tensor
-    aligned_after: torch.Tensor
+    aligned_after: torch.Tensor  # 3 x S x S in [0, 1]: the aligned face after the edit, at the flow's resolution
     work_after: np.ndarray | None = None  # work_size x work_size x 3 uint8: the aligned face as pasted back
     age_target: float | None = None  # as FaceEdit's
     clamped: bool = False
     strength: float = 1.0
+
+    @property
+    def face(self) -> DetectedFace:
+        return self.aligned.face
 
     @property
     def shift(self) -> float:
@@ -104,9 +107,7 @@ class FaceResult:
 
 @dataclass
 class SkippedFace:
-    box: list[float]
-    landmarks: list[list[float]]
-    score: float
+    face: DetectedFace
     reason: str  # a key of SKIP_REASONS
 
 
@@ -444,11 +445,7 @@ class AgeEditor:
         skipped: list[SkippedFace] = []
 
         def skip(face: DetectedFace, reason: str) -> None:
-            skipped.append(
-                SkippedFace(
-                    box=[float(v) for v in face.box], landmarks=face.landmarks.tolist(), score=face.score, reason=reason
-                )
-            )
+            skipped.append(SkippedFace(face, reason))
 
         for face in detected:
             if self.aligner.is_too_small(face):
@@ -511,13 +508,24 @@ class AgeEditor:
         return max(side * side, int(max(0, x1 - x0) * max(0, y1 - y0) * scale * scale))
 
     def align(self, image: np.ndarray, faces: list[DetectedFace]) -> list[AlignedFace]:
-        return [self.aligner.align(image, f, (self.resolution, self.work_size), self.framing) for f in faces]
+        """The faces aligned onto the model's framing, each with its crop at the flow's resolution; the work
+        crop is cut only where it is read (`work_changes`, `work_after`)."""
+        return [self.aligner.align(image, f, (self.resolution,), self.framing) for f in faces]
 
     def work_change(self, edit: FaceEdit) -> torch.Tensor:
         """The edit's change, upsampled to the work crop and smoothed so that no 64 px grain shows."""
         change = edit.change[None]
         change = F.avg_pool2d(F.pad(change, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         return F.interpolate(change, size=self.work_size, mode="bicubic", align_corners=False)[0]
+
+    def work_changes(self, image: np.ndarray, aligned: list[AlignedFace], edits: list[FaceEdit]) -> list[torch.Tensor]:
+        """Each face's change at the work size: its edit's (`work_change`), and with a fitted fine-detail curve
+        also its own fine detail taken to the new age, read from its work crop (cut from `image` here)."""
+        changes = [self.work_change(e) for e in edits]
+        if self.fine_detail is None:
+            return changes
+        crops = torch.stack([a.cut(image, self.work_size) for a in aligned])
+        return [change + detail for change, detail in zip(changes, self.fine_detail_change(crops, edits))]
 
     def fine_detail_change(self, crops: torch.Tensor, edits: list[FaceEdit]) -> torch.Tensor:
         """The change that takes the fine detail of N crops of the faces' own pixels (N x 3 x S x S in
@@ -527,9 +535,11 @@ class AgeEditor:
             return torch.zeros_like(crops)
         return self.fine_detail.change(crops, [e.age_before for e in edits], [e.age_after for e in edits])
 
-    def work_after(self, aligned: AlignedFace, change: torch.Tensor) -> np.ndarray:
-        """The aligned face at the work resolution with `change` applied under the paste-back mask."""
-        after = (aligned.crops[self.work_size] + change * face_mask(self.work_size, aligned.framing)).clamp(0, 1)
+    def work_after(self, image: np.ndarray, aligned: AlignedFace, change: torch.Tensor) -> np.ndarray:
+        """The aligned face at the work resolution (its work crop, cut from `image` if not yet cut) with
+        `change` applied under the paste-back mask."""
+        crop = aligned.cut(image, self.work_size)
+        after = (crop + change * face_mask(self.work_size, aligned.framing)).clamp(0, 1)
         return after.mul(255).round().byte().permute(1, 2, 0).numpy()
 
     @torch.no_grad()
@@ -577,7 +587,7 @@ class AgeEditor:
         plan = self.plan_faces(image, faces, len(steps), limits, scale)
         aligned = plan.aligned
         watch.lap("detect")
-        on_canvas = [AlignedFace(face=a.face, matrix=compose(a.matrix, to_photo)) for a in aligned]
+        on_canvas = [AlignedFace(face=a.face, matrix=compose(a.matrix, to_photo), framing=a.framing) for a in aligned]
         crops = stack_crops(aligned, self.resolution)
         results = []
         for step in steps:
@@ -585,21 +595,16 @@ class AgeEditor:
             watch.lap("edit")
             out = None if canvas is None else canvas.copy()
             face_results = []
-            details = self.fine_detail_change(stack_crops(aligned, self.work_size), edits)
-            for a, moved, e, detail in zip(aligned, on_canvas, edits, details):
-                change = self.work_change(e) + detail
+            for a, moved, e, change in zip(aligned, on_canvas, edits, self.work_changes(image, aligned, edits)):
                 if out is not None:
                     paste_in_place(out, moved, change)
                 face_results.append(
                     FaceResult(
-                        box=[float(v) for v in a.face.box],
-                        landmarks=a.face.landmarks.tolist(),
-                        score=a.face.score,
+                        aligned=a,
                         age_before=e.age_before,
                         age_after=e.age_after,
-                        aligned_before=e.before,
                         aligned_after=e.after,
-                        work_after=self.work_after(a, change) if out is None else None,
+                        work_after=self.work_after(image, a, change) if out is None else None,
                         age_target=e.age_target,
                         clamped=e.clamped,
                         strength=e.strength,
@@ -665,4 +670,5 @@ def paste_in_place(
     for top in range(y0, y1, rows):
         region = photo[top : top + rows, x0:x1]
         shift = np.array([[1.0, 0, x0], [0, 1.0, top]])
-        region[...] = paste_back(region, AlignedFace(face=aligned.face, matrix=compose(aligned.matrix, shift)), change)
+        moved = AlignedFace(face=aligned.face, matrix=compose(aligned.matrix, shift), framing=aligned.framing)
+        region[...] = paste_back(region, moved, change)

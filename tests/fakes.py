@@ -40,7 +40,7 @@ class FakeEditor:
         return (0.5 + 0.2 * temperature * noise).clamp(0, 1)
 
     def align(self, image: np.ndarray, faces: list[DetectedFace]) -> list[AlignedFace]:
-        return [self.aligner.align(image, f, (self.resolution, self.work_size)) for f in faces]
+        return [self.aligner.align(image, f, (self.resolution,)) for f in faces]
 
     def find_faces(self, image: np.ndarray, faces: str = "all") -> list[DetectedFace]:
         usable = self._usable(self.aligner.detect(image))
@@ -80,8 +80,8 @@ class FakeEditor:
         detected = self.aligner.detect(image)
         usable = self._usable(detected)
         edited = usable[: 1 if faces == "largest" else (limits or EditLimits()).max_faces]
-        skipped = [self._skipped(f, "too_small") for f in detected if self.aligner.is_too_small(f)] + [
-            self._skipped(f, "largest_only" if faces == "largest" else "face_limit") for f in usable[len(edited) :]
+        skipped = [SkippedFace(f, "too_small") for f in detected if self.aligner.is_too_small(f)] + [
+            SkippedFace(f, "largest_only" if faces == "largest" else "face_limit") for f in usable[len(edited) :]
         ]
         aligned = self.align(image, edited)
         ages = self.estimate_age(stack_crops(aligned, self.resolution))
@@ -99,17 +99,13 @@ class FakeEditor:
                 if out is not None:
                     box = np.round(face.face.box * out.shape[1] / image.shape[1]).astype(int)
                     lighten(out[max(0, box[1]) : box[3], max(0, box[0]) : box[2]], shift)
-                work = face.crops[self.work_size].mul(255).round().byte().permute(1, 2, 0).numpy()
                 face_results.append(
                     FaceResult(
-                        box=[float(v) for v in face.face.box],
-                        landmarks=face.face.landmarks.tolist(),
-                        score=face.face.score,
+                        aligned=face,
                         age_before=age,
                         age_after=age_after,
-                        aligned_before=face.crops[self.resolution],
                         aligned_after=(face.crops[self.resolution] + shift / 255).clamp(0, 1),
-                        work_after=lighten(work, shift) if out is None else None,
+                        work_after=lighten(self._work_pixels(image, face), shift) if out is None else None,
                         age_target=age_after,
                         clamped=age_after != asked,
                     )
@@ -118,11 +114,9 @@ class FakeEditor:
             results.append(PhotoResult(image=out, faces=face_results, timings=timings, skipped=skipped))
         return results
 
-    @staticmethod
-    def _skipped(face: DetectedFace, reason: str) -> SkippedFace:
-        return SkippedFace(
-            box=[float(v) for v in face.box], landmarks=face.landmarks.tolist(), score=face.score, reason=reason
-        )
+    def _work_pixels(self, image: np.ndarray, face: AlignedFace) -> np.ndarray:
+        """The face's work crop as work_size x work_size x 3 uint8."""
+        return face.cut(image, self.work_size).mul(255).round().byte().permute(1, 2, 0).numpy()
 
 
 def lighten(pixels: np.ndarray, levels: float) -> np.ndarray:

@@ -92,8 +92,8 @@ def test_a_detection_the_flow_finds_implausible_as_a_face_is_skipped(
     false = DetectedFace(box=real.box + np.r_[offset, offset], landmarks=real.landmarks + offset, score=0.95)
     monkeypatch.setattr(age_editor.aligner, "detect", lambda image, smallest=20.0: [real, false])
     result = age_editor.age_photo(portrait_with_a_dark_blur, years=30)
-    assert len(result.faces) == 1 and result.faces[0].box == [float(v) for v in real.box]
-    assert [s.reason for s in result.skipped] == ["not_a_face"]
+    assert len(result.faces) == 1 and result.faces[0].face is real
+    assert [s.reason for s in result.skipped] == ["not_a_face"] and result.skipped[0].face is false
     assert np.array_equal(result.image[:, 320:], portrait_with_a_dark_blur[:, 320:])
 
 

@@ -58,16 +58,7 @@ def detect_faces(
         width=width,
         height=height,
         min_face_size=editor.aligner.min_face_size,
-        faces=[
-            DetectedFace(
-                box=f.box.tolist(),
-                landmarks=f.landmarks.tolist(),
-                score=f.score,
-                age=age_of.get(id(f)),
-                too_small=editor.aligner.is_too_small(f),
-            )
-            for f in detected
-        ],
+        faces=[DetectedFace.of(f, age=age_of.get(id(f)), too_small=editor.aligner.is_too_small(f)) for f in detected],
     )
 
 
@@ -107,10 +98,8 @@ def face_likelihood(
     for face, face_bits in zip(detected, bits):
         difference, label = typicality(face_bits, heldout)
         faces.append(
-            LikelihoodFace(
-                box=face.box.tolist(),
-                landmarks=face.landmarks.tolist(),
-                score=face.score,
+            LikelihoodFace.of(
+                face,
                 bits_per_dim=face_bits,
                 difference_from_heldout=difference,
                 typicality=label,

@@ -34,12 +34,7 @@ def aligned_faces(faces: list[FaceResult]) -> list[np.ndarray]:
 
 
 def skipped_faces(result: PhotoResult) -> list[SkippedFace]:
-    return [
-        SkippedFace(
-            box=f.box, landmarks=f.landmarks, score=f.score, reason=f.reason, explanation=SKIP_REASONS[f.reason]
-        )
-        for f in result.skipped
-    ]
+    return [SkippedFace.of(f.face, reason=f.reason, explanation=SKIP_REASONS[f.reason]) for f in result.skipped]
 
 
 def count_headers(result: PhotoResult) -> dict[str, str]:
@@ -54,10 +49,6 @@ def count_headers(result: PhotoResult) -> dict[str, str]:
 
 def years_list(values) -> str:
     return ",".join(f"{v:.1f}" for v in values)
-
-
-def face_fields(face: FaceResult) -> dict:
-    return {"box": face.box, "landmarks": face.landmarks, "score": face.score}
 
 
 COUNT_HEADERS = {
@@ -115,8 +106,8 @@ def age_photo(
     service.metrics.observe_timings(result.timings)
     if wants_json(request):
         faces = [
-            AgedFace(
-                **face_fields(f),
+            AgedFace.of(
+                f.face,
                 age_before=f.age_before,
                 age_after=f.age_after,
                 shift=f.shift,
@@ -201,7 +192,7 @@ def age_photo_series(
             for age, r, frame, file_bytes in zip(target_ages, results, frames, encoded)
         ]
         return SeriesResponse(
-            faces=[SeriesFace(**face_fields(f), age_before=f.age_before) for f in faces],
+            faces=[SeriesFace.of(f.face, age_before=f.age_before) for f in faces],
             faces_found=results[0].found,
             skipped=skipped_faces(results[0]),
             steps=steps,
