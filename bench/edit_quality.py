@@ -534,8 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--estimator",
         type=Path,
-        default=Path("runs/age_estimator"),
-        help="where the independent age estimator is kept (trained there when missing)",
+        default=Path("data/bench/age_estimator_tight"),
+        help="where the judges are kept (bench.judges; trained there when missing or made on other data)",
     )
     parser.add_argument(
         "--estimator-epochs", type=int, default=None, help="epochs of every judge (default: each its own)"

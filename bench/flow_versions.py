@@ -1,7 +1,7 @@
 """Shipped models side by side on the same held-out faces, in one run: the flow issue's table.
 
     python -m bench.flow_versions --version v1=weights-v1:data/faces-loose --version v2=weights:data/faces-tight \\
-        --view-data data/faces-loose --faces 200 --estimator data/bench/age_estimator
+        --view-data data/faces-tight --faces 200 --estimator data/bench/age_estimator_tight
 
 Each version is a weights folder and the prepared faces of its framing. Every version edits the same
 held-out faces (those all the face sets hold, picked by bench.edit_quality's stratified choice), with the
@@ -122,10 +122,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--version", action="append", required=True, metavar="LABEL=WEIGHTS:DATA", help="a model to compare"
     )
-    parser.add_argument("--view-data", type=Path, required=True, help="the crops the judges see")
+    parser.add_argument(
+        "--view-data",
+        type=Path,
+        required=True,
+        help="the crops the judges see: a face set without reflected borders (data/faces-tight), since judges "
+        "trained and read on mirror images read every edit weakly",
+    )
     parser.add_argument("--faces", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--estimator", type=Path, default=Path("runs/age_estimator"))
+    parser.add_argument("--estimator", type=Path, default=Path("data/bench/age_estimator_tight"))
     parser.add_argument("--estimator-epochs", type=int, default=None, help="as bench.edit_quality's")
     parser.add_argument("--judge", action="append", default=None, help="as bench.edit_quality's")
     parser.add_argument("--guard", action="store_true", help="each version with its likelihood guard")
