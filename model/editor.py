@@ -424,13 +424,7 @@ class AgeEditor:
         return usable[:1] if faces == "largest" else usable
 
     def _usable_faces(self, detected: list[DetectedFace]) -> list[DetectedFace]:
-        """The detected faces large enough to edit; NoFaceError or FaceTooSmallError where there are none."""
-        if not detected:
-            raise NoFaceError(NO_FACE)
-        usable = [f for f in detected if not self.aligner.is_too_small(f)]
-        if not usable:
-            raise FaceTooSmallError(face_too_small_message(detected[0].size, self.aligner.min_face_size))
-        return usable
+        return usable_faces(self.aligner, detected)
 
     @torch.no_grad()
     def plan_faces(
@@ -613,6 +607,16 @@ class AgeEditor:
             watch.lap("paste_back")
             results.append(PhotoResult(image=out, faces=face_results, timings=dict(timings), skipped=plan.skipped))
         return results
+
+
+def usable_faces(aligner: FaceAligner, detected: list[DetectedFace]) -> list[DetectedFace]:
+    """The detected faces large enough to edit; NoFaceError or FaceTooSmallError where there are none."""
+    if not detected:
+        raise NoFaceError(NO_FACE)
+    usable = [f for f in detected if not aligner.is_too_small(f)]
+    if not usable:
+        raise FaceTooSmallError(face_too_small_message(detected[0].size, aligner.min_face_size))
+    return usable
 
 
 def finite_or_inf(bits: np.ndarray) -> np.ndarray:

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from model.align import AlignedFace, DetectedFace, FaceAligner, stack_crops
-from model.edit_rules import NO_FACE, FaceTooSmallError, NoFaceError, face_too_small_message
-from model.editor import EditLimits, FaceResult, PhotoResult, SkippedFace, result_canvas
+from model.editor import EditLimits, FaceResult, PhotoResult, SkippedFace, result_canvas, usable_faces
 
 
 class FakeEditor:
@@ -47,12 +46,7 @@ class FakeEditor:
         return usable[:1] if faces == "largest" else usable
 
     def _usable(self, detected: list[DetectedFace]) -> list[DetectedFace]:
-        if not detected:
-            raise NoFaceError(NO_FACE)
-        usable = [f for f in detected if not self.aligner.is_too_small(f)]
-        if not usable:
-            raise FaceTooSmallError(face_too_small_message(detected[0].size, self.aligner.min_face_size))
-        return usable
+        return usable_faces(self.aligner, detected)
 
     def age_photo(
         self,
