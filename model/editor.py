@@ -512,22 +512,27 @@ class AgeEditor:
         change = F.avg_pool2d(F.pad(change, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         return F.interpolate(change, size=self.work_size, mode="bicubic", align_corners=False)[0]
 
-    def work_changes(self, image: np.ndarray, aligned: list[AlignedFace], edits: list[FaceEdit]) -> list[torch.Tensor]:
+    def work_changes(
+        self, image: np.ndarray, aligned: list[AlignedFace], edits: list[FaceEdit], detail: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """Each face's change at the work size: its edit's (`work_change`), and with a fitted fine-detail curve
-        also its own fine detail taken to the new age, read from its work crop (cut from `image` here)."""
+        also its own fine detail taken to the new age, read from its work crop (cut from `image` here).
+        `detail`: the work crops' fine detail, when already at hand (`DetailEnergy.detail`)."""
         changes = [self.work_change(e) for e in edits]
         if self.fine_detail is None:
             return changes
         crops = torch.stack([a.cut(image, self.work_size) for a in aligned])
-        return [change + detail for change, detail in zip(changes, self.fine_detail_change(crops, edits))]
+        return [change + fine for change, fine in zip(changes, self.fine_detail_change(crops, edits, detail))]
 
-    def fine_detail_change(self, crops: torch.Tensor, edits: list[FaceEdit]) -> torch.Tensor:
+    def fine_detail_change(
+        self, crops: torch.Tensor, edits: list[FaceEdit], detail: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The change that takes the fine detail of N crops of the faces' own pixels (N x 3 x S x S in
         [0, 1], finer than the flow's resolution) to each edit's new age (model.fine_detail); zero where the
         age does not change, and everywhere without a fitted curve."""
         if self.fine_detail is None:
             return torch.zeros_like(crops)
-        return self.fine_detail.change(crops, [e.age_before for e in edits], [e.age_after for e in edits])
+        return self.fine_detail.change(crops, [e.age_before for e in edits], [e.age_after for e in edits], detail)
 
     def work_after(self, image: np.ndarray, aligned: AlignedFace, change: torch.Tensor) -> np.ndarray:
         """The aligned face at the work resolution (its work crop, cut from `image` if not yet cut) with
@@ -583,13 +588,17 @@ class AgeEditor:
         watch.lap("detect")
         on_canvas = [AlignedFace(face=a.face, matrix=compose(a.matrix, to_photo), framing=a.framing) for a in aligned]
         crops = stack_crops(aligned, self.resolution)
+        # the faces' fine detail is the same for every age of a series: read it once
+        detail = None
+        if self.fine_detail is not None and len(steps) > 1:
+            detail = self.fine_detail.detail(torch.stack([a.cut(image, self.work_size) for a in aligned]))
         results = []
         for step in steps:
             edits = self.edit(crops, reading=plan.reading, original_bits=plan.bits_per_dim, **step)
             watch.lap("edit")
             out = None if canvas is None else canvas.copy()
             face_results = []
-            for a, moved, e, change in zip(aligned, on_canvas, edits, self.work_changes(image, aligned, edits)):
+            for a, moved, e, change in zip(aligned, on_canvas, edits, self.work_changes(image, aligned, edits, detail)):
                 if out is not None:
                     paste_in_place(out, moved, change)
                 face_results.append(

@@ -77,15 +77,21 @@ class DetailEnergy:
         log_ratio = 0.5 * float(self.log_energy_at(age_to) - self.log_energy_at(age_from))
         return float(np.clip(math.exp(log_ratio), 1.0 / self.max_gain, self.max_gain))
 
-    def change(self, crops: torch.Tensor, ages_from, ages_to) -> torch.Tensor:
+    def detail(self, crops: torch.Tensor) -> torch.Tensor:
+        """The fine detail this curve rescales, of N x 3 x S x S crops in [0, 1]."""
+        return highpass(crops, self.sigma_64)
+
+    def change(self, crops: torch.Tensor, ages_from, ages_to, detail: torch.Tensor | None = None) -> torch.Tensor:
         """The change that rescales the fine detail of N x 3 x S x S crops (in [0, 1]) from each face's age
-        to its target: (gain - 1) x detail, exactly zero for a face whose age does not change."""
+        to its target: (gain - 1) x detail, exactly zero for a face whose age does not change. `detail`: the
+        crops' `detail`, when already at hand (a series of ages of the same faces)."""
         gains = [self.gain(float(a), float(b)) for a, b in zip(ages_from, ages_to)]
         out = torch.zeros_like(crops)
         moved = [i for i, g in enumerate(gains) if g != 1.0]
         if moved:
             factor = torch.tensor([gains[i] - 1.0 for i in moved], dtype=crops.dtype, device=crops.device)
-            out[moved] = factor[:, None, None, None] * highpass(crops[moved], self.sigma_64)
+            fine = self.detail(crops[moved]) if detail is None else detail[moved]
+            out[moved] = factor[:, None, None, None] * fine
         return out
 
     def to_dict(self) -> dict:

@@ -158,3 +158,10 @@ def test_an_older_edit_adds_fine_detail_inside_the_face_and_nowhere_else(editor,
         return float(highpass(crop, 64 / (x1 - x0)).pow(2).mean())
 
     assert fine_energy(with_detail) > 1.05 * fine_energy(without)
+
+
+def test_a_series_of_ages_gives_each_age_what_a_single_edit_to_it_gives(editor, photo):
+    image = photo("frrepo_two_people.jpg")
+    series = editor.age_photo_series(image, [25.0, 75.0])
+    for target, result in zip((25.0, 75.0), series):
+        assert np.array_equal(result.image, editor.age_photo(image, target_age=target).image)
