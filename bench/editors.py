@@ -149,13 +149,16 @@ def run_edits(
     for start in range(0, len(faces), EDIT_BATCH):
         batch, batch_crops = faces[start : start + EDIT_BATCH], crops[start : start + EDIT_BATCH].astype(np.float32)
         readings.append(editor.estimate_age(batch))
+        view_crops = to_tensor(crops[start : start + EDIT_BATCH])
+        # the crops' fine detail is the same for every edit of the batch: read it once
+        detail = None if editor.fine_detail is None else editor.fine_detail.detail(view_crops)
         for name, step in steps.items():
             edits = editor.edit(batch, **step)
             change = torch.stack([editor.work_change(e) * mask for e in edits])
             if editor.framing != view:
                 change = reframe(change, editor.framing, view, CROP_SIDE)
             # the photo's own fine detail, rescaled to the new age, as the service does on its work crop
-            change = change + editor.fine_detail_change(to_tensor(crops[start : start + EDIT_BATCH]), edits) * view_mask
+            change = change + editor.fine_detail_change(view_crops, edits, detail) * view_mask
             change = change.permute(0, 2, 3, 1).numpy()
             shown = np.clip(np.rint(batch_crops + 255.0 * change), 0, 255).astype(np.uint8)
             parts[name].append(

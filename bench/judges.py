@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from model.data import FaceSet, load_faces
+from model.transport import subset
 
 
 def _conv(c_in: int, c_out: int, stride: int, kernel: int = 3) -> list[nn.Module]:
@@ -237,18 +238,6 @@ def train_faces(data: Path, side: int = 64) -> FaceSet:
     return load_faces(data, side, "train")
 
 
-def half_of(faces: FaceSet, half: str) -> FaceSet:
-    idx = training_half(faces.files, half)
-    return FaceSet(
-        images=faces.images[idx],
-        ages=faces.ages[idx],
-        genders=[faces.genders[i] for i in idx],
-        races=[faces.races[i] for i in idx],
-        files=[faces.files[i] for i in idx],
-        sources=[faces.sources[i] for i in idx] if faces.sources else [],
-    )
-
-
 def load_or_train_judge(name: str, folder: Path, data: Path, epochs: int | None = None) -> tuple[nn.Module, dict]:
     """The judge `name` kept in `folder` when it has this architecture and was trained on this data set's
     half for as many epochs (None: its own number); else a new one, trained and saved there."""
@@ -271,7 +260,8 @@ def load_or_train_judge(name: str, folder: Path, data: Path, epochs: int | None 
             model = architecture()
             model.load_state_dict(load_file(str(weights_path)))
             return model.to(memory_format=torch.channels_last).eval(), meta
-    train = half_of(train_faces(data, side), half)
+    faces = train_faces(data, side)
+    train = subset(faces, training_half(faces.files, half))
     print(f"training judge {name} on {len(train)} train faces (half {half}), {epochs} epochs", flush=True)
     start, cpu_start = time.perf_counter(), time.process_time()
     model = train_estimator(name, train, epochs, seed=0)
