@@ -65,8 +65,13 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def create_app(settings: Settings | None = None, editor: AgeEditor | None = None) -> FastAPI:
-    """The service. `editor`: an already loaded editor to serve instead of loading WEIGHTS_DIR."""
+def create_app(
+    settings: Settings | None = None, editor: AgeEditor | None = None, *, set_torch_threads: bool = False
+) -> FastAPI:
+    """The service. `editor`: an already loaded editor to serve instead of loading WEIGHTS_DIR.
+    `set_torch_threads`: on start, set the process's torch threads to `settings.threads_per_edit()`. The served
+    `app` below does, as its process is the server's; apps built inside another program (the tests) leave that
+    program's threads as they are."""
     settings = settings or Settings.from_env()
     set_decompression_limit(settings.max_pixels)
     # Starlette spools uploads above 1 MB to a temporary file; with this they stay in memory
@@ -84,7 +89,8 @@ def create_app(settings: Settings | None = None, editor: AgeEditor | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        torch.set_num_threads(settings.threads_per_edit())
+        if set_torch_threads:
+            torch.set_num_threads(settings.threads_per_edit())
         # requests waiting at the gate hold a worker thread: leave enough for the queue and the rest
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, settings.max_concurrency + settings.max_queue + 8)
@@ -147,4 +153,4 @@ def create_app(settings: Settings | None = None, editor: AgeEditor | None = None
     return app
 
 
-app = create_app()
+app = create_app(set_torch_threads=True)

@@ -51,7 +51,7 @@ def run_case(name: str, concurrent: int) -> dict:
     route, fields = CASES[name]
     photo = worst_case_jpeg()
     settings = Settings(max_concurrency=concurrent)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, set_torch_threads=True)) as client:
         while client.get("/readyz").status_code != 200:
             threading.Event().wait(0.5)
         small = FIXTURE.read_bytes()

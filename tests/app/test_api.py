@@ -747,6 +747,35 @@ def test_threads_per_edit_divide_the_cores_among_the_edits_that_run_at_once(monk
     assert Settings(torch_threads=3, max_concurrency=2).threads_per_edit() == 3
 
 
+def torch_threads_of_a_new_thread() -> int:
+    """The process's torch thread count, as a thread started now takes it (torch.set_num_threads stores it for
+    the whole process; a thread that has run torch before keeps the count it started with)."""
+    counts: list[int] = []
+    thread = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return counts[0]
+
+
+def test_an_app_started_inside_another_program_leaves_its_torch_threads_alone(fake_editor):
+    threads = torch_threads_of_a_new_thread()
+    with TestClient(create_app(Settings(torch_threads=threads + 2), editor=fake_editor)) as client:
+        assert client.get("/readyz").status_code == 200
+    assert torch_threads_of_a_new_thread() == threads
+    assert torch.get_num_threads() == threads
+
+
+def test_the_served_app_sets_its_process_torch_threads_to_the_threads_per_edit(fake_editor, monkeypatch):
+    """`app.main:app` is what app.serve, uvicorn and the image serve; its start is run here, with nothing to load
+    and without touching this process's threads."""
+    asked: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)
+    monkeypatch.setattr(app.main.app.state.service, "editor", fake_editor)
+    with TestClient(app.main.app):
+        pass
+    assert asked == [app.main.app.state.settings.threads_per_edit()]
+
+
 @pytest.mark.parametrize(
     "environ", [{"MAX_UPLOAD_BYTES": "lots"}, {"MAX_CONCURRENCY": "0"}, {"DEVICE": "gpu"}, {"MAX_QUEUE": "-1"}]
 )

@@ -20,7 +20,7 @@ from model.data import FaceSet
 from model.flow.glow import Glow
 
 SIDE = 16
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def synthetic_faces(n: int, seed: int) -> FaceSet:

@@ -300,7 +300,7 @@ def test_load_flow_does_not_unpickle(conditional_glow, tmp_path, monkeypatch):
 def test_the_flow_reads_nothing_of_the_model_but_its_config():
     """model/flow takes conditions as opaque tensors: the label lists and grids stay outside it."""
     imported = set()
-    for path in (Path(__file__).resolve().parents[1] / "model" / "flow").glob("*.py"):
+    for path in (Path(__file__).resolve().parents[3] / "model" / "flow").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module)

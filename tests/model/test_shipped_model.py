@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from model.age import POSTHOC_WEIGHTS
 from model.editor import AgeEditor
 
-WEIGHTS = Path(os.environ.get("WEIGHTS_DIR", Path(__file__).parent.parent / "weights"))
+WEIGHTS = Path(os.environ.get("WEIGHTS_DIR", Path(__file__).parents[2] / "weights"))
 KNOWN_AGES = {  # photo -> ages of its faces, largest first
     "skimage_astronaut.png": [39.0],  # Eileen Collins, NASA portrait, about 1995
     "fr_obama.jpg": [47.0],  # official portrait, 2009

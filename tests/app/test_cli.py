@@ -14,7 +14,7 @@ import app.cli
 from app.cli import main
 from model.edit_rules import ONE_KIND_OF_EDIT
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from test_training import FACES, jittered
 
 from model import train_detail
 from model.align import warp_to_crop
 from model.detail import DetailStage, evaluate_detail_bits_per_dim, load_detail_faces, padded_context, patch_batch
 from model.flow.detail import DetailConfig, haar_merge, haar_split
+from tests.model.test_training import FACES, jittered
 
 COPIES = 12
 TINY = [
