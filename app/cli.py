@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.imaging import OUTPUT_FORMATS, DecodedImage, ImageError, decode_image, encode_image, set_decompression_limit
-from model.edit_rules import MAX_YEARS, EditError, check_one_kind_of_edit, check_target_ages
+from model.edit_rules import FACE_CHOICES, EditError, check_one_kind_of_edit, check_target_ages, check_years
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif"}
 FORMAT_OF_SUFFIX = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", type=Path, help="photos, or folders of photos (any number)")
     parser.add_argument("--years", type=float, help="years to add; negative makes faces younger")
     parser.add_argument("--target-age", type=float, help="age in years to take every face to")
-    parser.add_argument("--faces", choices=("all", "largest"), default="all", help="which faces to age")
+    parser.add_argument("--faces", choices=FACE_CHOICES, default="all", help="which faces to age")
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="the output photo (one input), or a folder for the results"
     )
@@ -79,10 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         check_one_kind_of_edit(args.years, args.target_age)
+        check_years(args.years)
     except EditError as exc:
         parser.error(str(exc))
-    if args.years is not None and not -MAX_YEARS <= args.years <= MAX_YEARS:
-        parser.error(f"--years must be between {-MAX_YEARS} and {MAX_YEARS}")
     if args.server and (args.weights or args.device):
         parser.error("--weights and --device choose the model loaded here; with --server the service's is used")
     return args

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.imaging import OUTPUT_FORMATS
 from model import align
-from model.edit_rules import MAX_YEARS, NO_FACE, PLAUSIBLE_AGES, check_one_kind_of_edit
+from model.edit_rules import MAX_YEARS, NO_FACE, PLAUSIBLE_AGES, FaceChoice, check_one_kind_of_edit
 from model.editor import SKIP_REASONS
 
 MAX_SERIES_AGES = 8
 
-FacesChoice = Literal["all", "largest"]
 OutputChoice = Literal["photo", "face"]
-FormatChoice = Literal["jpeg", "png", "webp"]
+# the names of app.imaging.OUTPUT_FORMATS: a Literal of them for pydantic and /docs, a str for mypy (which
+# takes no Literal built from a dict's keys)
+if TYPE_CHECKING:
+    FormatChoice = str
+else:
+    FormatChoice = Literal[tuple(OUTPUT_FORMATS)]
 Typicality = Literal["typical", "unusual", "very unusual"]
 
 IMAGE_DESCRIPTION = "The photo: JPEG, PNG, WebP or HEIC (any colour mode); EXIF orientation is applied."
@@ -29,7 +34,7 @@ class PhotoForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: UploadFile = Field(description=IMAGE_DESCRIPTION)
-    faces: FacesChoice = Field("all", description=FACES_DESCRIPTION)
+    faces: FaceChoice = Field("all", description=FACES_DESCRIPTION)
 
 
 class AgeForm(PhotoForm):

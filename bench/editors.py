@@ -14,12 +14,13 @@ from safetensors.torch import load_file
 from bench.judges import save_tensors, to_tensor, train_faces
 from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory
 from model.age_fit import fit_posthoc, reduce_rank
-from model.align import face_mask, reframe
+from model.align import reframe
 from model.checkpoint import WEIGHTS
 from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, AgeEditor
 from model.fine_detail import DETAIL_KEY
 from model.flow.glow import Glow
 from model.heads import HEADS_FILE, load_heads
+from model.masks import face_mask
 from model.transport import TransportTrajectory, file_digest, load_transport
 
 METHODS = (ConditionalPriorTrajectory.name, PosthocTrajectory.name, TransportTrajectory.name)

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from bench.judges import to_tensor
-from model.align import face_mask, to_loose_matrix
 from model.colour import blur
 from model.data import FaceSet
 from model.flow.detail import haar_split
-from model.masks import central_face
+from model.framing import to_loose_matrix
+from model.masks import central_face, face_mask
 
 # "patchy" (the flow issue's definition): the share of the central face where the edit's lightness change,
 # after a 2 px blur, departs from its own median there by more than 12 L*; a face is patchy beyond 0.05

@@ -1,4 +1,4 @@
-"""Face detection, alignment to a canonical template, and paste-back into the original photo.
+"""Face detection, alignment to a canonical template (model.framing), and paste-back into the original photo.
 
 Coordinates are (x, y) in pixels. An alignment is a 2x3 similarity matrix that maps photo pixels to
 pixels of a unit crop (side 1.0); scaling it gives the matrix for a crop of any side, so the flow crop
@@ -15,21 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model.detect import mtcnn_detect
-
-# Five landmarks (left eye, right eye, nose tip, left and right mouth corner) in a unit crop, per framing.
-# "loose" (the first model's): forehead, hair and chin inside, the face about 35 of 64 pixels wide.
-# "tight": brows to chin and cheek to cheek fill the crop, so that folds, eye bags and jowls get pixels.
-# It is the widest framing that UTKFace's tight crops still cover with their own pixels (79 % of them; a
-# framing that keeps the hairline is covered by none, see model.prepare); the forehead ends near the top.
-FRAMINGS = {
-    "loose": np.array(
-        [[0.3865, 0.4600], [0.6135, 0.4600], [0.5000, 0.5900], [0.4080, 0.7200], [0.5950, 0.7200]], np.float64
-    ),
-    "tight": np.array(
-        [[0.2755, 0.2910], [0.7245, 0.2910], [0.5000, 0.5480], [0.2935, 0.7355], [0.7065, 0.7355]], np.float64
-    ),
-}
-CANONICAL_LANDMARKS = FRAMINGS["loose"]
+from model.framing import FRAMINGS, mapped_grid, similarity_transform, to_loose_matrix
+from model.masks import face_mask
 
 
 @dataclass
@@ -61,25 +48,6 @@ class AlignedFace:
 def stack_crops(aligned: list[AlignedFace], side: int) -> torch.Tensor:
     """The faces' crops of `side` pixels as one batch: N x 3 x side x side."""
     return torch.stack([a.crops[side] for a in aligned])
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation) mapping src points onto dst (Umeyama)."""
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    src_mean, dst_mean = src.mean(0), dst.mean(0)
-    src_c, dst_c = src - src_mean, dst - dst_mean
-    cov = dst_c.T @ src_c / len(src)
-    u, s, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[1] = -1.0
-    rotation = u @ np.diag(d) @ vt
-    scale = (s * d).sum() / src_c.var(0).sum()
-    matrix = np.zeros((2, 3))
-    matrix[:, :2] = scale * rotation
-    matrix[:, 2] = dst_mean - scale * rotation @ src_mean
-    return matrix
 
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:
@@ -161,34 +129,6 @@ def crop_coverage(valid: np.ndarray, matrix: np.ndarray, side: int) -> float:
     return float(warp_to_crop(mask, matrix, side, padding="zeros")[0].min())
 
 
-def crop_grid(side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel centres of a square crop as fractions of its side: (ys, xs), each side x side."""
-    coords = (torch.arange(side, dtype=torch.float32) + 0.5) / side
-    return torch.meshgrid(coords, coords, indexing="ij")
-
-
-def face_grid(side: int, framing: str = "loose") -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel centres of a crop of `framing`, in the coordinates of the loose framing's unit crop: a region
-    drawn once on the face in those coordinates lands on the same features in every framing."""
-    return mapped_grid(side, to_loose_matrix(framing))
-
-
-def mapped_grid(side: int, matrix: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel centres of a square crop (as fractions of its side) mapped by a 3x3 affine `matrix` on (x, y):
-    (ys, xs), each side x side."""
-    ys, xs = crop_grid(side)
-    m = torch.from_numpy(matrix).float()
-    return m[1, 0] * xs + m[1, 1] * ys + m[1, 2], m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
-
-
-def to_loose_matrix(framing: str) -> np.ndarray:
-    """The 3x3 map from unit-crop coordinates (x, y) of `framing` to those of the loose framing."""
-    m = np.eye(3)
-    if framing != "loose":
-        m[:2] = similarity_transform(FRAMINGS[framing], FRAMINGS["loose"])
-    return m
-
-
 def reframe(images: torch.Tensor, source: str, target: str, side: int) -> torch.Tensor:
     """N x C x S x S crops of framing `source` resampled into crops of framing `target`, `side` pixels each
     (bilinear; zero where the source crop does not reach)."""
@@ -201,22 +141,6 @@ def reframe(images: torch.Tensor, source: str, target: str, side: int) -> torch.
 def face_scale(framing: str = "loose") -> float:
     """How many times larger the face is in a crop of `framing` than in a loose crop of the same side."""
     return float(1.0 / np.sqrt(abs(np.linalg.det(to_loose_matrix(framing)[:2, :2]))))
-
-
-# the paste-back ellipse of each framing, in the crop's own coordinates: x and y radii, centre y, feather.
-# The loose crop holds the face and hair, so the ellipse takes in the hair; the tight crop is the face from
-# brows to chin, so the ellipse fills the crop and fades out at its edges.
-PASTE_ELLIPSES = {"loose": (0.40, 0.46, 0.50, 0.25), "tight": (0.48, 0.48, 0.50, 0.30)}
-
-
-def face_mask(side: int, framing: str = "loose") -> torch.Tensor:
-    """The paste-back mask of a crop of `side` pixels: a soft ellipse over the face, 1 inside, 0 at the
-    crop's edges, so that an edit fades into the untouched photo."""
-    ys, xs = crop_grid(side)
-    rx, ry, cy, feather = PASTE_ELLIPSES[framing]
-    r = torch.sqrt(((xs - 0.5) / rx) ** 2 + ((ys - cy) / ry) ** 2)
-    t = ((1.0 - r) / feather).clamp(0, 1)
-    return t * t * (3 - 2 * t)
 
 
 def paste_back(image: np.ndarray, aligned: AlignedFace, change: torch.Tensor) -> np.ndarray:

@@ -22,7 +22,6 @@ from model.align import (
     DetectedFace,
     FaceAligner,
     crop_footprint,
-    face_mask,
     invert_affine,
     paste_back,
     scaled,
@@ -36,8 +35,10 @@ from model.edit_rules import (
     NoFaceError,
     check_one_kind_of_edit,
     face_too_small_message,
+    no_plausible_face_message,
 )
 from model.fine_detail import DETAIL_KEY, DetailEnergy
+from model.masks import face_mask
 
 EDITOR_CONFIG = "editor.json"
 # editor.json key: [low, high] exact bits/dim (Glow.exact_bits_per_dim) of an aligned crop outside which a
@@ -482,10 +483,7 @@ class AgeEditor:
                     )
                     spent += cost
         if not chosen:
-            raise NoFaceError(
-                f"No face was found in the photo: {len(skipped)} detection(s) did not look like a "
-                "face to the model. Use a photo where a face is clearly visible."
-            )
+            raise NoFaceError(no_plausible_face_message(len(skipped)))
         latents = [torch.cat(level) for level in zip(*(e[0] for e in encodings))]
         contexts = [None if level[0] is None else torch.cat(level) for level in zip(*(e[1] for e in encodings))]
         return FacePlan(

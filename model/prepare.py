@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from model.align import FRAMINGS
+from model.framing import FRAMINGS
 
 RACES = ("white", "black", "asian", "indian", "other")
 SHARD = 500

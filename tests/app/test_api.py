@@ -16,15 +16,17 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 import app.main
-from app.imaging import label_band_height
+from app.imaging import decode_image, label_band_height
 from app.main import create_app
 from app.settings import Settings, SettingsError
 from model.edit_rules import EditError
 from model.editor import AgeEditor
 
 SMALL_PHOTO = "frrepo_obama_small.jpg"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +229,75 @@ def test_years_beyond_the_age_range_say_which_target_was_used(model_client, smal
     (face,) = response.json()["faces"]
     assert (face["age_target"], face["clamped"]) == (pytest.approx(age_editor.age_range[1]), True)
     assert 0.0 <= face["strength"] <= 1.0
+
+
+# the answer to one fixed request, pinned in a file (test_a_fixed_request_gives_the_pinned_answer)
+FIXED_PHOTO = "fr_obama.jpg"
+FIXED_REQUEST = {"years": 30, "faces": "all", "output": "photo", "format": "png"}
+FIXED_ANSWER = FIXTURES / "expected_fr_obama_years30.png"
+FIXED_MARGIN = 8  # pixels of the answer kept around the region the edit changed
+
+
+def fixed_answer(client) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """FIXED_PHOTO as the service decodes it, the photo the service answers FIXED_REQUEST with, and the
+    answer's faces."""
+    data = (FIXTURES / FIXED_PHOTO).read_bytes()
+    response = post(client, "/v1/age", data, headers={"Accept": "application/json"}, **FIXED_REQUEST)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    settings = Settings()
+    upload = decode_image(data, settings.max_upload_bytes, settings.max_pixels).rgb
+    return upload, np.asarray(from_base64(body["image"]).convert("RGB")), body["faces"]
+
+
+def test_a_fixed_request_gives_the_pinned_answer(model_client):
+    """The shipped model answers FIXED_REQUEST on FIXED_PHOTO as FIXED_ANSWER pins it: the same photo to within
+    the float noise between CPUs (at most 3 grey levels anywhere, under 0.05 on average over the edited
+    region; outside it the upload's own pixels), and the same ages and strengths to within 0.05.
+
+    A change to the model, its weights or the edit changes this answer on purpose: check that the new answer
+    is meant, then regenerate the file deliberately with `python -m tests.app.test_api` and commit it with
+    the change."""
+    upload, result, faces = fixed_answer(model_client)
+    with Image.open(FIXED_ANSWER) as pinned_file:
+        pinned = json.loads(pinned_file.text["fixed_answer"])
+        x0, y0, x1, y1 = pinned["box"]
+        expected = upload.copy()
+        expected[y0:y1, x0:x1] = np.asarray(pinned_file.convert("RGB"))
+    difference = np.abs(result.astype(int) - expected)
+    edited = difference[y0:y1, x0:x1]
+    assert difference.max() <= 3 and edited.mean() < 0.05, (difference.max(), edited.mean())
+    assert len(faces) == len(pinned["faces"])
+    for face, pinned_face in zip(faces, pinned["faces"]):
+        for key in ("age_before", "age_after", "strength"):
+            assert face[key] == pytest.approx(pinned_face[key], abs=0.05), key
+    assert (pinned["photo"], pinned["request"]) == (FIXED_PHOTO, FIXED_REQUEST)
+
+
+def write_fixed_answer() -> None:
+    """Writes FIXED_ANSWER from the shipped model (WEIGHTS_DIR, default weights/): the answer's pixels over the
+    region the edit changed, FIXED_MARGIN around it, with the region's box, the request and the faces' ages
+    and strengths in the PNG's text."""
+    from app.service import load_editor
+
+    torch.set_num_threads(1)  # as the tests run (tests/conftest.py)
+    torch.set_flush_denormal(True)
+    with TestClient(create_app(Settings(), editor=load_editor(Settings.from_env()))) as client:
+        upload, result, faces = fixed_answer(client)
+    ys, xs = np.nonzero((result != upload).any(axis=2))
+    height, width = upload.shape[:2]
+    x0, y0 = max(0, int(xs.min()) - FIXED_MARGIN), max(0, int(ys.min()) - FIXED_MARGIN)
+    x1, y1 = min(width, int(xs.max()) + 1 + FIXED_MARGIN), min(height, int(ys.max()) + 1 + FIXED_MARGIN)
+    text = {
+        "photo": FIXED_PHOTO,
+        "request": FIXED_REQUEST,
+        "box": [x0, y0, x1, y1],
+        "faces": [{key: face[key] for key in ("age_before", "age_after", "strength")} for face in faces],
+    }
+    info = PngInfo()
+    info.add_text("fixed_answer", json.dumps(text))
+    Image.fromarray(result[y0:y1, x0:x1]).save(FIXED_ANSWER, optimize=True, pnginfo=info)
+    print(f"wrote {FIXED_ANSWER} ({FIXED_ANSWER.stat().st_size} bytes): {text}")
 
 
 def test_the_image_answer_reports_the_strength_applied(client, small_jpeg):
@@ -789,3 +860,7 @@ def test_auto_device_takes_the_gpu_when_there_is_one(monkeypatch):
     assert Settings(device="auto").torch_device().type == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert Settings(device="auto").torch_device().type == "cpu"
+
+
+if __name__ == "__main__":  # python -m tests.app.test_api: regenerates FIXED_ANSWER (see its test)
+    write_fixed_answer()

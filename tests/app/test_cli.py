@@ -12,15 +12,20 @@ from PIL import Image
 
 import app.cli
 from app.cli import main
-from model.edit_rules import ONE_KIND_OF_EDIT
+from model.edit_rules import MAX_YEARS, ONE_KIND_OF_EDIT, YEARS_OUT_OF_RANGE
 
 ROOT = Path(__file__).parents[2]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def shared_editor(age_editor, monkeypatch):
-    """The session's editor instead of loading the model again for every run."""
+    """The session's editor instead of loading the model again for every run: for the tests that run the model
+    here (without --server); they skip, as age_editor does, without weights. The usage tests and the --server
+    tests (the fake editor's service) run without weights."""
     monkeypatch.setattr(app.cli, "load_editor", lambda settings: age_editor)
+
+
+local_model = pytest.mark.usefixtures("shared_editor")
 
 
 @pytest.fixture
@@ -35,6 +40,7 @@ def photos(tmp_path, fixtures_dir, upload_files) -> Path:
     return folder
 
 
+@local_model
 def test_one_photo_to_one_file(photos, tmp_path, capsys):
     output = tmp_path / "older.jpg"
     assert main([str(photos / "frrepo_obama_small.jpg"), "--years", "30", "-o", str(output)]) == 0
@@ -42,12 +48,14 @@ def test_one_photo_to_one_file(photos, tmp_path, capsys):
     assert "1 face(s)" in capsys.readouterr().out
 
 
+@local_model
 def test_output_suffix_chooses_the_format(photos, tmp_path):
     output = tmp_path / "older.png"
     assert main([str(photos / "frrepo_obama_small.jpg"), "--target-age", "60", "-o", str(output)]) == 0
     assert Image.open(output).format == "PNG"
 
 
+@local_model
 def test_largest_face_only(fixtures_dir, tmp_path, capsys):
     output = tmp_path / "one.jpg"
     assert (
@@ -57,6 +65,7 @@ def test_largest_face_only(fixtures_dir, tmp_path, capsys):
     assert "1 face(s)" in capsys.readouterr().out
 
 
+@local_model
 def test_folder_to_folder_reports_failures_and_ages_the_rest(photos, tmp_path, capsys):
     output = tmp_path / "aged"
     assert main([str(photos), "--years", "20", "-o", str(output)]) == 1
@@ -66,6 +75,7 @@ def test_folder_to_folder_reports_failures_and_ages_the_rest(photos, tmp_path, c
     assert "notes.txt" not in error
 
 
+@local_model
 def test_several_files_go_to_a_folder(photos, tmp_path):
     output = tmp_path / "aged"
     assert (
@@ -75,6 +85,7 @@ def test_several_files_go_to_a_folder(photos, tmp_path):
     assert sorted(p.name for p in output.iterdir()) == ["frrepo_obama_small.jpg", "phone.jpg"]
 
 
+@local_model
 def test_a_file_that_is_not_a_photo_fails_with_the_services_message(photos, tmp_path, capsys):
     assert main([str(photos / "notes.txt"), "--years", "5", "-o", str(tmp_path / "out.jpg")]) == 1
     assert "not a photo in a supported format" in capsys.readouterr().err
@@ -88,6 +99,7 @@ def test_an_output_in_a_missing_folder_is_a_usage_error_that_names_the_folder(ph
     assert str(photo) not in error
 
 
+@local_model
 def test_the_time_taken_is_said(photos, tmp_path, capsys):
     assert main([str(photos / "frrepo_obama_small.jpg"), "--years", "5", "-o", str(tmp_path / "out.jpg")]) == 0
     captured = capsys.readouterr()
@@ -100,6 +112,7 @@ def test_missing_input_is_a_usage_error(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+@local_model
 def test_target_age_outside_the_models_range_is_refused(photos, tmp_path, age_editor, capsys):
     too_old = str(age_editor.age_range[1] + 5)
     assert main([str(photos / "frrepo_obama_small.jpg"), "--target-age", too_old, "-o", str(tmp_path / "out.jpg")]) == 2
@@ -122,6 +135,13 @@ def test_years_and_target_age_together_are_refused(photos, tmp_path):
     assert exit_info.value.code == 2
 
 
+def test_years_beyond_the_bound_are_refused_with_the_rules_message(photos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(photos / "frrepo_obama_small.jpg"), "--years", str(MAX_YEARS + 1), "-o", str(tmp_path / "out.jpg")])
+    assert exit_info.value.code == 2
+    assert YEARS_OUT_OF_RANGE in capsys.readouterr().err
+
+
 def test_neither_years_nor_target_age_is_refused_with_the_services_message(photos, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(photos / "frrepo_obama_small.jpg"), "-o", str(tmp_path / "out.jpg")])
@@ -129,7 +149,8 @@ def test_neither_years_nor_target_age_is_refused_with_the_services_message(photo
     assert ONE_KIND_OF_EDIT in capsys.readouterr().err
 
 
-def test_runs_as_a_module(photos, tmp_path):
+def test_runs_as_a_module(photos, tmp_path, age_editor):
+    """A process of its own, which loads the model from WEIGHTS_DIR (age_editor: skipped without it)."""
     output = tmp_path / "older.jpg"
     finished = subprocess.run(
         [sys.executable, "-m", "app.cli", str(photos / "frrepo_obama_small.jpg"), "--years", "30", "-o", str(output)],

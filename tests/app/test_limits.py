@@ -1,5 +1,7 @@
-"""Caps and budgets under hostile load: faces per request, the work budget, detections that are not faces,
-faces the first detection pass misses, API keys before the body, and the bytes uploads in progress hold."""
+"""Caps and budgets under hostile load, through the service: faces per request, the work budget, API keys
+before the body, and the bytes uploads in progress hold. The editor's own limits (detections that are not
+faces, the result canvas) are tested in tests/model/test_editor_limits.py, the detector's second pass in
+tests/model/test_align.py."""
 
 import asyncio
 import io
@@ -7,13 +9,11 @@ import io
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 from app.body_limit import BodyLimitMiddleware
 from app.main import create_app
 from app.settings import Settings
-from model.align import DetectedFace, FaceAligner
-from model.editor import result_canvas
 
 
 def png(image: np.ndarray | Image.Image) -> bytes:
@@ -71,66 +71,6 @@ def test_a_series_beyond_the_work_budget_edits_the_largest_face_and_says_so(age_
         <= body["faces"][0]["box"][2] - body["faces"][0]["box"][0]
     )
     assert len(ample["faces"]) == 2 and ample["skipped"] == []
-
-
-@pytest.fixture(scope="module")
-def portrait_with_a_dark_blur(photo):
-    """A portrait beside a blurred dark object on a light wall, and a detection of the object as a face (the
-    real face's landmarks moved onto it), as the detector gives for such backgrounds."""
-    portrait = photo("frrepo_obama_small.jpg")
-    wall = Image.new("RGB", (320, 240), (205, 195, 180))
-    ImageDraw.Draw(wall).ellipse((110, 40, 210, 200), fill=(35, 30, 25))
-    image = np.concatenate([portrait, np.asarray(wall.filter(ImageFilter.GaussianBlur(14)))], axis=1)
-    return image
-
-
-def test_a_detection_the_flow_finds_implausible_as_a_face_is_skipped(
-    age_editor, portrait_with_a_dark_blur, monkeypatch
-):
-    (real,) = age_editor.aligner.detect(portrait_with_a_dark_blur[:, :320])
-    offset = np.array([480.0, 120.0]) - real.landmarks.mean(0)
-    false = DetectedFace(box=real.box + np.r_[offset, offset], landmarks=real.landmarks + offset, score=0.95)
-    monkeypatch.setattr(age_editor.aligner, "detect", lambda image, smallest=20.0: [real, false])
-    result = age_editor.age_photo(portrait_with_a_dark_blur, years=30)
-    assert len(result.faces) == 1 and result.faces[0].face is real
-    assert [s.reason for s in result.skipped] == ["not_a_face"] and result.skipped[0].face is false
-    assert np.array_equal(result.image[:, 320:], portrait_with_a_dark_blur[:, 320:])
-
-
-def test_real_faces_of_the_fixtures_lie_within_the_plausible_range(age_editor, photo):
-    low, high = age_editor.plausible_bits_per_dim
-    for name in ("fr_obama.jpg", "frrepo_two_people.jpg", "skimage_astronaut.png", "skimage_camera.png"):
-        image = photo(name)
-        plan = age_editor.plan_faces(image)
-        assert plan.skipped == [] and len(plan.aligned) >= 1, name
-
-
-def test_without_the_range_in_editor_json_every_detection_is_edited(age_editor, monkeypatch):
-    monkeypatch.setattr(age_editor, "settings", {})
-    assert age_editor.plausible_bits_per_dim is None
-
-
-@pytest.fixture(scope="module")
-def six_small_faces_on_a_large_photo(photo) -> np.ndarray:
-    """Six faces of about 100 px on a 6000 x 4500 photo: 11 px on the 640 px copy detection first uses."""
-    face = Image.fromarray(photo("frrepo_obama_small.jpg")).resize((212, 159), Image.LANCZOS)  # face ~100 px
-    canvas = Image.new("RGB", (6000, 4500), (120, 125, 130))
-    for index in range(6):
-        canvas.paste(face, (600 + 1700 * (index % 3), 1200 + 1800 * (index // 3)))
-    return np.asarray(canvas)
-
-
-def test_a_second_larger_pass_finds_the_faces_the_shrunk_copy_misses(six_small_faces_on_a_large_photo):
-    first_pass_only = FaceAligner(second_pass_side=0)
-    assert len(first_pass_only.detect(six_small_faces_on_a_large_photo)) < 6
-    faces = FaceAligner(second_pass_side=1600).detect(six_small_faces_on_a_large_photo)
-    assert len(faces) == 6 and all(80 < f.size < 130 for f in faces)
-
-
-def test_result_canvas_shrinks_to_the_pixel_limit_keeping_the_aspect_ratio():
-    canvas, to_photo = result_canvas(np.zeros((300, 600, 3), np.uint8), 20_000)
-    assert canvas.shape[0] * canvas.shape[1] <= 20_000 and canvas.shape[1] == 2 * canvas.shape[0]
-    assert to_photo[0, 0] == pytest.approx(600 / canvas.shape[1])
 
 
 # ---- keys and uploads, at the ASGI level: what the app reads of a body ------------------------------------

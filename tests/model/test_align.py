@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.align import CANONICAL_LANDMARKS, FaceAligner, paste_back, scaled
+from model.align import FaceAligner, paste_back, scaled
+from model.framing import CANONICAL_LANDMARKS
 
 
 def to_uint8(crop: torch.Tensor) -> np.ndarray:
@@ -134,6 +135,23 @@ def test_smallest_face_is_measured_in_photo_pixels_on_a_large_photo(astronaut, a
     large = np.asarray(Image.fromarray(image).resize((2560, 2560), Image.BICUBIC))
     assert len(aligner.detect(large, smallest=0.25 * 2560)) == 1
     assert aligner.detect(large, smallest=0.9 * 2560) == []
+
+
+@pytest.fixture(scope="module")
+def six_small_faces_on_a_large_photo(photo) -> np.ndarray:
+    """Six faces of about 100 px on a 6000 x 4500 photo: 11 px on the 640 px copy detection first uses."""
+    face = Image.fromarray(photo("frrepo_obama_small.jpg")).resize((212, 159), Image.LANCZOS)  # face ~100 px
+    canvas = Image.new("RGB", (6000, 4500), (120, 125, 130))
+    for index in range(6):
+        canvas.paste(face, (600 + 1700 * (index % 3), 1200 + 1800 * (index // 3)))
+    return np.asarray(canvas)
+
+
+def test_a_second_larger_pass_finds_the_faces_the_shrunk_copy_misses(six_small_faces_on_a_large_photo):
+    first_pass_only = FaceAligner(second_pass_side=0)
+    assert len(first_pass_only.detect(six_small_faces_on_a_large_photo)) < 6
+    faces = FaceAligner(second_pass_side=1600).detect(six_small_faces_on_a_large_photo)
+    assert len(faces) == 6 and all(80 < f.size < 130 for f in faces)
 
 
 def test_detector_weights_load_without_network(photo, monkeypatch):

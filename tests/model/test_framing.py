@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.align import FRAMINGS, FaceAligner, face_grid, face_mask, face_scale, paste_back, reframe
-from model.masks import face_skin_mask, skin_region
+from model.align import FaceAligner, face_scale, paste_back, reframe
+from model.framing import FRAMINGS, face_grid
+from model.masks import face_mask, face_skin_mask, skin_region
 
 
 def pixel_of(point: np.ndarray, side: int) -> tuple[int, int]:

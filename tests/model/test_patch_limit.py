@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from model.align import face_grid
 from model.colour import blotch_shares, blur, limit_patches
+from model.framing import face_grid
 from model.masks import face_skin_mask
 
 SIDE = 64
