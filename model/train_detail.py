@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from model.detail import BITS_OFFSET, DetailStage, evaluate_detail_bits_per_dim, load_detail_faces, patch_batch
-from model.flow.detail import DetailConfig
+from model.flow.detail import CONDITION_PLACES, DetailConfig
 from model.run_options import add_machine_arguments, add_schedule_arguments, learning_rate
 
 
@@ -37,6 +37,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--encoder-width", type=int, default=48)
     p.add_argument("--features", type=int, default=32)
     p.add_argument("--patch", type=int, default=32, help="side of the detail window (of 64) per face and step")
+    p.add_argument(
+        "--condition-in",
+        choices=CONDITION_PLACES,
+        default="encoder",
+        help="where the age enters the flow: with the context (every coupling) or in the prior only",
+    )
+    p.add_argument("--scale-bound", type=float, default=0.0, help="the couplings' log-scale bound (0: sigmoid)")
+    p.add_argument(
+        "--age-weight",
+        type=float,
+        default=0.0,
+        help="with --condition-in prior: weight of the flow's own age cross-entropy (nats) added to the bits/dim",
+    )
     add_schedule_arguments(p, batch_size=16, warmup=200, epochs=50.0, eval_every=500, eval_limit=128)
     add_machine_arguments(p)
     return p.parse_args(argv)
@@ -48,6 +61,8 @@ def config_from(args) -> DetailConfig:
         width=args.width,
         encoder_width=args.encoder_width,
         features=args.features,
+        condition_in=args.condition_in,
+        scale_bound=args.scale_bound,
     )
 
 
@@ -71,6 +86,9 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     stage = DetailStage.from_config_json(state["config"]) if state is not None else DetailStage.new(config_from(args))
     stage.flow.to(device)
+    age_weight = args.age_weight
+    if age_weight and stage.flow.config.condition_in != "prior":
+        raise SystemExit("--age-weight needs a flow whose age enters the prior (--condition-in prior)")
     optimizer = torch.optim.Adam(stage.flow.parameters(), lr=args.lr)
 
     train = load_detail_faces(args.data, "train", limit=args.train_limit)
@@ -151,9 +169,14 @@ def main(argv=None) -> None:
             detail, context, ages = patch_batch(stage, train, idx, args.patch, generator, device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(args, step, max_steps)
-            bpd = (-stage.log_prob(detail, context, ages) / (dims * math.log(2.0))).mean() + BITS_OFFSET
+            if age_weight:
+                log_p, age_nats = stage.log_prob_and_age_nats(detail, context, ages)
+                bpd = (-log_p / (dims * math.log(2.0))).mean() + BITS_OFFSET
+                loss = bpd + age_weight * age_nats.mean()
+            else:
+                bpd = loss = (-stage.log_prob(detail, context, ages) / (dims * math.log(2.0))).mean() + BITS_OFFSET
             optimizer.zero_grad(set_to_none=True)
-            bpd.backward()
+            loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(stage.flow.parameters(), args.clip)
             if torch.isfinite(grad_norm):
                 optimizer.step()
@@ -169,6 +192,7 @@ def main(argv=None) -> None:
                         "step": step,
                         "epoch": epoch,
                         "bpd": bpd.item(),
+                        **({"age_nats": age_nats.mean().item()} if age_weight else {}),
                         "grad_norm": float(grad_norm),
                         "patches_s": rate,
                         "elapsed_min": elapsed / 60,

@@ -63,12 +63,17 @@ class HaarSplit(nn.Module):
 
 class ConditionalCoupling(nn.Module):
     """Affine coupling on the channel halves whose network reads the kept half and the condition features
-    (same spatial size); scales are sigmoid(h + 2) as in `Coupling`. Any channel count, odd included."""
+    (same spatial size). Scales are sigmoid(h + 2) as in `Coupling`, or with `scale_bound` > 0 the
+    log-scale is bound * tanh(h / bound): within exp(+-bound) both ways, so the inverse of a latent from
+    an unfamiliar context cannot blow up (sigmoid scales near zero divide by it). Any channel count."""
 
-    def __init__(self, channels: int, condition_channels: int, width: int, parity: int = 0) -> None:
+    def __init__(
+        self, channels: int, condition_channels: int, width: int, parity: int = 0, scale_bound: float = 0.0
+    ) -> None:
         super().__init__()
         self.split = channels // 2
         self.parity = parity
+        self.scale_bound = float(scale_bound)
         kept = self.split if parity == 0 else channels - self.split
         self.net = coupling_network(kept + condition_channels, 2 * (channels - kept), width)
 
@@ -81,6 +86,8 @@ class ConditionalCoupling(nn.Module):
 
     def _shift_log_scale(self, kept: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.net(torch.cat([kept, condition], 1))
+        if self.scale_bound > 0:
+            return h[:, 0::2], self.scale_bound * torch.tanh(h[:, 1::2] / self.scale_bound)
         return h[:, 0::2], F.logsigmoid(h[:, 1::2] + 2.0)
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,11 +104,13 @@ class ConditionalCoupling(nn.Module):
 class ConditionalFlowStep(nn.Module):
     """ActNorm -> 1x1 convolution -> conditional affine coupling."""
 
-    def __init__(self, channels: int, condition_channels: int, width: int, parity: int, seed: int) -> None:
+    def __init__(
+        self, channels: int, condition_channels: int, width: int, parity: int, seed: int, scale_bound: float = 0.0
+    ) -> None:
         super().__init__()
         self.actnorm = ActNorm(channels)
         self.mixing = InvertibleConv1x1(channels, seed)
-        self.coupling = ConditionalCoupling(channels, condition_channels, width, parity)
+        self.coupling = ConditionalCoupling(channels, condition_channels, width, parity, scale_bound)
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, ld_norm = self.actnorm(x)
@@ -173,6 +182,9 @@ class ContextEncoder(nn.Module):
         return out
 
 
+CONDITION_PLACES = ("encoder", "prior")
+
+
 @dataclass
 class DetailConfig:
     channels: int = 9  # detail channels (three Haar bands of an RGB image)
@@ -182,9 +194,15 @@ class DetailConfig:
     width: int = 64  # hidden channels of the coupling networks
     encoder_width: int = 48
     features: int = 32  # encoder feature channels fed to each coupling and the prior
+    # where the condition enters: "encoder" (with the context, so every coupling and the prior see it) or
+    # "prior" (only the prior's mean and log-std: the likelihood under many conditions costs one pass)
+    condition_in: str = "encoder"
+    scale_bound: float = 0.0  # the couplings' log-scale bound (0: sigmoid scales), see ConditionalCoupling
 
     def __post_init__(self) -> None:
         self.steps = tuple(int(k) for k in self.steps)
+        if self.condition_in not in CONDITION_PLACES:
+            raise ValueError(f"condition_in must be one of {CONDITION_PLACES}, not {self.condition_in!r}")
 
     @property
     def levels(self) -> int:
@@ -209,8 +227,13 @@ class DetailFlow(nn.Module):
     def __init__(self, config: DetailConfig) -> None:
         super().__init__()
         self.config = config
+        in_prior = config.condition_in == "prior"
         self.encoder = ContextEncoder(
-            config.context_channels, config.condition_dim, config.encoder_width, config.features, config.levels
+            config.context_channels,
+            0 if in_prior else config.condition_dim,
+            config.encoder_width,
+            config.features,
+            config.levels,
         )
         self.levels = nn.ModuleList()
         channels = config.channels
@@ -220,7 +243,9 @@ class DetailFlow(nn.Module):
             self.levels.append(
                 nn.ModuleList(
                     [
-                        ConditionalFlowStep(channels, config.features, config.width, parity=k % 2, seed=100 * level + k)
+                        ConditionalFlowStep(
+                            channels, config.features, config.width, k % 2, 100 * level + k, config.scale_bound
+                        )
                         for k in range(n_steps)
                     ]
                 )
@@ -232,9 +257,20 @@ class DetailFlow(nn.Module):
         nn.init.zeros_(self.prior.weight)
         nn.init.zeros_(cast(torch.Tensor, self.prior.bias))
         self.prior_base = nn.Parameter(torch.zeros(1, 2 * channels, 1, 1))
+        # with the condition in the prior: a small per-pixel network of the features and the condition adds
+        # to (mean, log-std); zero at the start, so the flow starts as without it
+        self.condition_prior: nn.Sequential | None = None
+        if in_prior and config.condition_dim:
+            last = nn.Conv2d(config.features, 2 * channels, 1)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(cast(torch.Tensor, last.bias))
+            self.condition_prior = nn.Sequential(
+                nn.Conv2d(config.features + config.condition_dim, config.features, 1), nn.ReLU(), last
+            )
 
     def features(self, context: torch.Tensor, condition: torch.Tensor | None) -> list[torch.Tensor]:
-        return self.encoder(context, condition)
+        """The encoder's features at every level (the condition read with the context where it enters there)."""
+        return self.encoder(context, None if self.condition_prior is not None else condition)
 
     def steps_of(self, level: int) -> list[ConditionalFlowStep]:
         return cast(list[ConditionalFlowStep], list(cast(nn.ModuleList, self.levels[level])))
@@ -260,22 +296,41 @@ class DetailFlow(nn.Module):
                 z = unsqueeze(z)
         return z, logdet
 
-    def prior_params(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        params = self.prior_base + self.prior(features[-1])
+    def prior_params(
+        self, features: list[torch.Tensor], condition: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        last = features[-1]
+        params = self.prior_base + self.prior(last)
+        if self.condition_prior is not None and condition is not None:
+            grid = condition[:, :, None, None].to(last.dtype).expand(-1, -1, *last.shape[2:])
+            params = params + self.condition_prior(torch.cat([last, grid], 1))
         return params[:, 0::2], params[:, 1::2]
 
     def log_prob(self, x: torch.Tensor, context: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
         """Log-density in nats of each x (continuous) under its context and condition."""
         features = self.features(context, condition)
         z, logdet = self.transform(x, features)
-        mean, logs = self.prior_params(features)
+        mean, logs = self.prior_params(features, condition)
         return ConditionalGaussianPrior.log_density(z, mean, logs) + logdet
+
+    def log_prob_under(self, x: torch.Tensor, context: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """N x K log-densities of each x under its context and each of K conditions (K x N x D: one per
+        sample for each k), from one pass of the flow: only for a flow whose condition enters the prior."""
+        if self.condition_prior is None:
+            raise ValueError("the condition enters the encoder: each condition needs its own pass")
+        features = self.features(context, None)
+        z, logdet = self.transform(x, features)
+        out = []
+        for condition in conditions:
+            mean, logs = self.prior_params(features, condition)
+            out.append(ConditionalGaussianPrior.log_density(z, mean, logs) + logdet)
+        return torch.stack(out, 1)
 
     def standardize(self, x: torch.Tensor, context: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
         """x -> its standardized latent (z - mean) / scale under the context and condition."""
         features = self.features(context, condition)
         z, _ = self.transform(x, features)
-        mean, logs = self.prior_params(features)
+        mean, logs = self.prior_params(features, condition)
         return (z - mean) * torch.exp(-logs)
 
     def generate(
@@ -283,5 +338,5 @@ class DetailFlow(nn.Module):
     ) -> torch.Tensor:
         """Standardized latent -> x under the context and condition: the inverse of `standardize`."""
         features = self.features(context, condition)
-        mean, logs = self.prior_params(features)
+        mean, logs = self.prior_params(features, condition)
         return self.untransform(mean + torch.exp(logs) * eps * temperature, features)[0]

@@ -220,3 +220,65 @@ def test_saved_stage_loads_with_the_same_likelihood(face_folder, trained_run, tm
         torch.testing.assert_close(
             DetailStage.load(tmp_path).bits_per_dim(faces, ages), stage.bits_per_dim(faces, ages), atol=0, rtol=0
         )
+
+
+def test_a_flow_with_the_age_in_its_prior_rates_every_age_in_one_pass_as_one_pass_per_age_would():
+    torch.manual_seed(0)
+    stage = DetailStage.new(
+        DetailConfig(steps=(1, 2), width=8, encoder_width=8, features=4, condition_in="prior", scale_bound=1.0)
+    )
+    with torch.no_grad():
+        for p in stage.flow.parameters():  # away from the zero start, so that the age matters
+            p.add_(0.05 * torch.randn_like(p))
+    low, detail = haar_split(torch.rand(3, 3, 32, 32))
+    context, ages = padded_context(low, stage.margin), np.array([3.0, 40.0, 80.0])
+    with torch.no_grad():
+        log_p, age_nats = stage.log_prob_and_age_nats(detail, context, ages)
+        at_knots = torch.stack([stage.log_prob(detail, context, np.full(3, k)) for k in stage.age_knots], 1)
+    torch.testing.assert_close(log_p, stage.log_prob(detail, context, ages), atol=1e-3, rtol=1e-6)
+    weights = stage.condition(ages, "cpu")
+    torch.testing.assert_close(age_nats, -(weights * torch.log_softmax(at_knots, 1)).sum(1), atol=1e-3, rtol=1e-5)
+    assert (at_knots.max(1).values - at_knots.min(1).values).min() > 1e-3  # the ages are told apart
+
+
+def test_the_age_cross_entropy_needs_the_age_in_the_prior(face_folder, tmp_path):
+    with pytest.raises(SystemExit, match="enters the prior"):
+        train_detail.main(["--data", str(face_folder), *TINY, "--age-weight", "0.1", "--run", str(tmp_path)])
+
+
+def test_training_with_the_age_in_the_prior_learns_the_ages_and_the_edit_follows_the_target_age(face_folder, tmp_path):
+    # the faces' copies relabelled with ages far apart, one per person, so that the ages can be learned
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for side in (64, 128):
+        (folder / f"faces_{side}.npy").write_bytes((face_folder / f"faces_{side}.npy").read_bytes())
+    with open(face_folder / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["age"] = str((3, 20, 45, 70, 90, 30)[int(row["file"].split("_")[0])])
+    with open(folder / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    common = ["--data", str(folder), *TINY, "--batch-size", "8", "--lr", "3e-3", "--warmup", "10"]
+    prior = ["--condition-in", "prior", "--scale-bound", "1.0", "--age-weight", "0.05", "--max-steps", "150"]
+    train_detail.main([*common, *prior, "--run", str(tmp_path / "run")])
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    nats = [r["age_nats"] for r in logged if "age_nats" in r]
+    assert len(nats) == 3 and nats[-1] < math.log(12) - 0.5, nats  # below a guess over the 12 age knots
+    stage = DetailStage.load(tmp_path / "run")
+    assert stage.flow.config.condition_in == "prior"
+    faces, ages = heldout_faces(folder)
+    older = stage.change(faces, torch.zeros(2, 3, 64, 64), ages, ages + 30)
+    torch.testing.assert_close(haar_split(older)[0], torch.zeros(2, 3, 64, 64), atol=1e-6, rtol=0)
+    assert older.abs().max() > 1e-4  # the target age alone redraws the detail
+
+
+def test_in_a_batch_a_face_whose_edit_changes_nothing_keeps_its_pixels_exactly(face_folder, trained_run):
+    stage = DetailStage.load(trained_run / "trained")
+    faces, ages = heldout_faces(face_folder)
+    low_change = torch.zeros(2, 3, 64, 64)
+    low_change[1] = 0.05
+    change = stage.change(faces, low_change, ages, np.array([ages[0], ages[1] + 10]))
+    assert torch.equal(change[0], torch.zeros_like(change[0]))
+    assert change[1].abs().max() > 1e-3

@@ -41,7 +41,7 @@ class WithCondition(torch.nn.Module):
 class DetailBijection(torch.nn.Module):
     """The whole detail flow (encoder, two levels with a squeeze) under a fixed context image and vector."""
 
-    def __init__(self) -> None:
+    def __init__(self, condition_in: str = "encoder", scale_bound: float = 0.0) -> None:
         super().__init__()
         self.flow = DetailFlow(
             DetailConfig(
@@ -52,6 +52,8 @@ class DetailBijection(torch.nn.Module):
                 width=8,
                 encoder_width=8,
                 features=3,
+                condition_in=condition_in,
+                scale_bound=scale_bound,
             )
         )
 
@@ -82,10 +84,19 @@ LAYERS = {
     "haar-split": lambda: HaarSplit(),
     "conditional-coupling-even": lambda: WithCondition(ConditionalCoupling(CHANNELS, CONDITION_CHANNELS, 8, parity=0)),
     "conditional-coupling-odd": lambda: WithCondition(ConditionalCoupling(CHANNELS, CONDITION_CHANNELS, 8, parity=1)),
+    "conditional-coupling-bounded": lambda: WithCondition(
+        ConditionalCoupling(CHANNELS, CONDITION_CHANNELS, 8, parity=0, scale_bound=0.5)
+    ),
     "conditional-step": lambda: WithCondition(ConditionalFlowStep(CHANNELS, CONDITION_CHANNELS, 8, parity=1, seed=2)),
     "detail-flow": lambda: DetailBijection(),
+    "detail-flow-prior-condition": lambda: DetailBijection(condition_in="prior", scale_bound=1.0),
 }
-CONDITIONAL = ("conditional-coupling-even", "conditional-coupling-odd", "conditional-step")
+CONDITIONAL = (
+    "conditional-coupling-even",
+    "conditional-coupling-odd",
+    "conditional-coupling-bounded",
+    "conditional-step",
+)
 
 
 def trained(name: str) -> torch.nn.Module:
@@ -159,8 +170,10 @@ def test_scaling_layers_change_volume_after_training():
         "step-realnvp",
         "haar-split",
         "conditional-coupling-even",
+        "conditional-coupling-bounded",
         "conditional-step",
         "detail-flow",
+        "detail-flow-prior-condition",
     ):
         _, logdet = trained(name)(torch.randn(1, CHANNELS, 2, 2))
         assert abs(logdet.item()) > 1e-3, name
@@ -179,6 +192,25 @@ def test_conditional_layers_keep_the_contract_under_any_condition(name):
     assert (y_first - y_second).abs().max() > 1e-3  # the condition changes the map
     assert (x_back - x).abs().max().item() < 1e-4
     torch.testing.assert_close(logdet_first + logdet_back, torch.zeros(2), atol=1e-4, rtol=0)
+
+
+def test_bounded_coupling_scales_stay_within_their_bound_however_large_the_network_output():
+    torch.manual_seed(0)
+    coupling = ConditionalCoupling(CHANNELS, CONDITION_CHANNELS, 8, parity=0, scale_bound=0.5)
+    kept = CHANNELS // 2
+    # a network whose outputs reach far beyond the bound (log-scales of +-10 unbounded)
+    coupling.net = torch.nn.Conv2d(kept + CONDITION_CHANNELS, 2 * (CHANNELS - kept), 1)
+    with torch.no_grad():
+        coupling.net.weight.normal_(0.0, 4.0)
+        x, condition = torch.randn(2, CHANNELS, 4, 4), torch.randn(2, CONDITION_CHANNELS, 4, 4)
+        raw = coupling.net(torch.cat([x[:, :kept], condition], 1))[:, 1::2]
+        _, log_scale = coupling._shift_log_scale(x[:, :kept], condition)
+        y, logdet = coupling(x, condition)
+        back, logdet_back = coupling.inverse(y, condition)
+    assert raw.abs().max() > 5.0
+    assert log_scale.abs().max() <= 0.5 and log_scale.abs().max() > 0.45
+    assert (back - x).abs().max() < 1e-4
+    torch.testing.assert_close(logdet + logdet_back, torch.zeros(2), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("parity", [0, 1])
