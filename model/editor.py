@@ -278,11 +278,11 @@ class AgeEditor:
         after, bits = self.trajectory.move(faces, reading, target, with_bits=True)
         if self.trajectory.keep_skin_tone:
             after = keep_skin_tone(faces, no_added_tint(faces, after), self.framing)
+        if self.patch_limit is not None:  # before the cheeks' colour is restored: clipping a patch moves it
+            after = limit_patches(faces, after, *self.patch_limit, framing=self.framing)
         after = within_gamut(faces, after).clamp(0, 1)
         if self.trajectory.keep_skin_tone:
             after = keep_cheek_colour(faces, after, framing=self.framing)
-        if self.patch_limit is not None:
-            after = limit_patches(faces, after, *self.patch_limit, framing=self.framing).clamp(0, 1)
         return after, finite_or_inf(bits.cpu().numpy())
 
     @property

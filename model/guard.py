@@ -7,7 +7,8 @@ face already beyond that, more than its original's plus the real faces' spread (
 median), or while its colour change is blotched over more than `max_blotch_share` of the central face
 (`model.colour.blotch_shares`). A detection is edited only when its crop's exact bits/dim lie within
 PLAUSIBLE_RANGE times the real faces' mean (`plausible_face_bits_per_dim`). `python -m model.guard
---weights weights --data data/faces-tight` measures the real faces and writes both into weights/editor.json.
+--weights weights --data data/faces-tight` measures the real faces and writes both into weights/editor.json,
+with the editor's limit on broad patches (`patch_limit`, `model.colour.limit_patches`; `--patch-limit`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from model.colour import BLOTCH_SHARE
-from model.editor import EDITOR_CONFIG, GUARD_KEY, PLAUSIBLE_BITS_KEY
+from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, PLAUSIBLE_BITS_KEY
 
 # a detection is rated a face between these multiples of real held-out faces' mean exact bits/dim: wide on
 # both sides, since real photos differ from the training crops (light, blur, compression): the faces of the
@@ -54,6 +55,24 @@ def plausible_range(bits: np.ndarray) -> list[float]:
     return [round(PLAUSIBLE_RANGE[0] * mean, 3), round(PLAUSIBLE_RANGE[1] * mean, 3)]
 
 
+# the shipped limit on broad patches: the blurred change departs from its median over the skin by at most
+# 0.15 (RGB length) at a blur of 1 pixel of the 64 px crop (chosen in docs/EVALUATION.md, fourth session)
+PATCH_LIMIT = "0.15:1.0"
+
+
+def patch_limit_setting(text: str) -> dict | None:
+    """`MAX:SIGMA` -> editor.json's `patch_limit` entry; `off` -> None (no limit)."""
+    if text == "off":
+        return None
+    try:
+        max_departure, sigma_64 = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"a patch limit is MAX:SIGMA (for example {PATCH_LIMIT}) or off, not {text!r}") from None
+    if not (max_departure > 0 and sigma_64 > 0):
+        raise ValueError(f"a patch limit's departure and blur must be positive, not {text!r}")
+    return {"max_departure": max_departure, "sigma_64": sigma_64}
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -71,8 +90,17 @@ def main(argv=None) -> None:
         default=BLOTCH_SHARE,
         help="share of the central face an edit may blotch before it is scaled back (negative: no blotch limit)",
     )
+    parser.add_argument(
+        "--patch-limit",
+        default=PATCH_LIMIT,
+        help="the editor's limit on broad patches, MAX:SIGMA (RGB departure, blur in 64 px pixels), or off",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    try:
+        patch_limit = patch_limit_setting(args.patch_limit)
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     editor = AgeEditor.from_dir(args.weights)
@@ -84,6 +112,10 @@ def main(argv=None) -> None:
     config = json.loads(path.read_text()) if path.exists() else {}  # read just before writing: shared file
     config[GUARD_KEY] = settings
     config[PLAUSIBLE_BITS_KEY] = plausible_range(bits)
+    if patch_limit is None:
+        config.pop(PATCH_LIMIT_KEY, None)
+    else:
+        config[PATCH_LIMIT_KEY] = patch_limit
     path.write_text(json.dumps(config, indent=2) + "\n")
     print(
         f"real held-out faces: median {settings['heldout_median_bits_per_dim']} exact bits/dim, "

@@ -3,6 +3,10 @@ zero edit are left as they are."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
 from model.colour import blotch_shares, blur, limit_patches
@@ -54,3 +58,25 @@ def test_thin_lines_and_changes_off_the_skin_pass():
     off_skin = skin == 0
     assert off_skin.float().mean() > 0.05
     assert torch.equal(limited[:, :, off_skin], after[:, :, off_skin])
+
+
+def test_the_patch_limit_setting_is_what_the_editor_reads_and_off_is_none():
+    from model.editor import AgeEditor
+    from model.guard import PATCH_LIMIT, patch_limit_setting
+
+    setting = patch_limit_setting(PATCH_LIMIT)
+    assert setting == {"max_departure": 0.15, "sigma_64": 1.0}
+    editor = AgeEditor.__new__(AgeEditor)
+    editor.settings = {"patch_limit": setting}
+    assert editor.patch_limit == (0.15, 1.0)
+    assert patch_limit_setting("off") is None
+    for bad in ("0.15", "a:b", "0:1", "0.1:-1"):
+        with pytest.raises(ValueError, match="patch limit"):
+            patch_limit_setting(bad)
+
+
+def test_the_shipped_editor_limits_broad_patches_as_the_guard_writes_it():
+    from model.guard import PATCH_LIMIT, patch_limit_setting
+
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "weights" / "editor.json").read_text())
+    assert shipped["patch_limit"] == patch_limit_setting(PATCH_LIMIT)
