@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -12,9 +12,12 @@ class ServerBusy(Exception):
 
 
 class InferenceGate:
-    """`slots` requests run at once and up to `queue` more wait; used from worker threads, never the event loop."""
+    """`slots` requests run at once and up to `queue` more wait; used from worker threads, never the event loop.
+    `prepare`, if given, runs in the worker thread each time a request gets its slot, before it runs: for the
+    settings of the thread that the model's arithmetic depends on."""
 
-    def __init__(self, slots: int, queue: int) -> None:
+    def __init__(self, slots: int, queue: int, prepare: Callable[[], None] | None = None) -> None:
+        self._prepare = prepare
         self._slots = threading.BoundedSemaphore(slots)
         self._capacity = slots + queue
         self._admitted = 0
@@ -33,6 +36,8 @@ class InferenceGate:
             self._admitted += 1
         try:
             with self._slots:
+                if self._prepare is not None:
+                    self._prepare()
                 yield
         finally:
             with self._lock:

@@ -695,6 +695,25 @@ def test_requests_beyond_the_queue_get_503_with_retry_after(fake_editor, small_j
         assert client.get("/healthz").status_code == 200
 
 
+def test_a_request_runs_the_model_in_a_thread_that_flushes_denormal_floats(fake_editor):
+    """Denormals cost the CPU many times a normal float's time; the setting is per thread, so the gate makes
+    it in the worker thread that holds the slot."""
+    gate_app = create_app(Settings(max_concurrency=1, max_queue=0), editor=fake_editor)
+    seen = []
+
+    def in_a_worker() -> None:
+        torch.set_flush_denormal(False)
+        tiny = torch.tensor([1e-39])
+        seen.append((tiny * 1.0).item() != 0.0)  # before: denormals kept
+        with gate_app.state.service.gate.slot():
+            seen.append((tiny * 1.0).item() == 0.0)  # inside the slot: flushed
+
+    worker = threading.Thread(target=in_a_worker)
+    worker.start()
+    worker.join(30)
+    assert seen == [True, True]
+
+
 def test_waiting_requests_run_when_a_slot_frees(fake_editor, small_jpeg):
     queued_app = create_app(Settings(max_concurrency=1, max_queue=1), editor=fake_editor)
     statuses = []
