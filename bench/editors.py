@@ -19,6 +19,7 @@ from model.checkpoint import WEIGHTS
 from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, AgeEditor
 from model.fine_detail import DETAIL_KEY
 from model.flow.glow import Glow
+from model.guard import patch_limit_setting
 from model.heads import HEADS_FILE, load_heads
 from model.masks import face_mask
 from model.transport import TransportTrajectory, file_digest, load_transport
@@ -87,9 +88,8 @@ def build_editor(
         settings[DETAIL_KEY] = shipped[DETAIL_KEY]
     if patch_limit == "shipped" and PATCH_LIMIT_KEY in shipped:
         settings[PATCH_LIMIT_KEY] = shipped[PATCH_LIMIT_KEY]
-    elif patch_limit not in ("shipped", "off"):
-        departure, sigma = (float(v) for v in patch_limit.split(":"))
-        settings[PATCH_LIMIT_KEY] = {"max_departure": departure, "sigma_64": sigma}
+    elif patch_limit != "shipped" and (limit := patch_limit_setting(patch_limit)) is not None:
+        settings[PATCH_LIMIT_KEY] = limit
     if reading == "heads" and (weights / HEADS_FILE).exists():
         trajectory.heads = load_heads(weights / HEADS_FILE)
     # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does

@@ -129,17 +129,16 @@ class DetailStage:
         exactly zero."""
         device = faces.device
         low, detail = haar_split(faces)
-        ages_t = torch.as_tensor(np.asarray(ages, np.float64)).reshape(-1)
-        targets_t = torch.as_tensor(np.asarray(target_ages, np.float64)).reshape(-1)
-        moved = (low_change.flatten(1) != 0).any(1).cpu() | (ages_t != targets_t)
+        ages, target_ages = np.asarray(ages, np.float64).reshape(-1), np.asarray(target_ages, np.float64).reshape(-1)
+        moved = (low_change.flatten(1) != 0).any(1).cpu().numpy() | (ages != target_ages)
         detail_change = torch.zeros_like(detail)
-        index = torch.nonzero(moved).flatten()
+        index = np.flatnonzero(moved)
         if len(index):
-            i = index.to(device)
+            i = torch.from_numpy(index).to(device)
             before = padded_context(low[i], self.margin)
             after = padded_context(low[i] + low_change[i], self.margin)
-            source = self.condition(ages_t[index].numpy(), device)
-            target = self.condition(targets_t[index].numpy(), device)
+            source = self.condition(ages[index], device)
+            target = self.condition(target_ages[index], device)
             eps = self.flow.standardize(detail[i], before, source)
             detail_change[i] = self.flow.generate(eps, after, target) - detail[i]
         return haar_merge(low_change, detail_change)
