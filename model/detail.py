@@ -37,9 +37,14 @@ def age_condition(ages, knots: tuple[float, ...] = DEFAULT_AGE_KNOTS) -> torch.T
     return age_weights(torch.as_tensor(np.asarray(ages, np.float32)).reshape(-1), tuple(knots))
 
 
-def padded_context(low: torch.Tensor, margin: int) -> torch.Tensor:
-    """The low band (in [0, 1]) as the flow's context: centred and padded by the encoder's margin with
-    its own border pixels."""
+def padded_context(low: torch.Tensor, margin: int, blur: int = 1) -> torch.Tensor:
+    """The low band (in [0, 1]) as the flow's context: blurred to blocks of `blur` pixels (averaged, then
+    bilinearly interpolated back; 1: as it is), centred and padded by the encoder's margin with its own
+    border pixels. A blurred context keeps where the face's parts are and hides the fine tone of its low
+    band, so the detail has to take its strength from the age rather than read it off the low band (and
+    an edit's own small artefacts in the low band are not drawn out into lines)."""
+    if blur > 1:
+        low = F.interpolate(F.avg_pool2d(low, blur), size=low.shape[-2:], mode="bilinear", align_corners=False)
     return F.pad(low - 0.5, (margin,) * 4, mode="replicate")
 
 
@@ -75,18 +80,29 @@ def load_detail_faces(
 class DetailStage:
     """The detail flow with its age encoding: likelihood of a face's detail, and the edit the editor calls."""
 
-    def __init__(self, flow: DetailFlow, age_knots: tuple[float, ...] = DEFAULT_AGE_KNOTS) -> None:
+    def __init__(
+        self, flow: DetailFlow, age_knots: tuple[float, ...] = DEFAULT_AGE_KNOTS, context_blur: int = 1
+    ) -> None:
         self.flow = flow
         self.age_knots = tuple(float(a) for a in age_knots)
+        if context_blur < 1 or 64 % context_blur:
+            raise ValueError(f"context_blur must divide 64, not {context_blur}")
+        self.context_blur = int(context_blur)
 
     @classmethod
-    def new(cls, config: DetailConfig | None = None, age_knots: tuple[float, ...] = DEFAULT_AGE_KNOTS) -> DetailStage:
+    def new(
+        cls, config: DetailConfig | None = None, age_knots: tuple[float, ...] = DEFAULT_AGE_KNOTS, context_blur: int = 1
+    ) -> DetailStage:
         config = replace(config or DetailConfig(), condition_dim=len(age_knots))
-        return cls(DetailFlow(config), age_knots)
+        return cls(DetailFlow(config), age_knots, context_blur)
 
     @property
     def margin(self) -> int:
         return self.flow.config.margin
+
+    def context(self, low: torch.Tensor) -> torch.Tensor:
+        """Whole 64 px low bands (N x 3 x 64 x 64) -> the flow's padded contexts."""
+        return padded_context(low, self.margin, self.context_blur)
 
     def condition(self, ages, device) -> torch.Tensor:
         return age_condition(ages, self.age_knots).to(device)
@@ -115,7 +131,7 @@ class DetailStage:
         """Bits per detail coefficient of each 128 px face (N x 3 x 128 x 128, dequantized pixels / 256)
         given its 64 px low band and age."""
         low, detail = haar_split(pixels)
-        log_p = self.log_prob(detail, padded_context(low, self.margin), ages)
+        log_p = self.log_prob(detail, self.context(low), ages)
         return -log_p / (detail[0].numel() * math.log(2.0)) + BITS_OFFSET
 
     # ---- the edit -------------------------------------------------------------------------------------
@@ -135,8 +151,8 @@ class DetailStage:
         index = np.flatnonzero(moved)
         if len(index):
             i = torch.from_numpy(index).to(device)
-            before = padded_context(low[i], self.margin)
-            after = padded_context(low[i] + low_change[i], self.margin)
+            before = self.context(low[i])
+            after = self.context(low[i] + low_change[i])
             source = self.condition(ages[index], device)
             target = self.condition(target_ages[index], device)
             eps = self.flow.standardize(detail[i], before, source)
@@ -159,13 +175,20 @@ class DetailStage:
 
     def config_json(self) -> str:
         return json.dumps(
-            {"resolution": RESOLUTION, "flow": self.flow.config.to_dict(), "age_knots": list(self.age_knots)}, indent=2
+            {
+                "resolution": RESOLUTION,
+                "flow": self.flow.config.to_dict(),
+                "age_knots": list(self.age_knots),
+                "context_blur": self.context_blur,
+            },
+            indent=2,
         )
 
     @classmethod
     def from_config_json(cls, text: str) -> DetailStage:
         values = json.loads(text)
-        return cls(DetailFlow(DetailConfig(**values["flow"])), tuple(values["age_knots"]))
+        flow = DetailFlow(DetailConfig(**values["flow"]))
+        return cls(flow, tuple(values["age_knots"]), int(values.get("context_blur", 1)))
 
     @classmethod
     def load(cls, folder: Path, device: str | torch.device = "cpu") -> DetailStage:
@@ -213,7 +236,7 @@ def patch_batch(
     x = faces.pixels(indices, "cpu", noise)
     x[flip] = x[flip].flip(3)
     low, detail = haar_split(x)
-    context = padded_context(low, stage.margin)
+    context = stage.context(low)
     m2 = patch + 2 * stage.margin
     details = torch.stack([detail[i, :, y : y + patch, x0 : x0 + patch] for i, (y, x0) in enumerate(offsets.tolist())])
     contexts = torch.stack([context[i, :, y : y + m2, x0 : x0 + m2] for i, (y, x0) in enumerate(offsets.tolist())])

@@ -43,6 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="encoder",
         help="where the age enters the flow: with the context (every coupling) or in the prior only",
     )
+    p.add_argument(
+        "--context-blur",
+        type=int,
+        default=1,
+        help="blur the 64 px context to blocks of this many pixels (1: none; must divide 64)",
+    )
     p.add_argument("--scale-bound", type=float, default=0.0, help="the couplings' log-scale bound (0: sigmoid)")
     p.add_argument(
         "--age-weight",
@@ -84,7 +90,11 @@ def main(argv=None) -> None:
         torch.load(state_path, map_location="cpu", weights_only=True) if args.resume and state_path.exists() else None
     )
     torch.manual_seed(args.seed)
-    stage = DetailStage.from_config_json(state["config"]) if state is not None else DetailStage.new(config_from(args))
+    stage = (
+        DetailStage.from_config_json(state["config"])
+        if state is not None
+        else DetailStage.new(config_from(args), context_blur=args.context_blur)
+    )
     stage.flow.to(device)
     age_weight = args.age_weight
     if age_weight and stage.flow.config.condition_in != "prior":

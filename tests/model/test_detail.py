@@ -282,3 +282,23 @@ def test_in_a_batch_a_face_whose_edit_changes_nothing_keeps_its_pixels_exactly(f
     change = stage.change(faces, low_change, ages, np.array([ages[0], ages[1] + 10]))
     assert torch.equal(change[0], torch.zeros_like(change[0]))
     assert change[1].abs().max() > 1e-3
+
+
+def test_a_blurred_context_is_the_block_average_smoothed_and_travels_with_the_saved_stage(tmp_path):
+    low = torch.zeros(1, 3, 64, 64)
+    low[:, :, :, 32:] = 1.0  # a sharp vertical edge between blocks
+    low[:, :, 10, 10] = 1.0  # one bright pixel: gone into its block's average
+    sharp, blurred = padded_context(low, 4), padded_context(low, 4, blur=8)
+    m = 4
+    assert torch.equal(sharp[:, :, m:-m, m:-m], low - 0.5)
+    inner = blurred[:, :, m:-m, m:-m] + 0.5
+    assert abs(inner[0, 0, 10, 10].item() - 1 / 64) < 0.02  # the pixel's block average, nearly
+    assert 0.2 < inner[0, 0, 20, 31].item() < 0.5 < inner[0, 0, 20, 32].item() < 0.8  # the edge, softened
+    assert torch.allclose(inner.mean(), low.mean(), atol=1e-6)
+    stage = DetailStage.new(DetailConfig(steps=(1, 1), width=8, encoder_width=8, features=4), context_blur=4)
+    stage.save(tmp_path)
+    loaded = DetailStage.load(tmp_path)
+    assert loaded.context_blur == 4
+    torch.testing.assert_close(loaded.context(low), padded_context(low, stage.margin, 4))
+    with pytest.raises(ValueError, match="divide 64"):
+        DetailStage.new(context_blur=3)
