@@ -7,6 +7,14 @@ run of the same arguments made with `--epochs 0` (the untrained start: ActNorm i
 Fine-detail energy is the mean square of the three Haar detail bands over the central face (the middle half
 of the crop in each direction); the edits change the age only (no 64 px change), so they show what the
 detail flow alone does with the target age.
+
+With `--edits-from WEIGHTS`, also under the shipped editor's own edits (+30 and -25 years, its guard on):
+each held-out 128 px face's 64 px low band is edited by the main flow, and the 128 px result is made the way
+the service makes it now (the 64 px change smoothed and upsampled, plus the photo's own fine detail rescaled
+to the new age: `AgeEditor.work_changes` at a 128 px work crop) and with the detail stage in its place
+(`DetailStage.change` of the 64 px change, at the editor's read ages); and with only the stage's redrawn detail added to
+today's smoothed 64 px change; `--crops FILE` writes six of those faces across the ages, a row each: the face,
+then the three results for +30 years and the three for -25.
 """
 
 from __future__ import annotations
@@ -16,10 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from bench.common import Table, machine_line, measure, ms, parser_for, print_tables, use_threads
-from model.detail import DetailStage, evaluate_detail_bits_per_dim, load_detail_faces
-from model.flow.detail import haar_split
+from model.detail import DetailFaces, DetailStage, evaluate_detail_bits_per_dim, load_detail_faces
+from model.editor import AgeEditor
+from model.flow.detail import haar_merge, haar_split
+
+EDIT_YEARS = (30, -25)
+CROP_FACES = 6
 
 
 def central_detail_energy(faces: torch.Tensor) -> torch.Tensor:
@@ -36,6 +49,11 @@ def main(argv=None) -> None:
     parser.add_argument("--initial", type=Path, default=None)
     parser.add_argument("--data", type=Path, default=Path("data/faces-tight"))
     parser.add_argument("--limit", type=int, default=0, help="held-out faces (0: all)")
+    parser.add_argument("--edits-from", type=Path, default=None, help="the shipped editor's weights folder")
+    parser.add_argument(
+        "--edit-faces", type=int, default=96, help="held-out faces edited with --edits-from, spread over the split"
+    )
+    parser.add_argument("--crops", type=Path, default=None, help="with --edits-from: a JPEG of edited crops")
     args = parser.parse_args(argv)
     use_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -76,7 +94,61 @@ def main(argv=None) -> None:
             ratios += (central_detail_energy(after) / central_detail_energy(faces)).tolist()
         detail.add(f"{years:+d} years, age only: after / before", len(idx), f"{statistics.median(ratios):.2f}")
     tables.append(detail)
+    if args.edits_from is not None:
+        tables.append(under_edits(stage, AgeEditor.from_dir(args.edits_from), heldout, args.edit_faces, args.crops))
     print_tables(tables)
+
+
+@torch.no_grad()
+def under_edits(stage: DetailStage, editor: AgeEditor, faces: DetailFaces, count: int, crops_path) -> Table:
+    """Fine-detail energy after / before under the editor's own 64 px edits: as the service pastes them now,
+    with the detail stage as designed (its 128 px change: the 64 px change in the low band, the redrawn detail
+    in the detail bands), and with only the stage's redrawn detail added to today's smoothed, upsampled 64 px
+    change (in place of the photo's own detail rescaled); with `crops_path`, a figure of six of the faces,
+    chosen across the ages."""
+    editor.work_size = 128
+    index = np.unique(np.linspace(0, len(faces) - 1, min(count, len(faces))).round().astype(int))  # spread out
+    shown_faces = index[np.argsort(faces.ages[index], kind="stable")][
+        np.linspace(0, len(index) - 1, CROP_FACES).round().astype(int)
+    ]
+    ways = ["today's paste", "detail stage", "its detail on today's change"]
+    table = Table(
+        f"under the editor's own edits ({len(index)} held-out faces, guard on): central fine-detail energy, "
+        "after / before (median)",
+        ["edit", *ways],
+    )
+    columns = [faces.pixels(shown_faces)]
+    for years in EDIT_YEARS:
+        ratios: list[list[float]] = [[] for _ in ways]
+        results = {}
+        for start in range(0, len(index), 32):
+            batch = index[start : start + 32]
+            pixels = faces.pixels(batch)
+            edits = editor.edit(haar_split(pixels)[0], years=years)
+            changes = torch.stack([e.change for e in edits])
+            before, after = [e.age_before for e in edits], [e.age_after for e in edits]
+            smooth = torch.stack([editor.work_change(e) for e in edits])
+            staged = stage.change(pixels, changes, before, after)
+            redrawn = staged - haar_merge(changes, torch.zeros_like(haar_split(pixels)[1]))
+            made = [
+                pixels + smooth + editor.fine_detail_change(pixels, edits),
+                pixels + staged,
+                pixels + smooth + redrawn,
+            ]
+            energy = central_detail_energy(pixels)
+            for way, result in zip(ratios, made):
+                way += (central_detail_energy(result.clamp(0, 1)) / energy).tolist()
+            for i, face in enumerate(batch):
+                if face in shown_faces:
+                    results[int(face)] = [m[i] for m in made]
+        table.add(f"{years:+d} years", *(f"{statistics.median(r):.2f}" for r in ratios))
+        for way in range(len(ways)):
+            columns.append(torch.stack([results[int(face)][way] for face in shown_faces]))
+    if crops_path is not None:
+        grid = torch.cat([torch.cat(list(column.clamp(0, 1)), 1) for column in columns], 2)
+        crops_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()).save(crops_path, quality=92)
+    return table
 
 
 if __name__ == "__main__":
