@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.align import FaceAligner, paste_back, scaled
+from model.align import FaceAligner, downscaled, paste_back, scaled
 from model.framing import CANONICAL_LANDMARKS
 
 
@@ -172,3 +172,21 @@ def test_torch_torchvision_and_facenet_pytorch_work_together():
     keep = torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5)
     assert keep.tolist() == [0, 2]
     assert hasattr(facenet_pytorch, "MTCNN")
+
+
+@pytest.mark.parametrize("shape", [(1152, 864), (700, 2000), (641, 640)])
+def test_the_copy_detection_runs_on_is_the_photos_bilinear_shrink(shape):
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (shape[0] // 8 + 1, shape[1] // 8 + 1, 3), dtype=np.uint8)
+    photo = np.asarray(Image.fromarray(small).resize(shape[::-1], Image.BICUBIC))  # smooth, with some texture
+    photo = np.ascontiguousarray(
+        np.clip(photo.astype(int) + rng.integers(-20, 21, photo.shape), 0, 255).astype(np.uint8)
+    )
+    copy, factor = downscaled(photo, 640)
+    assert max(copy.shape[:2]) == 640 and factor == 640 / max(shape)
+    assert copy.dtype == np.uint8 and copy.flags["C_CONTIGUOUS"]
+    expected = np.asarray(Image.fromarray(photo).resize(copy.shape[1::-1], Image.BILINEAR)).astype(int)
+    difference = np.abs(copy.astype(int) - expected)
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+    same, one = downscaled(photo[:600, :600], 640)
+    assert one == 1.0 and same is not None and np.array_equal(same, photo[:600, :600])
