@@ -12,9 +12,10 @@ With `--edits-from WEIGHTS`, also under the shipped editor's own edits (+30 and 
 each held-out 128 px face's 64 px low band is edited by the main flow, and the 128 px result is made the way
 the service makes it now (the 64 px change smoothed and upsampled, plus the photo's own fine detail rescaled
 to the new age: `AgeEditor.work_changes` at a 128 px work crop) and with the detail stage in its place
-(`DetailStage.change` of the 64 px change, at the editor's read ages); and with only the stage's redrawn detail added to
-today's smoothed 64 px change; `--crops FILE` writes six of those faces across the ages, a row each: the face,
-then the three results for +30 years and the three for -25.
+(`DetailStage.change` of the 64 px change, at the editor's read ages); with only the stage's redrawn detail added to
+today's smoothed 64 px change, and with the detail redrawn under the unedited low band at the new age added
+to today's change; `--crops FILE` writes six of those faces across the ages, a row each: the face, then the
+four results for +30 years and the four for -25.
 """
 
 from __future__ import annotations
@@ -103,15 +104,16 @@ def main(argv=None) -> None:
 def under_edits(stage: DetailStage, editor: AgeEditor, faces: DetailFaces, count: int, crops_path) -> Table:
     """Fine-detail energy after / before under the editor's own 64 px edits: as the service pastes them now,
     with the detail stage as designed (its 128 px change: the 64 px change in the low band, the redrawn detail
-    in the detail bands), and with only the stage's redrawn detail added to today's smoothed, upsampled 64 px
-    change (in place of the photo's own detail rescaled); with `crops_path`, a figure of six of the faces,
-    chosen across the ages."""
+    in the detail bands), with only the stage's redrawn detail added to today's smoothed, upsampled 64 px
+    change (in place of the photo's own detail rescaled), and with the detail redrawn under the face's own
+    low band at the new age (the age alone moves it) added to today's change; with `crops_path`, a figure of
+    six of the faces, chosen across the ages."""
     editor.work_size = 128
     index = np.unique(np.linspace(0, len(faces) - 1, min(count, len(faces))).round().astype(int))  # spread out
     shown_faces = index[np.argsort(faces.ages[index], kind="stable")][
         np.linspace(0, len(index) - 1, CROP_FACES).round().astype(int)
     ]
-    ways = ["today's paste", "detail stage", "its detail on today's change"]
+    ways = ["today's paste", "detail stage", "its detail on today's change", "age-only detail on today's change"]
     table = Table(
         f"under the editor's own edits ({len(index)} held-out faces, guard on): central fine-detail energy, "
         "after / before (median)",
@@ -130,10 +132,12 @@ def under_edits(stage: DetailStage, editor: AgeEditor, faces: DetailFaces, count
             smooth = torch.stack([editor.work_change(e) for e in edits])
             staged = stage.change(pixels, changes, before, after)
             redrawn = staged - haar_merge(changes, torch.zeros_like(haar_split(pixels)[1]))
+            aged_only = stage.change(pixels, torch.zeros_like(changes), before, after)
             made = [
                 pixels + smooth + editor.fine_detail_change(pixels, edits),
                 pixels + staged,
                 pixels + smooth + redrawn,
+                pixels + smooth + aged_only,
             ]
             energy = central_detail_energy(pixels)
             for way, result in zip(ratios, made):
