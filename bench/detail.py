@@ -131,7 +131,7 @@ def under_edits(stage: DetailStage, editor: AgeEditor, faces: DetailFaces, count
             before, after = [e.age_before for e in edits], [e.age_after for e in edits]
             smooth = torch.stack([editor.work_change(e) for e in edits])
             staged = stage.change(pixels, changes, before, after)
-            redrawn = staged - haar_merge(changes, torch.zeros_like(haar_split(pixels)[1]))
+            redrawn = staged - haar_merge(changes, changes.new_zeros(len(batch), 9, 64, 64))  # its detail bands
             aged_only = stage.change(pixels, torch.zeros_like(changes), before, after)
             made = [
                 pixels + smooth + editor.fine_detail_change(pixels, edits),
