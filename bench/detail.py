@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from app.imaging import tensor_to_image
 from bench.common import Table, machine_line, measure, ms, parser_for, print_tables, use_threads
 from model.detail import DetailFaces, DetailStage, evaluate_detail_bits_per_dim, load_detail_faces
 from model.editor import AgeEditor
@@ -151,7 +152,7 @@ def under_edits(stage: DetailStage, editor: AgeEditor, faces: DetailFaces, count
     if crops_path is not None:
         grid = torch.cat([torch.cat(list(column.clamp(0, 1)), 1) for column in columns], 2)
         crops_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()).save(crops_path, quality=92)
+        Image.fromarray(tensor_to_image(grid)).save(crops_path, quality=92)
     return table
 
 

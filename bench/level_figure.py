@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from app.imaging import tensor_to_image
 from bench.figures import figure_faces, grid_image
 from model.age import PosthocTrajectory
 from model.data import load_faces
@@ -40,8 +41,7 @@ def with_strengths(trajectory: PosthocTrajectory, older: list[float], younger: l
 
 
 def shown(faces: torch.Tensor) -> list[np.ndarray]:
-    big = torch.nn.functional.interpolate(faces.clamp(0, 1), size=SIDE, mode="nearest")
-    return list(big.mul(255).round().byte().permute(0, 2, 3, 1).numpy())
+    return [tensor_to_image(face) for face in torch.nn.functional.interpolate(faces, size=SIDE, mode="nearest")]
 
 
 @torch.no_grad()
