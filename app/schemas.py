@@ -253,6 +253,16 @@ class SamplesResponse(BaseModel):
     images: list[EncodedImage]
 
 
+class DetailInfo(BaseModel):
+    """The 128 px detail stage: a flow of the face's fine detail given its 64 px face and age, which redraws
+    the detail at the new age."""
+
+    resolution: int = Field(description="Side of the aligned face the detail stage works on, pixels.")
+    context_blur: int = Field(description="Pixels of the 64 px face averaged together for the stage's context.")
+    age_knots: list[float] = Field(description="Ages, years, between which the stage's age condition is spread.")
+    parameters: int = Field(description="Number of trained parameters.")
+
+
 class ModelInfo(BaseModel):
     """What the model is, from the weights folder; editor.json may add more fields than these."""
 
@@ -289,6 +299,9 @@ class ModelInfo(BaseModel):
     training_epochs: float | None = Field(None, description="Passes over the training faces the flow was trained for.")
     heldout_age_error_years: float | None = Field(
         None, description="Mean absolute error, years, of the current age the model reads from held-out faces."
+    )
+    detail: DetailInfo | None = Field(
+        None, description="The detail stage that redraws the face's fine detail at the new age; null: none."
     )
 
 

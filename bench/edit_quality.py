@@ -173,6 +173,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         args.younger_level_strengths,
         not args.no_fine_detail,
         args.patch_limit,
+        args.detail_stage,
     )
     lap("editor")
 
@@ -294,6 +295,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     label = config_label(args.method, strengths, args.details) + (" guarded" if args.guard else "")
     if editor.fine_detail is not None:
         label += " fine detail"
+    if editor.detail_stage is not None:
+        label += " detail stage"
     if editor.patch_limit is not None:
         label += " patches {:g}-{:g}".format(*editor.patch_limit)
     if args.younger_level_strengths:
@@ -323,6 +326,9 @@ def evaluate(args: argparse.Namespace) -> dict:
             "details": args.details,
             "guard": args.guard,
             "fine_detail": editor.fine_detail is not None,
+            "detail_stage": None
+            if editor.detail_stage is None
+            else {"folder": args.detail_stage, **editor.detail_stage.info()},
             "patch_limit": editor.patch_limit,
             "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name else None,
             "level_strengths": strengths,
@@ -560,6 +566,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the photo's fine detail as it is (default: rescaled to the new age where --weights/editor.json "
         "has a fitted curve, as the service does)",
+    )
+    parser.add_argument(
+        "--detail-stage",
+        default="shipped",
+        metavar="shipped|off|DIR",
+        help="the 128 px detail flow that redraws the detail at the new age (model.detail): --weights' (where it "
+        "has one, as the service does), none (the fitted curve rescales the photo's own detail), or a folder's",
     )
     parser.add_argument(
         "--patch-limit",

@@ -16,6 +16,8 @@ from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajec
 from model.age_fit import fit_posthoc, reduce_rank
 from model.align import reframe
 from model.checkpoint import WEIGHTS
+from model.detail import CONFIG as DETAIL_CONFIG
+from model.detail import DetailStage
 from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, AgeEditor
 from model.fine_detail import DETAIL_KEY
 from model.flow.glow import Glow
@@ -60,12 +62,15 @@ def build_editor(
     younger=None,
     fine_detail: bool = True,
     patch_limit: str = "shipped",
+    detail_stage: str = "shipped",
 ) -> AgeEditor:
     """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
     likelihood guard of weights/editor.json; `reading`: "heads" reads the current age with the flow's
     supervised heads where the weights have them, "fit" always with the post-hoc fit; `fine_detail`: the
     photo's fine detail rescaled to the new age as weights/editor.json says (where it says); `patch_limit`:
-    "shipped" (weights/editor.json's, where it has one), "off", or "MAX_DEPARTURE:SIGMA_64"."""
+    "shipped" (weights/editor.json's, where it has one), "off", or "MAX_DEPARTURE:SIGMA_64"; `detail_stage`: the 128 px
+    detail flow (model.detail) that redraws the detail at the new age, "shipped" (the weights folder's, where
+    it has one), "off", or the folder of a detail stage (a training run's)."""
     if method == TransportTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)
@@ -92,8 +97,14 @@ def build_editor(
         settings[PATCH_LIMIT_KEY] = limit
     if reading == "heads" and (weights / HEADS_FILE).exists():
         trajectory.heads = load_heads(weights / HEADS_FILE)
+    stage_folder = weights if detail_stage == "shipped" else None if detail_stage == "off" else Path(detail_stage)
+    stage = None
+    if stage_folder is not None and (stage_folder / DETAIL_CONFIG).exists():
+        stage = DetailStage.load(stage_folder)
+    elif detail_stage not in ("shipped", "off"):
+        raise SystemExit(f"{detail_stage} holds no detail stage ({DETAIL_CONFIG})")
     # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
-    return AgeEditor(ReadingOnce(trajectory), settings, work_size=CROP_SIDE)
+    return AgeEditor(ReadingOnce(trajectory), settings, work_size=CROP_SIDE, detail_stage=stage)
 
 
 @torch.no_grad()
@@ -152,7 +163,7 @@ def run_edits(
         readings.append(editor.estimate_age(batch))
         view_crops = to_tensor(crops[start : start + EDIT_BATCH])
         # the crops' fine detail is the same for every edit of the batch: read it once
-        detail = None if editor.fine_detail is None else editor.fine_detail.detail(view_crops)
+        detail = editor.read_detail(view_crops)
         for name, step in steps.items():
             edits = editor.edit(batch, **step)
             change = torch.stack([editor.work_change(e) * mask for e in edits])

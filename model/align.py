@@ -7,6 +7,7 @@ and the larger work crop share one framing.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -182,7 +183,9 @@ def downscaled(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
         return image, 1.0
     factor = max_side / max(h, w)
     size = (max(1, round(h * factor)), max(1, round(w * factor)))
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # channels-last, no copy
+    with warnings.catch_warnings():  # a decoded photo is often read-only: torch warns, and only reads it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # channels-last, no copy
     with torch.inference_mode():
         small = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
     return np.ascontiguousarray(small[0].permute(1, 2, 0).numpy()), factor

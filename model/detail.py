@@ -49,6 +49,20 @@ def padded_context(low: torch.Tensor, margin: int, blur: int = 1) -> torch.Tenso
 
 
 @dataclass
+class DetailLatents:
+    """N faces' detail encoded under their own low bands and ages (`DetailStage.encode`)."""
+
+    detail: torch.Tensor  # N x 9 x 64 x 64: the Haar detail bands
+    context: torch.Tensor  # the flow's padded contexts of the faces' low bands
+    latent: torch.Tensor  # the standardized latents
+    ages: np.ndarray  # N float64: the ages they were encoded under
+
+    def subset(self, index: np.ndarray) -> DetailLatents:
+        i = torch.from_numpy(np.asarray(index, np.int64)).to(self.detail.device)
+        return DetailLatents(self.detail[i], self.context[i], self.latent[i], self.ages[np.asarray(index)])
+
+
+@dataclass
 class DetailFaces:
     images: np.ndarray  # N x 128 x 128 x 3 uint8
     ages: np.ndarray  # N float32
@@ -159,9 +173,58 @@ class DetailStage:
             detail_change[i] = self.flow.generate(eps, after, target) - detail[i]
         return haar_merge(low_change, detail_change)
 
+    @torch.no_grad()
+    def encode(self, faces: torch.Tensor, ages) -> DetailLatents:
+        """The detail of N aligned faces (N x 3 x 128 x 128 in [0, 1]) as its standardized latent under the
+        face's own low band and age: what `redraw` decodes at other ages."""
+        low, detail = haar_split(faces)
+        ages = np.asarray(ages, np.float64).reshape(-1)
+        context = self.context(low)
+        latent = self.flow.standardize(detail, context, self.condition(ages, faces.device))
+        return DetailLatents(detail=detail, context=context, latent=latent, ages=ages)
+
+    @torch.no_grad()
+    def redraw(self, latents: DetailLatents, target_ages) -> torch.Tensor:
+        """The 128 px change that redraws each encoded face's detail at its target age under its own low band
+        (N x 3 x 128 x 128; no 64 px part): exactly zero for a face whose age does not change."""
+        target_ages = np.asarray(target_ages, np.float64).reshape(-1)
+        detail_change = torch.zeros_like(latents.detail)
+        index = np.flatnonzero(latents.ages != target_ages)
+        if len(index):
+            i = torch.from_numpy(index).to(detail_change.device)
+            target = self.condition(target_ages[index], detail_change.device)
+            detail_change[i] = self.flow.generate(latents.latent[i], latents.context[i], target) - latents.detail[i]
+        n, _, side, _ = detail_change.shape
+        return haar_merge(detail_change.new_zeros(n, 3, side, side), detail_change)
+
+    @torch.no_grad()
+    def aged_change(self, faces: torch.Tensor, ages, target_ages) -> torch.Tensor:
+        """The 128 px change that redraws the detail of N aligned faces (N x 3 x 128 x 128 in [0, 1]) at their
+        target ages under their own low bands: the detail's standardized latent under the face's low band
+        and `ages`, decoded under the same low band and `target_ages`. The low band does not change (the
+        main flow's edit brings that), so the detail follows the age alone, and no small artefact of an
+        edited low band is drawn out into lines. Exactly zero for a face whose age does not change; only
+        the faces whose age changes are encoded. This is the form the editor uses (`model.editor`)."""
+        ages, target_ages = np.asarray(ages, np.float64).reshape(-1), np.asarray(target_ages, np.float64).reshape(-1)
+        change = torch.zeros_like(faces)
+        index = np.flatnonzero(ages != target_ages)
+        if len(index):
+            i = torch.from_numpy(index).to(faces.device)
+            change[i] = self.redraw(self.encode(faces[i], ages[index]), target_ages[index])
+        return change
+
     def edit(self, faces: torch.Tensor, low_change: torch.Tensor, ages, target_ages) -> torch.Tensor:
         """The edited 128 px faces (not clamped): `faces + change(...)`."""
         return faces + self.change(faces, low_change, ages, target_ages)
+
+    def info(self) -> dict:
+        """What `GET /v1/model` says of the stage."""
+        return {
+            "resolution": RESOLUTION,
+            "context_blur": self.context_blur,
+            "age_knots": list(self.age_knots),
+            "parameters": sum(p.numel() for p in self.flow.parameters()),
+        }
 
     # ---- saving ---------------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:

@@ -8,7 +8,9 @@ apply the change to the larger work crop -> paste back into the photo.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,9 @@ from model.align import (
 )
 from model.checkpoint import load_flow
 from model.colour import blotch_shares, keep_cheek_colour, keep_skin_tone, limit_patches, no_added_tint, within_gamut
+from model.detail import CONFIG as DETAIL_CONFIG
+from model.detail import RESOLUTION as DETAIL_RESOLUTION
+from model.detail import DetailLatents, DetailStage
 from model.edit_rules import (
     NO_FACE,
     FaceTooSmallError,
@@ -51,6 +56,7 @@ GUARD_KEY = "likelihood_guard"
 PATCH_LIMIT_KEY = "patch_limit"
 GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest strength within the limit
 GUARD_STEP = 0.05  # a face's search stops once its next round would raise its strength by less than this
+DETAIL_THREADS = 4  # threads redrawing detail beside the edits, for all the edits of the process together
 PASTE_STRIP_PIXELS = 1 << 20  # photo pixels pasted at once: bounds paste_back's float copies per face
 
 # why a detected face was not edited, for the person who sent the photo
@@ -104,6 +110,16 @@ class FaceResult:
     @property
     def shift(self) -> float:
         return self.age_after - self.age_before
+
+
+@dataclass
+class WorkDetail:
+    """The fine detail of N work crops, read once for every age they are taken to (`AgeEditor.read_detail`)."""
+
+    rescaled: torch.Tensor | None  # what the fitted curve rescales (None: no curve)
+    latents: DetailLatents | None = None  # the detail stage's encoding of the crops' 128 px versions
+    # the stage's 128 px changes drawn ahead: (target ages, changes), one pair per array of targets
+    redrawn: list[tuple[np.ndarray, torch.Tensor]] = field(default_factory=list)
 
 
 @dataclass
@@ -161,7 +177,12 @@ class _Stopwatch:
 
 class AgeEditor:
     def __init__(
-        self, trajectory: AgeTrajectory, settings: dict, aligner: FaceAligner | None = None, work_size: int = 256
+        self,
+        trajectory: AgeTrajectory,
+        settings: dict,
+        aligner: FaceAligner | None = None,
+        work_size: int = 256,
+        detail_stage: DetailStage | None = None,
     ) -> None:
         self.trajectory = trajectory
         self.flow = trajectory.flow
@@ -170,6 +191,9 @@ class AgeEditor:
         self._aligner = aligner
         # the fitted fine-detail energy over age (model.fine_detail); None: the photo's detail is kept as is
         self.fine_detail = DetailEnergy.from_dict(settings[DETAIL_KEY]) if DETAIL_KEY in settings else None
+        # the 128 px detail flow (model.detail): redraws the face's detail at the new age; None: the fitted
+        # curve rescales the photo's own detail instead
+        self.detail_stage = detail_stage
 
     @classmethod
     def from_dir(
@@ -178,7 +202,8 @@ class AgeEditor:
         folder = Path(folder)
         flow = load_flow(folder, device)
         settings = json.loads((folder / EDITOR_CONFIG).read_text()) if (folder / EDITOR_CONFIG).exists() else {}
-        return cls(load_trajectory(folder, flow, settings), settings, aligner)
+        stage = DetailStage.load(folder, device) if (folder / DETAIL_CONFIG).exists() else None
+        return cls(load_trajectory(folder, flow, settings), settings, aligner, detail_stage=stage)
 
     @property
     def aligner(self) -> FaceAligner:
@@ -211,6 +236,8 @@ class AgeEditor:
             **self.settings.get("model", {}),
             # the photo's own fine detail is rescaled to the new age (model.fine_detail)
             "fine_detail": self.fine_detail is not None,
+            # the 128 px detail flow that redraws the face's detail at the new age (model.detail)
+            "detail": None if self.detail_stage is None else self.detail_stage.info(),
             # an edit's broad patches over the skin are flattened (limit_patches)
             "patch_limit": None
             if self.patch_limit is None
@@ -242,13 +269,7 @@ class AgeEditor:
             reading = self.trajectory.read(latents, contexts)
             if original_bits is None:
                 original_bits = finite_or_inf(self.flow.encoding_bits_per_dim(latents, contexts, logdet).cpu().numpy())
-        low, high = self.age_range
-        if target_age is None:
-            target = reading.ages + np.broadcast_to(np.asarray(years, np.float64), reading.ages.shape)
-        else:
-            target = np.broadcast_to(np.asarray(target_age, np.float64), reading.ages.shape).copy()
-        clamped = (target < low) | (target > high)
-        target = np.clip(target, low, high)
+        target, clamped = self.targets(reading.ages, years, target_age)
         after, bits = self._moved(faces, reading, target)
         strength = np.ones(len(faces))
         if self.guard_limit is not None:
@@ -270,6 +291,15 @@ class AgeEditor:
             )
             for f, a, b, t, c, s in zip(faces, after, reading.ages, target, clamped, strength)
         ]
+
+    def targets(self, ages: np.ndarray, years=None, target_age=None) -> tuple[np.ndarray, np.ndarray]:
+        """The ages asked for faces read at `ages`, clamped into the age range, and which were clamped."""
+        low, high = self.age_range
+        if target_age is None:
+            target = ages + np.broadcast_to(np.asarray(years, np.float64), ages.shape)
+        else:
+            target = np.broadcast_to(np.asarray(target_age, np.float64), ages.shape).copy()
+        return np.clip(target, low, high), (target < low) | (target > high)
 
     def _moved(self, faces: torch.Tensor, reading: AgeReading, target: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The faces taken to `target` ages along the trajectory, with the colour and gamut controls, and the
@@ -511,26 +541,87 @@ class AgeEditor:
         return F.interpolate(change, size=self.work_size, mode="bicubic", align_corners=False)[0]
 
     def work_changes(
-        self, image: np.ndarray, aligned: list[AlignedFace], edits: list[FaceEdit], detail: torch.Tensor | None = None
+        self, image: np.ndarray, aligned: list[AlignedFace], edits: list[FaceEdit], detail: WorkDetail | None = None
     ) -> list[torch.Tensor]:
-        """Each face's change at the work size: its edit's (`work_change`), and with a fitted fine-detail curve
-        also its own fine detail taken to the new age, read from its work crop (cut from `image` here).
-        `detail`: the work crops' fine detail, when already at hand (`DetailEnergy.detail`)."""
+        """Each face's change at the work size: its edit's (`work_change`), and with a detail stage or a fitted
+        fine-detail curve also its own fine detail taken to the new age, read from its work crop (cut from
+        `image` here). `detail`: the work crops' `read_detail`, when already at hand."""
         changes = [self.work_change(e) for e in edits]
-        if self.fine_detail is None:
+        if self.fine_detail is None and self.detail_stage is None:
             return changes
         crops = torch.stack([a.cut(image, self.work_size) for a in aligned])
         return [change + fine for change, fine in zip(changes, self.fine_detail_change(crops, edits, detail))]
 
+    def read_detail(self, crops: torch.Tensor, ages=None, targets: list[np.ndarray] = ()) -> WorkDetail:
+        """What `fine_detail_change` reads of N crops (N x 3 x S x S in [0, 1]), read once for every age the
+        same faces are taken to: the detail the fitted curve rescales (all of the fine detail without a
+        detail stage; with one, what is finer than its 128 px), and with a detail stage and the faces'
+        `ages`, their 128 px detail encoded under them, redrawn ahead at each array of `targets`."""
+        rescaled = None
+        if self.fine_detail is not None:
+            stage = self.detail_stage
+            rescaled = self.fine_detail.detail(crops) if stage is None else finer_than(crops, DETAIL_RESOLUTION)
+        if self.detail_stage is None or ages is None:
+            return WorkDetail(rescaled)
+        latents = self.detail_stage.encode(to_detail_side(crops), ages)
+        redrawn = [(np.asarray(t, np.float64), self.detail_stage.redraw(latents, t)) for t in targets]
+        return WorkDetail(rescaled, latents, redrawn)
+
     def fine_detail_change(
-        self, crops: torch.Tensor, edits: list[FaceEdit], detail: torch.Tensor | None = None
+        self, crops: torch.Tensor, edits: list[FaceEdit], detail: WorkDetail | None = None
     ) -> torch.Tensor:
         """The change that takes the fine detail of N crops of the faces' own pixels (N x 3 x S x S in
-        [0, 1], finer than the flow's resolution) to each edit's new age (model.fine_detail); zero where the
-        age does not change, and everywhere without a fitted curve."""
+        [0, 1], finer than the flow's resolution) to each edit's new age; zero where the age does not
+        change, and everywhere with neither a detail stage nor a fitted curve. `detail`: the crops'
+        `read_detail`, when already at hand.
+
+        Without a detail stage, the fitted curve rescales all of the crops' fine detail (model.fine_detail).
+        With one (model.detail), the detail of the crops' 128 px version is redrawn at the new age under
+        its own low band; the curve then rescales what the stage does not model (in crops larger than
+        128 px, their still finer detail), and for a younger face also the redrawn detail: on the held-out
+        faces the stage alone smooths a face less than the judges read as its new age, and a rescale down
+        only ever softens. An older face's redrawn detail is not sharpened further (that added detail
+        energy, not judged age)."""
+        before, after = [e.age_before for e in edits], [e.age_after for e in edits]
+        if self.detail_stage is None:
+            if self.fine_detail is None:
+                return torch.zeros_like(crops)
+            return self.fine_detail.change(crops, before, after, None if detail is None else detail.rescaled)
+        side = crops.shape[-1]
+        change = self.redrawn_detail(crops, before, after, detail)
+        if side != DETAIL_RESOLUTION:
+            change = F.interpolate(change, size=side, mode="bilinear", align_corners=False)
         if self.fine_detail is None:
-            return torch.zeros_like(crops)
-        return self.fine_detail.change(crops, [e.age_before for e in edits], [e.age_after for e in edits], detail)
+            return change
+        curve = self.fine_detail
+        for i, (b, a) in enumerate(zip(before, after)):
+            if a < b:  # the redrawn face's fine detail, softened to the new age
+                change[i] += curve.change((crops[i] + change[i])[None], [b], [a])[0]
+            elif a > b and side != DETAIL_RESOLUTION:  # the detail finer than the stage's, sharpened
+                finest = finer_than(crops[i][None], DETAIL_RESOLUTION) if detail is None else detail.rescaled[i][None]
+                change[i] += curve.change(crops[i][None], [b], [a], finest)[0]
+        return change
+
+    def redrawn_detail(self, crops: torch.Tensor, before, after, detail: WorkDetail | None = None) -> torch.Tensor:
+        """The detail stage's 128 px change of N crops taken from ages `before` to `after`: from `detail`'s
+        redrawings where one was drawn at these ages, else drawn here (from its encoding where it has one)."""
+        after = np.asarray(after, np.float64)
+        change = crops.new_zeros(len(crops), 3, DETAIL_RESOLUTION, DETAIL_RESOLUTION)
+        todo = np.asarray(after != np.asarray(before, np.float64))
+        if detail is not None:
+            for targets, drawn in detail.redrawn:
+                hit = np.flatnonzero(todo & (targets == after))
+                change[hit] = drawn[hit]
+                todo[hit] = False
+        index = np.flatnonzero(todo)
+        if len(index):
+            if detail is not None and detail.latents is not None:
+                change[index] = self.detail_stage.redraw(detail.latents.subset(index), after[index])
+            else:
+                change[index] = self.detail_stage.aged_change(
+                    to_detail_side(crops[index]), np.asarray(before, np.float64)[index], after[index]
+                )
+        return change
 
     def work_after(self, image: np.ndarray, aligned: AlignedFace, change: torch.Tensor) -> np.ndarray:
         """The aligned face at the work resolution (its work crop, cut from `image` if not yet cut) with
@@ -586,13 +677,20 @@ class AgeEditor:
         watch.lap("detect")
         on_canvas = [AlignedFace(face=a.face, matrix=compose(a.matrix, to_photo), framing=a.framing) for a in aligned]
         crops = stack_crops(aligned, self.resolution)
-        # the faces' fine detail is the same for every age of a series: read it once
-        detail = None
-        if self.fine_detail is not None and len(steps) > 1:
-            detail = self.fine_detail.detail(torch.stack([a.cut(image, self.work_size) for a in aligned]))
+        # the faces' fine detail is the same for every age of a series: read it once; the detail stage's
+        # redrawing at the ages asked for runs beside the edits, on a thread of its own
+        detail: WorkDetail | Future | None = None
+        if aligned and self.detail_stage is not None:
+            work = torch.stack([a.cut(image, self.work_size) for a in aligned])
+            asked = [self.targets(plan.reading.ages, **step)[0] for step in steps]
+            detail = detail_threads().submit(self.read_detail, work, plan.reading.ages, asked)
+        elif self.fine_detail is not None and len(steps) > 1:
+            detail = self.read_detail(torch.stack([a.cut(image, self.work_size) for a in aligned]))
         results = []
         for step in steps:
             edits = self.edit(crops, reading=plan.reading, original_bits=plan.bits_per_dim, **step)
+            if isinstance(detail, Future):
+                detail = detail.result()
             watch.lap("edit")
             out = None if canvas is None else canvas.copy()
             face_results = []
@@ -614,6 +712,39 @@ class AgeEditor:
             watch.lap("paste_back")
             results.append(PhotoResult(image=out, faces=face_results, timings=dict(timings), skipped=plan.skipped))
         return results
+
+
+_DETAIL_THREADS: ThreadPoolExecutor | None = None
+_DETAIL_THREADS_LOCK = threading.Lock()
+
+
+def detail_threads() -> ThreadPoolExecutor:
+    """The threads that redraw faces' detail beside their edits (one per edit that may run at once)."""
+    global _DETAIL_THREADS
+    with _DETAIL_THREADS_LOCK:
+        if _DETAIL_THREADS is None:
+            _DETAIL_THREADS = ThreadPoolExecutor(
+                max_workers=DETAIL_THREADS,
+                thread_name_prefix="detail",
+                initializer=torch.set_flush_denormal,  # per thread: as the service sets it for its own
+                initargs=(True,),
+            )
+        return _DETAIL_THREADS
+
+
+def to_detail_side(crops: torch.Tensor) -> torch.Tensor:
+    """N x 3 x S x S crops as the detail stage's 128 px faces (area-averaged; as they are at 128 px)."""
+    if crops.shape[-1] == DETAIL_RESOLUTION:
+        return crops
+    return F.interpolate(crops, size=DETAIL_RESOLUTION, mode="area")
+
+
+def finer_than(crops: torch.Tensor, side: int) -> torch.Tensor:
+    """The detail of N x 3 x S x S crops finer than `side` pixels: each less its area-averaged copy at
+    `side` pixels, upsampled back by repeating pixels (with S a multiple of `side`, the Haar detail of
+    the levels above `side`)."""
+    small = F.interpolate(crops, size=side, mode="area")
+    return crops - F.interpolate(small, size=crops.shape[-1], mode="nearest")
 
 
 def usable_faces(aligner: FaceAligner, detected: list[DetectedFace]) -> list[DetectedFace]:

@@ -138,6 +138,16 @@ def test_model_info_reports_what_the_weights_folder_says(age_editor, tmp_path):
     assert info["hardware"] == "cpu"
 
 
+def test_model_info_reports_the_detail_stage_of_the_weights(age_editor):
+    with TestClient(create_app(Settings(), editor=age_editor)) as client:
+        info = client.get("/v1/model").json()
+    if age_editor.detail_stage is None:
+        assert info["detail"] is None
+    else:
+        assert info["detail"]["resolution"] == 128
+        assert info["detail"]["parameters"] == sum(p.numel() for p in age_editor.detail_stage.flow.parameters())
+
+
 def test_metrics_count_requests_latency_and_faces(client, small_jpeg):
     assert post(client, "/v1/age", small_jpeg, years=10).status_code == 200
     text = client.get("/metrics").text

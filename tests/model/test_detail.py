@@ -302,3 +302,93 @@ def test_a_blurred_context_is_the_block_average_smoothed_and_travels_with_the_sa
     torch.testing.assert_close(loaded.context(low), padded_context(low, stage.margin, 4))
     with pytest.raises(ValueError, match="divide 64"):
         DetailStage.new(context_blur=3)
+
+
+def test_the_aged_change_redraws_the_detail_under_the_faces_own_low_band(face_folder, trained_run):
+    stage = DetailStage.load(trained_run / "trained")
+    faces, ages = heldout_faces(face_folder)
+    targets = np.array([ages[0], ages[1] + 30])
+    aged = stage.aged_change(faces, ages, targets)
+    assert torch.equal(aged[0], torch.zeros_like(aged[0]))  # no change of age: exactly none
+    assert aged[1].abs().max() > 1e-4
+    torch.testing.assert_close(haar_split(aged)[0], torch.zeros(2, 3, 64, 64), atol=1e-6, rtol=0)
+    # the same as the designed edit with no 64 px change
+    torch.testing.assert_close(aged, stage.change(faces, torch.zeros(2, 3, 64, 64), ages, targets), atol=1e-6, rtol=0)
+
+
+@pytest.fixture()
+def staged_editor(age_editor, trained_run):
+    """The shipped editor with the tiny trained detail stage in place of whatever the weights hold."""
+    from model.editor import AgeEditor
+
+    return AgeEditor(
+        age_editor.trajectory,
+        age_editor.settings,
+        age_editor.aligner,
+        detail_stage=DetailStage.load(trained_run / "trained"),
+    )
+
+
+def test_with_a_detail_stage_the_detail_is_redrawn_and_the_curve_rescales_the_rest(staged_editor, photo):
+    from model.editor import finer_than
+
+    image = photo("skimage_astronaut.png")
+    aligned = staged_editor.align(image, staged_editor.find_faces(image))[0]
+    face = aligned.cut(image, staged_editor.resolution)[None]
+    work = aligned.cut(image, 256)[None]
+    (older,) = staged_editor.edit(face, years=30)
+    change = staged_editor.fine_detail_change(work, [older])
+    small = F.interpolate(work, size=128, mode="area")
+    stage_part = F.interpolate(
+        staged_editor.detail_stage.aged_change(small, [older.age_before], [older.age_after]),
+        size=256,
+        mode="bilinear",
+        align_corners=False,
+    )
+    assert stage_part.abs().max() > 1e-4
+    gain = staged_editor.fine_detail.gain(older.age_before, older.age_after)
+    assert gain > 1.05  # an older face: its finest detail grows
+    torch.testing.assert_close(change - stage_part, (gain - 1) * finer_than(work, 128), atol=1e-6, rtol=0)
+    # at the stage's own 128 px, an older face's change is the stage's alone
+    torch.testing.assert_close(
+        staged_editor.fine_detail_change(small, [older]),
+        staged_editor.detail_stage.aged_change(small, [older.age_before], [older.age_after]),
+        atol=0,
+        rtol=0,
+    )
+    # a younger face's redrawn crop has its fine detail softened by the curve as well
+    (younger,) = staged_editor.edit(face, years=-25)
+    ages = [younger.age_before], [younger.age_after]
+    redrawn = F.interpolate(
+        staged_editor.detail_stage.aged_change(small, *ages), size=256, mode="bilinear", align_corners=False
+    )
+    assert staged_editor.fine_detail.gain(*ages[0], *ages[1]) < 1.0
+    softened = redrawn + staged_editor.fine_detail.change(work + redrawn, *ages)
+    torch.testing.assert_close(staged_editor.fine_detail_change(work, [younger]), softened, atol=1e-6, rtol=0)
+
+
+def test_with_a_detail_stage_a_zero_edit_returns_the_photo_bit_identical(staged_editor, photo):
+    image = photo("skimage_astronaut.png")
+    result = staged_editor.age_photo(image, years=0)
+    assert np.array_equal(result.image, image)
+    aligned = staged_editor.align(image, staged_editor.find_faces(image))[0]
+    (unchanged,) = staged_editor.edit(aligned.cut(image, staged_editor.resolution)[None], years=0)
+    work = aligned.cut(image, 256)[None]
+    assert torch.equal(staged_editor.fine_detail_change(work, [unchanged]), torch.zeros_like(work))
+
+
+def test_the_weights_folders_detail_stage_is_loaded_and_reported(age_editor, trained_run, tmp_path):
+    from app.settings import Settings
+    from model.checkpoint import WEIGHTS
+    from model.editor import AgeEditor
+
+    weights = Settings.from_env().weights_dir
+    for path in weights.iterdir():
+        if path.is_file() and not path.name.startswith("detail"):
+            (tmp_path / path.name).symlink_to(path.resolve())
+    assert AgeEditor.from_dir(tmp_path, aligner=age_editor.aligner).info()["detail"] is None
+    DetailStage.load(trained_run / "trained").save(tmp_path)
+    editor = AgeEditor.from_dir(tmp_path, aligner=age_editor.aligner)
+    assert (tmp_path / WEIGHTS).exists()
+    assert editor.info()["detail"]["resolution"] == 128
+    assert editor.info()["detail"]["parameters"] == sum(p.numel() for p in editor.detail_stage.flow.parameters())

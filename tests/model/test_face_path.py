@@ -45,19 +45,30 @@ def test_alignment_for_reading_cuts_only_the_flows_crop(age_editor, two_people):
 
 def test_a_photo_edit_without_fine_detail_cuts_no_work_crop(age_editor, two_people, monkeypatch):
     monkeypatch.setattr(age_editor, "fine_detail", None)
+    monkeypatch.setattr(age_editor, "detail_stage", None)
     result = age_editor.age_photo(two_people, years=30)
     assert [set(f.aligned.crops) for f in result.faces] == [{age_editor.resolution}] * 2
 
 
 def test_a_faces_only_answer_cuts_the_work_crop_it_shows(age_editor, two_people, monkeypatch):
     monkeypatch.setattr(age_editor, "fine_detail", None)
+    monkeypatch.setattr(age_editor, "detail_stage", None)
     result = age_editor.age_photo(two_people, years=30, photo_pixels=0)
     assert [set(f.aligned.crops) for f in result.faces] == [{age_editor.resolution, age_editor.work_size}] * 2
 
 
-def test_with_a_fine_detail_curve_a_photo_edit_cuts_the_work_crop(age_editor, two_people):
+def test_with_a_fine_detail_curve_a_photo_edit_cuts_the_work_crop(age_editor, two_people, monkeypatch):
     if age_editor.fine_detail is None:
         pytest.skip("the model has no fine-detail curve (editor.json fine_detail)")
+    monkeypatch.setattr(age_editor, "detail_stage", None)
+    result = age_editor.age_photo(two_people, years=30, faces="largest")
+    assert set(result.faces[0].aligned.crops) == {age_editor.resolution, age_editor.work_size}
+
+
+def test_with_a_detail_stage_a_photo_edit_cuts_the_work_crop(age_editor, two_people, monkeypatch):
+    if age_editor.detail_stage is None:
+        pytest.skip("the model has no detail stage (detail_config.json)")
+    monkeypatch.setattr(age_editor, "fine_detail", None)
     result = age_editor.age_photo(two_people, years=30, faces="largest")
     assert set(result.faces[0].aligned.crops) == {age_editor.resolution, age_editor.work_size}
 

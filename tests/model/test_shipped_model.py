@@ -160,6 +160,26 @@ def test_an_older_edit_adds_fine_detail_inside_the_face_and_nowhere_else(editor,
     assert fine_energy(with_detail) > 1.05 * fine_energy(without)
 
 
+def test_the_shipped_detail_stage_sharpens_older_faces_and_softens_younger_ones(editor, photo):
+    """weights/detail.*: the 128 px detail flow redraws each known face's detail at the new age (with the
+    curve for what it leaves): on the work crop, +30 years raises the central face's fine-detail energy of
+    every face, -25 years lowers it."""
+    from model.editor import FaceEdit
+    from model.fine_detail import central_energy
+
+    assert editor.detail_stage is not None and editor.info()["detail"]["resolution"] == 128
+    for name, ages in KNOWN_AGES.items():
+        image = photo(name)
+        for aligned, age in zip(editor.align(image, editor.find_faces(image)), ages):
+            crop = aligned.cut(image, editor.work_size)[None]
+            before = central_energy(crop, editor.framing)
+            after = {}
+            for years in (30, -25):
+                change = editor.fine_detail_change(crop, [FaceEdit(crop, crop, age, age + years)])
+                after[years] = float(central_energy((crop + change).clamp(0, 1), editor.framing) / before)
+            assert after[30] > 1.1 and after[-25] < 1.0, (name, age, after)
+
+
 def test_a_series_of_ages_gives_each_age_what_a_single_edit_to_it_gives(editor, photo):
     image = photo("frrepo_two_people.jpg")
     series = editor.age_photo_series(image, [25.0, 75.0])
