@@ -20,6 +20,8 @@ from facenet_pytorch.models.utils.detect_face import (
 )
 from torchvision.ops import batched_nms, nms
 
+from model.side_threads import beside
+
 if TYPE_CHECKING:
     from facenet_pytorch import MTCNN
 
@@ -98,6 +100,18 @@ def _pyramid_scales(height: int, width: int, min_face_size: float, factor: float
     return scales
 
 
+def _halves(scales: list[float]) -> tuple[list[int], list[int]]:
+    """The pyramid's levels in two groups of about equal pixels (each level's pixels go as its scale
+    squared), largest first into whichever group holds fewer."""
+    groups: tuple[list[int], list[int]] = ([], [])
+    load = [0.0, 0.0]
+    for level, scale in enumerate(scales):
+        lighter = int(load[1] < load[0])
+        groups[lighter].append(level)
+        load[lighter] += scale * scale
+    return groups
+
+
 def _crops(
     sampler: AreaSampler, boxes: torch.Tensor, height: int, width: int, side: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,17 +136,29 @@ def mtcnn_detect(mtcnn: MTCNN, image: np.ndarray, min_face_size: float) -> Detec
     thresholds = mtcnn.thresholds
     sampler = AreaSampler(image)
 
-    # first stage: PNet over the pyramid, NMS within each level, then across levels
-    candidates, levels = [], []
-    for level, scale in enumerate(_pyramid_scales(height, width, min_face_size, mtcnn.factor)):
-        level_pixels = sampler.resized(int(height * scale + 1), int(width * scale + 1))
-        reg, probs = mtcnn.pnet(_normalized(level_pixels).to(device))
-        found, _ = generateBoundingBox(reg, probs[:, 1], scale, thresholds[0])
-        candidates.append(found)
-        levels.append(torch.full((len(found),), level, device=device))
-    if not candidates:
+    # first stage: PNet over the pyramid, NMS within each level, then across levels; on a CPU, half of the
+    # pyramid's pixels on a side thread (the levels' results are gathered in their order: the same boxes)
+    scales = _pyramid_scales(height, width, min_face_size, mtcnn.factor)
+    if not scales:
         return _nothing()
-    boxes, level_of = torch.cat(candidates), torch.cat(levels)
+
+    def run(chosen: list[int]) -> list[torch.Tensor]:
+        found = []
+        for level in chosen:
+            scale = scales[level]
+            level_pixels = sampler.resized(int(height * scale + 1), int(width * scale + 1))
+            reg, probs = mtcnn.pnet(_normalized(level_pixels).to(device))
+            found.append(generateBoundingBox(reg, probs[:, 1], scale, thresholds[0])[0])
+        return found
+
+    here, there = _halves(scales) if device.type == "cpu" else (list(range(len(scales))), [])
+    elsewhere = beside(run, there) if there else None
+    candidates = dict(zip(here, run(here)))
+    if elsewhere is not None:
+        candidates.update(zip(there, elsewhere.result()))
+    found_by_level = [candidates[level] for level in range(len(scales))]
+    levels = [torch.full((len(found),), level, device=device) for level, found in enumerate(found_by_level)]
+    boxes, level_of = torch.cat(found_by_level), torch.cat(levels)
     boxes = boxes[batched_nms(boxes[:, :4], boxes[:, 4], level_of, 0.5)]
     boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
     if len(boxes) == 0:

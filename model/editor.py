@@ -8,9 +8,8 @@ apply the change to the larger work crop -> paste back into the photo.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from model.edit_rules import (
 )
 from model.fine_detail import DETAIL_KEY, DetailEnergy
 from model.masks import face_mask
+from model.side_threads import beside
 
 EDITOR_CONFIG = "editor.json"
 # editor.json key: [low, high] exact bits/dim (Glow.exact_bits_per_dim) of an aligned crop outside which a
@@ -56,7 +56,6 @@ GUARD_KEY = "likelihood_guard"
 PATCH_LIMIT_KEY = "patch_limit"
 GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest strength within the limit
 GUARD_STEP = 0.05  # a face's search stops once its next round would raise its strength by less than this
-DETAIL_THREADS = 4  # threads redrawing detail beside the edits, for all the edits of the process together
 PASTE_STRIP_PIXELS = 1 << 20  # photo pixels pasted at once: bounds paste_back's float copies per face
 
 # why a detected face was not edited, for the person who sent the photo
@@ -678,12 +677,12 @@ class AgeEditor:
         on_canvas = [AlignedFace(face=a.face, matrix=compose(a.matrix, to_photo), framing=a.framing) for a in aligned]
         crops = stack_crops(aligned, self.resolution)
         # the faces' fine detail is the same for every age of a series: read it once; the detail stage's
-        # redrawing at the ages asked for runs beside the edits, on a thread of its own
+        # redrawing at the ages asked for runs beside the edits, on a side thread (model.side_threads)
         detail: WorkDetail | Future | None = None
         if aligned and self.detail_stage is not None:
             work = torch.stack([a.cut(image, self.work_size) for a in aligned])
             asked = [self.targets(plan.reading.ages, **step)[0] for step in steps]
-            detail = detail_threads().submit(self.read_detail, work, plan.reading.ages, asked)
+            detail = beside(self.read_detail, work, plan.reading.ages, asked)
         elif self.fine_detail is not None and len(steps) > 1:
             detail = self.read_detail(torch.stack([a.cut(image, self.work_size) for a in aligned]))
         results = []
@@ -712,24 +711,6 @@ class AgeEditor:
             watch.lap("paste_back")
             results.append(PhotoResult(image=out, faces=face_results, timings=dict(timings), skipped=plan.skipped))
         return results
-
-
-_DETAIL_THREADS: ThreadPoolExecutor | None = None
-_DETAIL_THREADS_LOCK = threading.Lock()
-
-
-def detail_threads() -> ThreadPoolExecutor:
-    """The threads that redraw faces' detail beside their edits (one per edit that may run at once)."""
-    global _DETAIL_THREADS
-    with _DETAIL_THREADS_LOCK:
-        if _DETAIL_THREADS is None:
-            _DETAIL_THREADS = ThreadPoolExecutor(
-                max_workers=DETAIL_THREADS,
-                thread_name_prefix="detail",
-                initializer=torch.set_flush_denormal,  # per thread: as the service sets it for its own
-                initargs=(True,),
-            )
-        return _DETAIL_THREADS
 
 
 def to_detail_side(crops: torch.Tensor) -> torch.Tensor:

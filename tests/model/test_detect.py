@@ -109,3 +109,26 @@ def test_area_resampling_from_the_integral_image_equals_interpolate_area(photo):
         for crop, (top, left, rows, cols) in zip(crops, regions):
             region = pixels[:, :, top : top + rows, left : left + cols]
             assert torch.equal(crop, interpolate(region, size=(side, side), mode="area")[0])
+
+
+def test_the_pyramid_is_split_into_two_halves_of_about_equal_pixels():
+    from model.detect import _halves, _pyramid_scales
+
+    scales = _pyramid_scales(480, 640, 20.0, 0.709)
+    here, there = _halves(scales)
+    assert sorted(here + there) == list(range(len(scales)))
+    loads = [sum(scales[i] ** 2 for i in group) for group in (here, there)]
+    assert abs(loads[0] - loads[1]) <= scales[0] ** 2 / 2  # within half the largest level
+    assert _halves([]) == ([], []) and _halves([0.5]) == ([0], [])
+
+
+def test_a_side_job_runs_on_another_thread_in_inference_mode():
+    import threading
+
+    from model.side_threads import beside
+
+    def job(x):
+        return threading.current_thread(), torch.is_inference_mode_enabled(), (x * 2).requires_grad
+
+    thread, inference, grad = beside(job, torch.ones(2, requires_grad=True)).result()
+    assert thread is not threading.current_thread() and inference and not grad
