@@ -9,13 +9,15 @@ of the crop in each direction); the edits change the age only (no 64 px change),
 detail flow alone does with the target age.
 
 With `--edits-from WEIGHTS`, also under the shipped editor's own edits (+30 and -25 years, its guard on):
-each held-out 128 px face's 64 px low band is edited by the main flow, and the 128 px result is made the way
-the service makes it now (the 64 px change smoothed and upsampled, plus the photo's own fine detail rescaled
-to the new age: `AgeEditor.work_changes` at a 128 px work crop) and with the detail stage in its place
-(`DetailStage.change` of the 64 px change, at the editor's read ages); with only the stage's redrawn detail added to
-today's smoothed 64 px change, and with the detail redrawn under the unedited low band at the new age added
-to today's change; `--crops FILE` writes six of those faces across the ages, a row each: the face, then the
-four results for +30 years and the four for -25.
+each held-out 128 px face's 64 px low band is edited by the main flow, and the 128 px result is made four
+ways on the smoothed, upsampled 64 px change (`AgeEditor.work_change` at a 128 px work crop): with the
+photo's own fine detail rescaled to the new age by the fitted curve alone (the editor without a detail
+stage); with the detail stage as first designed in its place (`DetailStage.change` of the 64 px change, at
+the editor's read ages: the low band moved by the change, the detail decoded under the edited low band);
+with only that design's redrawn detail added to the smoothed change; and as the service makes it with this
+run's stage (`AgeEditor.fine_detail_change`: the detail redrawn at the new age under the face's own low
+band, a younger face's then softened by the curve). `--crops FILE` writes six of those faces across the
+ages, a row each: the face, then the four results for +30 years and the four for -25.
 """
 
 from __future__ import annotations
@@ -103,18 +105,14 @@ def main(argv=None) -> None:
 
 @torch.no_grad()
 def under_edits(stage: DetailStage, editor: AgeEditor, faces: DetailFaces, count: int, crops_path) -> Table:
-    """Fine-detail energy after / before under the editor's own 64 px edits: as the service pastes them now,
-    with the detail stage as designed (its 128 px change: the 64 px change in the low band, the redrawn detail
-    in the detail bands), with only the stage's redrawn detail added to today's smoothed, upsampled 64 px
-    change (in place of the photo's own detail rescaled), and with the detail redrawn under the face's own
-    low band at the new age (the age alone moves it) added to today's change; with `crops_path`, a figure of
-    six of the faces, chosen across the ages."""
+    """Fine-detail energy after / before under the editor's own 64 px edits, the four ways of the module's
+    docstring; with `crops_path`, a figure of six of the faces, chosen across the ages."""
     editor.work_size = 128
     index = np.unique(np.linspace(0, len(faces) - 1, min(count, len(faces))).round().astype(int))  # spread out
     shown_faces = index[np.argsort(faces.ages[index], kind="stable")][
         np.linspace(0, len(index) - 1, CROP_FACES).round().astype(int)
     ]
-    ways = ["today's paste", "detail stage", "its detail on today's change", "age-only detail on today's change"]
+    ways = ["the curve alone", "stage as designed", "its detail on the smooth change", "as shipped with this stage"]
     table = Table(
         f"under the editor's own edits ({len(index)} held-out faces, guard on): central fine-detail energy, "
         "after / before (median)",
@@ -133,12 +131,14 @@ def under_edits(stage: DetailStage, editor: AgeEditor, faces: DetailFaces, count
             smooth = torch.stack([editor.work_change(e) for e in edits])
             staged = stage.change(pixels, changes, before, after)
             redrawn = staged - haar_merge(changes, changes.new_zeros(len(batch), 9, 64, 64))  # its detail bands
-            aged_only = stage.change(pixels, torch.zeros_like(changes), before, after)
+            editor.detail_stage = None
+            curve_alone = editor.fine_detail_change(pixels, edits)
+            editor.detail_stage = stage
             made = [
-                pixels + smooth + editor.fine_detail_change(pixels, edits),
+                pixels + smooth + curve_alone,
                 pixels + staged,
                 pixels + smooth + redrawn,
-                pixels + smooth + aged_only,
+                pixels + smooth + editor.fine_detail_change(pixels, edits),
             ]
             energy = central_detail_energy(pixels)
             for way, result in zip(ratios, made):
