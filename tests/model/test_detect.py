@@ -132,3 +132,20 @@ def test_a_side_job_runs_on_another_thread_in_inference_mode():
 
     thread, inference, grad = beside(job, torch.ones(2, requires_grad=True)).result()
     assert thread is not threading.current_thread() and inference and not grad
+
+
+def _side_job_in_child() -> int:
+    from model.side_threads import beside
+
+    return beside(lambda: 7).result(timeout=20)
+
+
+def test_a_forked_child_runs_side_jobs_on_threads_of_its_own(photo, aligner):
+    """The data preparation forks workers after the parent has detected faces: their side jobs must run."""
+    import multiprocessing as mp
+
+    from model.side_threads import beside
+
+    assert beside(lambda: 1).result() == 1  # the parent's pool exists
+    with mp.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_side_job_in_child).get(timeout=60) == 7
