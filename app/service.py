@@ -24,7 +24,10 @@ def load_editor(settings: Settings) -> AgeEditor:
         second_pass_side=settings.detect_second_pass_side,
         device=device,
     )
-    return AgeEditor.from_dir(settings.weights_dir, device, aligner=aligner)
+    editor = AgeEditor.from_dir(settings.weights_dir, device, aligner=aligner)
+    if not settings.detail_stage:
+        editor.detail_stage = None
+    return editor
 
 
 @dataclass

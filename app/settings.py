@@ -29,6 +29,17 @@ def _integer(environ: Mapping[str, str], name: str, default: int, minimum: int) 
     return value
 
 
+def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "on", "true", "yes"):
+        return True
+    if raw in ("0", "off", "false", "no"):
+        return False
+    raise SettingsError(f"{name} must be on or off, got {raw!r}")
+
+
 def checked_device(device: str) -> str:
     device = device.strip().lower() or "auto"
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -47,6 +58,9 @@ class Settings:
     max_pixels: int = 40_000_000
     device: str = "auto"  # auto | cpu | cuda (or cuda:N)
     torch_threads: int = 0  # 0: the cores divided among the edits that run at once (threads_per_edit)
+    # the weights folder's 128 px detail stage, where it has one; off: the fitted curve alone, with less CPU
+    # per edit (docs/PERFORMANCE.md)
+    detail_stage: bool = True
     max_concurrency: int = 2  # edits running at once
     max_queue: int = 32  # requests waiting for a slot before the service answers 503 (16 clients fit)
     api_keys: tuple[str, ...] = ()  # when set, /v1 routes need `Authorization: Bearer <key>`
@@ -74,6 +88,7 @@ class Settings:
             max_pixels=_integer(environ, "MAX_PIXELS", cls.max_pixels, 1),
             device=checked_device(environ.get("DEVICE", "auto")),
             torch_threads=_integer(environ, "TORCH_THREADS", cls.torch_threads, 0),
+            detail_stage=_switch(environ, "DETAIL_STAGE", cls.detail_stage),
             max_concurrency=_integer(environ, "MAX_CONCURRENCY", cls.max_concurrency, 1),
             max_queue=_integer(environ, "MAX_QUEUE", cls.max_queue, 0),
             api_keys=_words(environ, "API_KEYS"),

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -793,6 +794,7 @@ def test_settings_come_from_the_environment():
             "MAX_PIXELS": "2000",
             "DEVICE": "CPU",
             "TORCH_THREADS": "3",
+            "DETAIL_STAGE": "off",
             "MAX_CONCURRENCY": "4",
             "MAX_QUEUE": "0",
             "API_KEYS": "one, two,,",
@@ -817,6 +819,7 @@ def test_settings_come_from_the_environment():
         max_pixels=2000,
         device="cpu",
         torch_threads=3,
+        detail_stage=False,
         max_concurrency=4,
         max_queue=0,
         api_keys=("one", "two"),
@@ -834,6 +837,22 @@ def test_settings_come_from_the_environment():
         keep_alive_timeout=7,
         max_connections=9,
     )
+
+
+def test_the_detail_stage_setting_reads_on_and_off_and_refuses_anything_else():
+    assert Settings.from_env({"DETAIL_STAGE": " On "}).detail_stage is True
+    assert Settings.from_env({"DETAIL_STAGE": "0"}).detail_stage is False
+    with pytest.raises(SettingsError, match="DETAIL_STAGE must be on or off"):
+        Settings.from_env({"DETAIL_STAGE": "maybe"})
+
+
+def test_with_the_detail_stage_off_the_service_loads_the_editor_without_it(age_editor):
+    from app.service import load_editor
+
+    if age_editor.detail_stage is None:
+        pytest.skip("the weights have no detail stage (detail_config.json)")
+    editor = load_editor(replace(Settings.from_env(), detail_stage=False))
+    assert editor.detail_stage is None and editor.info()["detail"] is None
 
 
 def test_settings_without_environment_are_the_defaults():
