@@ -609,7 +609,7 @@ class AgeEditor:
         todo = np.asarray(after != np.asarray(before, np.float64))
         if detail is not None:
             for targets, drawn in detail.redrawn:
-                hit = np.flatnonzero(todo & (targets == after))
+                hit = np.flatnonzero(todo & (np.abs(targets - after) <= 1e-6))  # the same age, to rounding
                 change[hit] = drawn[hit]
                 todo[hit] = False
         index = np.flatnonzero(todo)

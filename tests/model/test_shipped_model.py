@@ -185,3 +185,23 @@ def test_a_series_of_ages_gives_each_age_what_a_single_edit_to_it_gives(editor, 
     series = editor.age_photo_series(image, [25.0, 75.0])
     for target, result in zip((25.0, 75.0), series):
         assert np.array_equal(result.image, editor.age_photo(image, target_age=target).image)
+
+
+def test_the_detail_is_redrawn_on_a_side_thread_beside_the_edit(editor, photo, monkeypatch):
+    """The stage's redrawing at the age asked for runs beside the main flow's edit; the paste uses it
+    instead of drawing again (where the guard leaves the edit whole)."""
+    import threading
+
+    if editor.detail_stage is None:
+        pytest.skip("the weights have no detail stage")
+    threads = []
+    redraw = editor.detail_stage.redraw
+
+    def counted(latents, targets):
+        threads.append(threading.current_thread().name)
+        return redraw(latents, targets)
+
+    monkeypatch.setattr(editor.detail_stage, "redraw", counted)
+    result = editor.age_photo(photo("fr_obama.jpg"), years=-20)
+    assert [f.strength for f in result.faces] == [1.0]
+    assert threads and all(name.startswith("side") for name in threads), threads
