@@ -177,16 +177,18 @@ class DetailStage:
     def encode(self, faces: torch.Tensor, ages) -> DetailLatents:
         """The detail of N aligned faces (N x 3 x 128 x 128 in [0, 1]) as its standardized latent under the
         face's own low band and age: what `redraw` decodes at other ages."""
-        low, detail = haar_split(faces)
+        device = next(self.flow.parameters()).device
+        low, detail = haar_split(faces.to(device))
         ages = np.asarray(ages, np.float64).reshape(-1)
         context = self.context(low)
-        latent = self.flow.standardize(detail, context, self.condition(ages, faces.device))
+        latent = self.flow.standardize(detail, context, self.condition(ages, device))
         return DetailLatents(detail=detail, context=context, latent=latent, ages=ages)
 
     @torch.no_grad()
     def redraw(self, latents: DetailLatents, target_ages) -> torch.Tensor:
         """The 128 px change that redraws each encoded face's detail at its target age under its own low band
-        (N x 3 x 128 x 128; no 64 px part): exactly zero for a face whose age does not change."""
+        (N x 3 x 128 x 128, on the stage's device; no 64 px part): exactly zero for a face whose age does not
+        change."""
         target_ages = np.asarray(target_ages, np.float64).reshape(-1)
         detail_change = torch.zeros_like(latents.detail)
         index = np.flatnonzero(latents.ages != target_ages)
@@ -210,7 +212,7 @@ class DetailStage:
         index = np.flatnonzero(ages != target_ages)
         if len(index):
             i = torch.from_numpy(index).to(faces.device)
-            change[i] = self.redraw(self.encode(faces[i], ages[index]), target_ages[index])
+            change[i] = self.redraw(self.encode(faces[i], ages[index]), target_ages[index]).to(faces.device)
         return change
 
     def edit(self, faces: torch.Tensor, low_change: torch.Tensor, ages, target_ages) -> torch.Tensor:

@@ -563,7 +563,7 @@ class AgeEditor:
         if self.detail_stage is None or ages is None:
             return WorkDetail(rescaled)
         latents = self.detail_stage.encode(to_detail_side(crops), ages)
-        redrawn = [(np.asarray(t, np.float64), self.detail_stage.redraw(latents, t)) for t in targets]
+        redrawn = [(np.asarray(t, np.float64), self.detail_stage.redraw(latents, t).to(crops.device)) for t in targets]
         return WorkDetail(rescaled, latents, redrawn)
 
     def fine_detail_change(
@@ -615,7 +615,7 @@ class AgeEditor:
         index = np.flatnonzero(todo)
         if len(index):
             if detail is not None and detail.latents is not None:
-                change[index] = self.detail_stage.redraw(detail.latents.subset(index), after[index])
+                change[index] = self.detail_stage.redraw(detail.latents.subset(index), after[index]).to(change.device)
             else:
                 change[index] = self.detail_stage.aged_change(
                     to_detail_side(crops[index]), np.asarray(before, np.float64)[index], after[index]
