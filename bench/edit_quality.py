@@ -299,6 +299,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         label += " detail stage"
     if editor.patch_limit is not None:
         label += " patches {:g}-{:g}".format(*editor.patch_limit)
+        if editor.line_limit is not None:
+            label += f" lines {editor.line_limit:g}"
     if args.younger_level_strengths:
         label += f" younger [{','.join(f'{s:g}' for s in args.younger_level_strengths)}]"
     figures = []
@@ -330,6 +332,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             if editor.detail_stage is None
             else {"folder": args.detail_stage, **editor.detail_stage.info()},
             "patch_limit": editor.patch_limit,
+            "line_limit": editor.line_limit,
             "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name else None,
             "level_strengths": strengths,
             "younger_level_strengths": args.younger_level_strengths,
@@ -577,9 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--patch-limit",
         default="shipped",
-        metavar="shipped|off|MAX:SIGMA",
-        help="the limit on the edit's patches (model.colour.limit_patches): --weights/editor.json's, none, or "
-        "its largest departure (RGB, 0-1) and blur (pixels of a 64 px crop)",
+        metavar="shipped|off|MAX:SIGMA[:LINE]",
+        help="the limit on the edit's patches and lines (model.colour.limit_patches): --weights/editor.json's, "
+        "none, or its largest departure of the blurred change (RGB, 0-1), the blur (pixels of a 64 px crop) "
+        "and the largest departure of the change itself",
     )
     parser.add_argument("--threads", type=int, default=1)
     return parser

@@ -96,22 +96,36 @@ def keep_cheek_colour(
 
 
 def limit_patches(
-    before: torch.Tensor, after: torch.Tensor, max_departure: float, sigma_64: float, framing: str = "loose"
+    before: torch.Tensor,
+    after: torch.Tensor,
+    max_departure: float,
+    sigma_64: float,
+    framing: str = "loose",
+    max_line_departure: float | None = None,
 ) -> torch.Tensor:
     """`after` with the edit's patches flattened over the face's skin: the change, blurred by `sigma_64`
     pixels of a 64 px crop, departs from its median over the skin by at most `max_departure` (the length of
     the RGB departure, in [0, 1] units). Blotches cover area, so they are what the blurred change holds;
     thin folds and lines pass as they are, and so does whatever changes off the skin (hair that greys).
-    A zero change stays exactly zero."""
+
+    With `max_line_departure`, the change itself (not blurred) is then held within that departure from its
+    median over the skin, pixel by pixel: a fold or line may deepen the face's shading by that much and no
+    more, so a far edit's gashes of near-black or near-white across a face come back as shading of that
+    depth; the change's finer texture, within the limit, passes as it is. A zero change stays exactly zero."""
     side = before.shape[-1]
-    change = after - before
-    broad = blur(change, sigma_64 * side / 64)
     skin = face_skin_mask(side, framing).to(before.device)
-    inside = broad[:, :, skin > 0.5]  # N x 3 x P
-    departure = broad - inside.median(2).values[:, :, None, None]
+    after = after - clipped_departure(blur(after - before, sigma_64 * side / 64), max_departure, skin) * skin
+    if max_line_departure is not None:
+        after = after - clipped_departure(after - before, max_line_departure, skin) * skin
+    return after
+
+
+def clipped_departure(change: torch.Tensor, limit: float, skin: torch.Tensor) -> torch.Tensor:
+    """The part of `change` (N x 3 x S x S) beyond `limit` (RGB length) from its median over the skin."""
+    inside = change[:, :, skin > 0.5]  # N x 3 x P
+    departure = change - inside.median(2).values[:, :, None, None]
     length = departure.norm(dim=1, keepdim=True)
-    excess = (1 - max_departure / length.clamp(min=1e-12)).clamp(min=0)
-    return after - departure * excess * skin
+    return departure * (1 - limit / length.clamp(min=1e-12)).clamp(min=0)
 
 
 def within_gamut(before: torch.Tensor, after: torch.Tensor, max_outside: float = 0.1) -> torch.Tensor:

@@ -51,8 +51,9 @@ EDITOR_CONFIG = "editor.json"
 PLAUSIBLE_BITS_KEY = "plausible_face_bits_per_dim"
 # editor.json key: {"max_bits_per_dim": ...}, real held-out faces' 95th percentile of exact bits/dim (model.guard)
 GUARD_KEY = "likelihood_guard"
-# editor.json key: {"max_departure": ..., "sigma_64": ...}, how far an edit's broad change may depart from
-# its median over the skin (limit_patches); without it the change is not limited
+# editor.json key: {"max_departure": ..., "sigma_64": ..., "max_line_departure": ...}, how far an edit's broad
+# change, and the change itself, may depart from its median over the skin (limit_patches); without it the
+# change is not limited
 PATCH_LIMIT_KEY = "patch_limit"
 GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest strength within the limit
 GUARD_STEP = 0.05  # a face's search stops once its next round would raise its strength by less than this
@@ -237,10 +238,13 @@ class AgeEditor:
             "fine_detail": self.fine_detail is not None,
             # the 128 px detail flow that redraws the face's detail at the new age (model.detail)
             "detail": None if self.detail_stage is None else self.detail_stage.info(),
-            # an edit's broad patches over the skin are flattened (limit_patches)
+            # an edit's broad patches over the skin are flattened, and its lines held to a depth (limit_patches)
             "patch_limit": None
             if self.patch_limit is None
-            else dict(zip(("max_departure", "sigma_64"), self.patch_limit)),
+            else {
+                **dict(zip(("max_departure", "sigma_64"), self.patch_limit)),
+                "max_line_departure": self.line_limit,
+            },
         }
 
     # ---- aligned faces ----------------------------------------------------------------------------
@@ -308,7 +312,9 @@ class AgeEditor:
         if self.trajectory.keep_skin_tone:
             after = keep_skin_tone(faces, no_added_tint(faces, after), self.framing)
         if self.patch_limit is not None:  # before the cheeks' colour is restored: clipping a patch moves it
-            after = limit_patches(faces, after, *self.patch_limit, framing=self.framing)
+            after = limit_patches(
+                faces, after, *self.patch_limit, framing=self.framing, max_line_departure=self.line_limit
+            )
         after = within_gamut(faces, after).clamp(0, 1)
         if self.trajectory.keep_skin_tone:
             after = keep_cheek_colour(faces, after, framing=self.framing)
@@ -319,6 +325,13 @@ class AgeEditor:
         """(max_departure, sigma_64) of `limit_patches` from editor.json, None where it has none."""
         values = self.settings.get(PATCH_LIMIT_KEY)
         return None if not values else (float(values["max_departure"]), float(values["sigma_64"]))
+
+    @property
+    def line_limit(self) -> float | None:
+        """`max_line_departure` of editor.json's patch limit: how far the change itself (not blurred) may depart
+        from its median over the skin (`limit_patches`); None where it does not say."""
+        value = (self.settings.get(PATCH_LIMIT_KEY) or {}).get("max_line_departure")
+        return None if value is None else float(value)
 
     @property
     def guard_limit(self) -> tuple[float, float] | None:

@@ -61,16 +61,21 @@ PATCH_LIMIT = "0.15:1.0"
 
 
 def patch_limit_setting(text: str) -> dict | None:
-    """`MAX:SIGMA` -> editor.json's `patch_limit` entry; `off` -> None (no limit)."""
+    """`MAX:SIGMA` or `MAX:SIGMA:LINE` -> editor.json's `patch_limit` entry; `off` -> None (no limit)."""
     if text == "off":
         return None
     try:
-        max_departure, sigma_64 = (float(v) for v in text.split(":"))
+        values = [float(v) for v in text.split(":")]
     except ValueError:
-        raise ValueError(f"a patch limit is MAX:SIGMA (for example {PATCH_LIMIT}) or off, not {text!r}") from None
-    if not (max_departure > 0 and sigma_64 > 0):
-        raise ValueError(f"a patch limit's departure and blur must be positive, not {text!r}")
-    return {"max_departure": max_departure, "sigma_64": sigma_64}
+        values = []
+    if len(values) not in (2, 3):
+        raise ValueError(
+            f"a patch limit is MAX:SIGMA or MAX:SIGMA:LINE (for example {PATCH_LIMIT}) or off, not {text!r}"
+        )
+    if not all(v > 0 for v in values):
+        raise ValueError(f"a patch limit's departures and blur must be positive, not {text!r}")
+    setting = {"max_departure": values[0], "sigma_64": values[1]}
+    return setting | ({"max_line_departure": values[2]} if len(values) == 3 else {})
 
 
 def main(argv=None) -> None:
@@ -93,7 +98,8 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--patch-limit",
         default=PATCH_LIMIT,
-        help="the editor's limit on broad patches, MAX:SIGMA (RGB departure, blur in 64 px pixels), or off",
+        help="the editor's limit on broad patches and lines, MAX:SIGMA[:LINE] (RGB departures of the blurred "
+        "change and of the change itself, blur in 64 px pixels), or off",
     )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

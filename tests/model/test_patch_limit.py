@@ -60,6 +60,25 @@ def test_thin_lines_and_changes_off_the_skin_pass():
     assert torch.equal(limited[:, :, off_skin], after[:, :, off_skin])
 
 
+def test_a_deep_line_is_held_to_the_line_limit_and_shallow_texture_passes():
+    before = face()
+    change = torch.zeros_like(before)
+    change[:, :, 40, 20:44] = -0.3  # a gash of near-black across the lower face
+    change[:, :, 30, 20:44] = -0.05  # a shallow fold, within the line limit
+    after = before + change
+    limited = limit_patches(before, after, 0.15, 1.0, FRAMING, max_line_departure=0.1)
+    skin = face_skin_mask(SIDE, FRAMING)
+    inside = skin[40, 20:44] > 0.99
+    gash = (limited - before)[:, :, 40, 20:44][:, :, inside]
+    assert gash.norm(dim=1).max() <= 0.1 + 1e-6  # held to the limit's depth (the change's median is 0)
+    assert gash.norm(dim=1).min() > 0.09  # and not flattened further
+    assert torch.allclose(limited[:, :, 30], after[:, :, 30])  # the shallow fold passes as it is
+    # without the line limit the same gash keeps most of its depth (the broad limit leaves thin lines)
+    broad_only = limit_patches(before, after, 0.15, 1.0, FRAMING)
+    assert (broad_only - before)[:, :, 40, 20:44][:, :, inside].norm(dim=1).max() > 0.25
+    assert torch.equal(limit_patches(before, before.clone(), 0.15, 1.0, FRAMING, max_line_departure=0.1), before)
+
+
 def test_the_patch_limit_setting_is_what_the_editor_reads_and_off_is_none():
     from model.editor import AgeEditor
     from model.guard import PATCH_LIMIT, patch_limit_setting
@@ -68,9 +87,11 @@ def test_the_patch_limit_setting_is_what_the_editor_reads_and_off_is_none():
     assert setting == {"max_departure": 0.15, "sigma_64": 1.0}
     editor = AgeEditor.__new__(AgeEditor)
     editor.settings = {"patch_limit": setting}
-    assert editor.patch_limit == (0.15, 1.0)
+    assert editor.patch_limit == (0.15, 1.0) and editor.line_limit is None
+    editor.settings = {"patch_limit": patch_limit_setting("0.2:1.5:0.1")}
+    assert editor.patch_limit == (0.2, 1.5) and editor.line_limit == 0.1
     assert patch_limit_setting("off") is None
-    for bad in ("0.15", "a:b", "0:1", "0.1:-1"):
+    for bad in ("0.15", "a:b", "0:1", "0.1:-1", "0.1:1:0", "0.1:1:0.1:2"):
         with pytest.raises(ValueError, match="patch limit"):
             patch_limit_setting(bad)
 
