@@ -14,8 +14,11 @@ middle levels is learned by decoding training faces along the corrected path, ex
 - that the flow rate it no less likely than the guard allows (editor.json's likelihood guard): the flow's
   own log-density is the realism term.
 
-The correction is shared by every face (a path, not a per-face network): it ships as the path tensors of
-`age_posthoc.safetensors` and costs nothing at run time. Training resumes exactly from its state file:
+The correction is shared by every face (a path, not a per-face network): it would ship as the path tensors
+of `age_posthoc.safetensors` and cost nothing at run time. Measured and not shipped (docs/EVALUATION.md,
+seventh session): the guide comes to read the edits at their target while the judges read them younger than
+the fitted path's. Training resumes from its state file (the corrections, the optimizer and the step; the
+batches after a resume come from a seed of their own):
 
     python -m model.age_guided --weights weights --data data/faces-tight --run runs/guided-v1 --threads 1
     python -m model.age_guided --weights weights --data data/faces-tight --run runs/guided-v1 --export DIR
