@@ -68,9 +68,9 @@ def build_editor(
     likelihood guard of weights/editor.json; `reading`: "heads" reads the current age with the flow's
     supervised heads where the weights have them, "fit" always with the post-hoc fit; `fine_detail`: the
     photo's fine detail rescaled to the new age as weights/editor.json says (where it says); `patch_limit`:
-    "shipped" (weights/editor.json's, where it has one), "off", or "MAX_DEPARTURE:SIGMA_64"; `detail_stage`: the 128 px
-    detail flow (model.detail) that redraws the detail at the new age, "shipped" (the weights folder's, where
-    it has one), "off", or the folder of a detail stage (a training run's)."""
+    "shipped" (weights/editor.json's, where it has one), "off", or "MAX_DEPARTURE:SIGMA_64[:LINE]";
+    `detail_stage`: the 128 px detail flow (model.detail) that redraws the detail at the new age, "shipped"
+    (the weights folder's, where it has one), "off", or the folder of a detail stage (a training run's)."""
     if method == TransportTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)

@@ -1,12 +1,13 @@
 """Probe: each held-out face's top-latent move refined by a few gradient steps through the frozen decoder,
 against the shipped edit of the same faces.
 
-The shipped edit (guard on) is the start; the top latent's offset is then moved to bring the guide's reading
+The start is the shipped edit's move (guard on: to the age the guard let it reach), decoded as the editor
+decodes it without the gamut step; the top latent's offset is then moved to bring the guide's reading
 (`model.age_guided.GuideEstimator`, trained on the training split by `python -m model.age_guided`) to its
-reading of real faces of the target age, while the change's lines deeper than `LINE_DEPTH` and the rise of
-bits/dim over the guard's limit are penalized. Both judges (bench.judges), which the refinement never sees,
-then read the shipped and the refined faces, shown alike (the 64 px change upsampled onto the 128 px crop under
-the paste mask, without the fine-detail steps):
+reading of real faces of the target age, while the change's lines deeper than `LINE_DEPTH` are penalized (no
+bits/dim term, and no guard runs on the refined faces: their bits/dim is reported). Both judges (bench.judges),
+which the refinement never sees, then read the shipped and the refined faces, shown alike (the 64 px change
+upsampled onto the 128 px crop under the paste mask, without the fine-detail steps):
 
     python -m bench.guided_probe --weights weights --data data/faces-tight --guide runs/guided-v1 \
         --estimator data/bench/age_estimator_tight --faces 24 --years 30 --steps 10 --figure FILE
@@ -148,15 +149,15 @@ def main(argv=None) -> None:
                 "line": line_energy(after).numpy(),
                 "bits": flow.exact_bits_per_dim(after).numpy(),
             }
-    older = np.abs(target - ages) > 0
+    edited = np.abs(target - ages) > 0
     print(f"{args.faces} held-out faces, {args.years:+g} years, {args.steps} steps ({int(broken.sum())} kept shipped)")
     print(f"{'':10s} {'cnn64 change':>13s} {'resnet128 change':>17s} {'line energy':>12s} {'bits/dim':>9s}  (medians)")
     for name in ("shipped", "refined"):
         r, o = rows[name], rows["original"]
         print(
-            f"{name:10s} {np.median((r['cnn64'] - o['cnn64'])[older]):+13.1f} "
-            f"{np.median((r['resnet128'] - o['resnet128'])[older]):+17.1f} "
-            f"{np.median(r['line'][older]):12.5f} {np.median(r['bits'][older]):9.3f}"
+            f"{name:10s} {np.median((r['cnn64'] - o['cnn64'])[edited]):+13.1f} "
+            f"{np.median((r['resnet128'] - o['resnet128'])[edited]):+17.1f} "
+            f"{np.median(r['line'][edited]):12.5f} {np.median(r['bits'][edited]):9.3f}"
         )
     if args.figure is not None:
         columns = [crops, shown(shipped_after), shown(refined)]

@@ -3,8 +3,9 @@
 The post-hoc path (`model.age_fit`) is the latents' mean change with age. Moved along it as far as an age
 needs, the flow draws that change as deep dark lines and pale smears on many faces (docs/EVALUATION.md, "v2,
 fifth session"): the mean of the latents is not a mean of faces. Here a correction to the path's top and
-middle levels is learned by decoding training faces along the corrected path, exactly as the editor does
-(finer levels carried, the skin-tone and patch controls applied), and asking three things of what comes out:
+middle levels is learned by decoding training faces along the corrected path as the editor does (finer
+levels carried, the skin-tone and patch controls applied; not the gamut step, the line limit or the guard's
+search), and asking three things of what comes out:
 
 - that an age estimator of its own (`GuideEstimator`, trained here on the training split only, sharing
   nothing with bench.judges' judges: another architecture, and its own seed) read it as old as real faces of
@@ -207,13 +208,19 @@ def main(argv=None) -> None:
     if state is not None:
         path.load_state_dict(state["path"])
     if args.export is not None:
+        export = args.export.resolve()
+        for kept in (args.weights.resolve(), args.run.resolve()):
+            if export == kept or kept in export.parents or export in kept.parents:
+                raise SystemExit(f"--export {args.export} would overwrite {kept}: choose a folder of its own")
+        if state is None:
+            raise SystemExit(f"{state_path} does not exist: there is nothing to export")
         if args.export.exists():
             shutil.rmtree(args.export)
         shutil.copytree(args.weights, args.export)
         tensors = {k: v.detach().contiguous() for k, v in path.tensors(base).items()}
         save_file(tensors, str(args.export / POSTHOC_WEIGHTS))
         meta = json.loads((args.export / TRAJECTORY).read_text())
-        meta["guided"] = {"run": str(args.run), "step": int(state["step"]) if state else 0}
+        meta["guided"] = {"run": str(args.run), "step": int(state["step"])}
         (args.export / TRAJECTORY).write_text(json.dumps(meta, indent=2))
         log(f"exported step {meta['guided']['step']} into {args.export}")
         return
@@ -225,6 +232,8 @@ def main(argv=None) -> None:
     guide = GuideEstimator()
     if (args.run / GUIDE_FILE).exists():
         guide.load_state_dict(load_file(str(args.run / GUIDE_FILE)))
+    elif state is not None:
+        raise SystemExit(f"{state_path} was trained under {args.run / GUIDE_FILE}, which is missing")
     else:
         log(f"training the guide on {len(guide_train)} train faces, {args.guide_epochs} epochs")
         torch.set_num_threads(args.guide_threads or args.threads)
@@ -244,6 +253,8 @@ def main(argv=None) -> None:
 
     settings = json.loads((args.weights / EDITOR_CONFIG).read_text())
     framing = settings["model"]["framing"]
+    if not settings.get(PATCH_LIMIT_KEY):
+        raise SystemExit(f"{args.weights / EDITOR_CONFIG} has no {PATCH_LIMIT_KEY}: the editor's controls are needed")
     patch = (settings[PATCH_LIMIT_KEY]["max_departure"], settings[PATCH_LIMIT_KEY]["sigma_64"])
     guard = settings[GUARD_KEY]
     skin = face_skin_mask(64, framing)
@@ -254,7 +265,7 @@ def main(argv=None) -> None:
         step = int(state["step"])
         rng = np.random.default_rng(args.seed + step)  # the batches after a resume: a seed of their own
     low, high = trajectory.age_range
-    last_save, start, sums = time.time(), time.time(), np.zeros(4)
+    last_save, start, sums, counted = time.time(), time.time(), np.zeros(4), 0
     while step < args.steps:
         idx = np.sort(rng.choice(guide_train, args.batch, replace=False))
         x = faces.batch(idx)
@@ -288,13 +299,14 @@ def main(argv=None) -> None:
         optimizer.step()
         step += 1
         sums += [age_loss.mean().item() * 10, line_loss.mean().item(), bits_loss.mean().item(), size_loss.item()]
+        counted += 1
         if step % 25 == 0:
-            a, li, b, s = sums / 25
+            a, li, b, s = sums / counted
             log(
                 f"step {step}: age error {a:.2f} y, line {li:.5f}, bits over {b:.4f}, size {s:.5f}, "
-                f"{(time.time() - start) / 25:.2f} s/step"
+                f"{(time.time() - start) / counted:.2f} s/step"
             )
-            sums[:], start = 0, time.time()
+            sums[:], start, counted = 0, time.time(), 0
         if time.time() - last_save > args.save_every or step == args.steps:
             tmp = state_path.with_suffix(".tmp")
             torch.save({"path": path.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)

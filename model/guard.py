@@ -72,8 +72,8 @@ def patch_limit_setting(text: str) -> dict | None:
         raise ValueError(
             f"a patch limit is MAX:SIGMA or MAX:SIGMA:LINE (for example {PATCH_LIMIT}) or off, not {text!r}"
         )
-    if not all(v > 0 for v in values):
-        raise ValueError(f"a patch limit's departures and blur must be positive, not {text!r}")
+    if not all(0 < v < float("inf") for v in values):
+        raise ValueError(f"a patch limit's departures and blur must be positive numbers, not {text!r}")
     setting = {"max_departure": values[0], "sigma_64": values[1]}
     return setting | ({"max_line_departure": values[2]} if len(values) == 3 else {})
 

@@ -18,6 +18,11 @@ SIDE = 16
 
 @pytest.fixture(scope="module")
 def flow() -> Glow:
+    return small_flow()
+
+
+def small_flow() -> Glow:
+    """A two-level flow on 16 px faces whose priors have small random weights."""
     torch.manual_seed(0)
     flow = Glow(FlowConfig(resolution=SIDE, levels=2, steps=2, width=16)).eval()
     faces = torch.rand(64, 3, SIDE, SIDE)

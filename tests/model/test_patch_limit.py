@@ -12,6 +12,8 @@ import torch
 from model.colour import blotch_shares, blur, limit_patches
 from model.framing import face_grid
 from model.masks import face_skin_mask
+from tests.model.test_carried_details import faces as flow_faces
+from tests.model.test_carried_details import path_tensors, small_flow
 
 SIDE = 64
 FRAMING = "tight"
@@ -91,7 +93,7 @@ def test_the_patch_limit_setting_is_what_the_editor_reads_and_off_is_none():
     editor.settings = {"patch_limit": patch_limit_setting("0.2:1.5:0.1")}
     assert editor.patch_limit == (0.2, 1.5) and editor.line_limit == 0.1
     assert patch_limit_setting("off") is None
-    for bad in ("0.15", "a:b", "0:1", "0.1:-1", "0.1:1:0", "0.1:1:0.1:2"):
+    for bad in ("0.15", "a:b", "0:1", "0.1:-1", "0.1:1:0", "0.1:1:0.1:2", "0.1:1:inf", "inf:1"):
         with pytest.raises(ValueError, match="patch limit"):
             patch_limit_setting(bad)
 
@@ -101,3 +103,25 @@ def test_the_shipped_editor_limits_broad_patches_as_the_guard_writes_it():
 
     shipped = json.loads((Path(__file__).resolve().parents[2] / "weights" / "editor.json").read_text())
     assert shipped["patch_limit"] == patch_limit_setting(PATCH_LIMIT)
+
+
+def test_the_editor_hands_its_line_limit_to_the_patch_control(monkeypatch):
+    import model.editor
+    from model.age import PosthocTrajectory
+    from model.editor import AgeEditor
+    from model.guard import patch_limit_setting
+
+    flow = small_flow()
+    trajectory = PosthocTrajectory(flow, path_tensors(flow), [0.5, 2.0], details="carried")
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("max_line_departure"))
+        return limit_patches(*args, **kwargs)
+
+    monkeypatch.setattr(model.editor, "limit_patches", spy)
+    for setting, expected in (("0.15:1.0:0.05", 0.05), ("0.15:1.0", None)):
+        editor = AgeEditor(trajectory, {"model": {"framing": FRAMING}, "patch_limit": patch_limit_setting(setting)})
+        seen.clear()
+        editor.edit(flow_faces(2), years=30)
+        assert seen and all(value == expected for value in seen)
