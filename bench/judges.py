@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from model.data import FaceSet, load_faces
+from model.data import FaceSet, age_balance_weights, load_faces
 from model.transport import subset
 
 
@@ -144,17 +144,6 @@ def judge(estimator: nn.Module, images: np.ndarray, batch: int = 256) -> tuple[n
         ages.append(age.numpy())
         female.append(torch.sigmoid(logit).numpy())
     return np.concatenate(ages).astype(np.float64), np.concatenate(female).astype(np.float64)
-
-
-def age_balance_weights(ages: np.ndarray, bin_years: float = 5.0) -> torch.Tensor:
-    """Per-face loss weights, 1 / sqrt(share of the face's 5-year age bin), mean 1. Trained without them,
-    an estimator reads the rare old (and very young) faces towards the mean age: real 80-year-olds read
-    about 53. With them it reads the whole range more evenly, so that it can tell how much older an edit
-    looks."""
-    bins = (np.asarray(ages) // bin_years).astype(int)
-    counts = np.bincount(bins)
-    weights = 1.0 / np.sqrt(counts[bins].astype(np.float64))
-    return torch.from_numpy(weights / weights.mean()).float()
 
 
 def reading_curve(labels: np.ndarray, readings: np.ndarray, sigma: float = 3.0):

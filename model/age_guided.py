@@ -45,7 +45,7 @@ from model.age import POSTHOC_WEIGHTS, TRAJECTORY, PosthocTrajectory, load_traje
 from model.checkpoint import load_flow
 from model.colour import clipped_departure, keep_cheek_colour, keep_skin_tone, limit_patches, no_added_tint
 from model.condition import age_weights, condition_vector
-from model.data import FaceSet, load_faces
+from model.data import FaceSet, age_balance_weights, load_faces
 from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, subset_reading
 from model.masks import face_skin_mask
 
@@ -75,13 +75,6 @@ class GuideEstimator(nn.Module):
         return self.mean_age + 20.0 * self.net((faces - 0.5) / 0.25)[:, 0]
 
 
-def balance_weights(ages: np.ndarray, bin_years: float = 5.0) -> torch.Tensor:
-    """1 / sqrt(share of the face's 5-year bin), mean 1: the rare old and young faces count more."""
-    bins = (np.asarray(ages) // bin_years).astype(int)
-    weights = 1.0 / np.sqrt(np.bincount(bins)[bins].astype(np.float64))
-    return torch.from_numpy(weights / weights.mean()).float()
-
-
 def train_guide(
     faces: FaceSet, index: np.ndarray, epochs: int, seed: int, log=print, batch: int = 64
 ) -> GuideEstimator:
@@ -91,7 +84,7 @@ def train_guide(
     model = GuideEstimator(float(faces.ages[index].mean()))
     ages = torch.from_numpy(faces.ages).float()
     weights = torch.zeros(len(faces))
-    weights[torch.from_numpy(index)] = balance_weights(faces.ages[index])
+    weights[torch.from_numpy(index)] = age_balance_weights(faces.ages[index])
     steps = len(index) // batch
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=epochs * steps)

@@ -10,26 +10,16 @@ import torch
 from model.age import PosthocTrajectory
 from model.age_guided import GuidedPath, decode_along, reading_table, sample_targets, train_guide
 from model.colour import keep_cheek_colour, keep_skin_tone, limit_patches, no_added_tint
-from model.condition import condition_vector
-from model.config import FlowConfig
 from model.data import FaceSet
-from model.flow.glow import Glow
-from tests.model.test_carried_details import path_tensors
+from tests.model.test_carried_details import SIDE, path_tensors, small_flow
 
-SIDE = 16
 FRAMING = "tight"
 PATCH = (0.15, 1.0)
 
 
 @pytest.fixture(scope="module")
 def trajectory() -> PosthocTrajectory:
-    torch.manual_seed(0)
-    flow = Glow(FlowConfig(resolution=SIDE, levels=2, steps=2, width=16)).eval()
-    with torch.no_grad():
-        flow.log_prob(torch.rand(64, 3, SIDE, SIDE), condition_vector(flow.config, np.full(64, 30.0)))
-        for prior in flow.priors:
-            for parameter in prior.parameters():
-                parameter.add_(0.05 * torch.randn_like(parameter))
+    flow = small_flow()
     for parameter in flow.parameters():
         parameter.requires_grad_(False)
     return PosthocTrajectory(flow, path_tensors(flow), [0.5, 2.0], details="carried")
