@@ -299,6 +299,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         label += " detail stage"
     if editor.patch_limit is not None:
         label += " patches {:g}-{:g}".format(*editor.patch_limit)
+    if editor.age_template is not None:
+        label += f" template {editor.age_template.older:g}-{editor.age_template.younger:g}"
         if editor.line_limit is not None:
             label += f" lines {editor.line_limit:g}"
     if args.younger_level_strengths:

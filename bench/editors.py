@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from bench.judges import save_tensors, to_tensor, train_faces
 from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory
 from model.age_fit import fit_posthoc, reduce_rank
+from model.age_template import TEMPLATE_KEY, AgeTemplate
 from model.align import reframe
 from model.checkpoint import WEIGHTS
 from model.detail import CONFIG as DETAIL_CONFIG
@@ -103,8 +104,12 @@ def build_editor(
         stage = DetailStage.load(stage_folder)
     elif detail_stage not in ("shipped", "off"):
         raise SystemExit(f"{detail_stage} holds no detail stage ({DETAIL_CONFIG})")
+    template = None
+    if TEMPLATE_KEY in shipped:  # the weights folder's aging template (model.age_template), where it has one
+        settings[TEMPLATE_KEY] = shipped[TEMPLATE_KEY]
+        template = AgeTemplate.load(weights, shipped[TEMPLATE_KEY])
     # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
-    return AgeEditor(ReadingOnce(trajectory), settings, work_size=CROP_SIDE, detail_stage=stage)
+    return AgeEditor(ReadingOnce(trajectory), settings, work_size=CROP_SIDE, detail_stage=stage, age_template=template)
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from model.age import AgeReading, AgeTrajectory, load_trajectory
+from model.age_template import TEMPLATE_KEY, AgeTemplate
 from model.align import (
     AlignedFace,
     DetectedFace,
@@ -183,6 +184,7 @@ class AgeEditor:
         aligner: FaceAligner | None = None,
         work_size: int = 256,
         detail_stage: DetailStage | None = None,
+        age_template: AgeTemplate | None = None,
     ) -> None:
         self.trajectory = trajectory
         self.flow = trajectory.flow
@@ -194,6 +196,8 @@ class AgeEditor:
         # the 128 px detail flow (model.detail): redraws the face's detail at the new age; None: the fitted
         # curve rescales the photo's own detail instead
         self.detail_stage = detail_stage
+        # the aging template from real faces (model.age_template), added after the guard; None: not added
+        self.age_template = age_template
 
     @classmethod
     def from_dir(
@@ -203,7 +207,9 @@ class AgeEditor:
         flow = load_flow(folder, device)
         settings = json.loads((folder / EDITOR_CONFIG).read_text()) if (folder / EDITOR_CONFIG).exists() else {}
         stage = DetailStage.load(folder, device) if (folder / DETAIL_CONFIG).exists() else None
-        return cls(load_trajectory(folder, flow, settings), settings, aligner, detail_stage=stage)
+        template = AgeTemplate.load(folder, settings[TEMPLATE_KEY]) if TEMPLATE_KEY in settings else None
+        trajectory = load_trajectory(folder, flow, settings)
+        return cls(trajectory, settings, aligner, detail_stage=stage, age_template=template)
 
     @property
     def aligner(self) -> FaceAligner:
@@ -238,6 +244,8 @@ class AgeEditor:
             "fine_detail": self.fine_detail is not None,
             # the 128 px detail flow that redraws the face's detail at the new age (model.detail)
             "detail": None if self.detail_stage is None else self.detail_stage.info(),
+            # the aging template from real faces (model.age_template)
+            "age_template": None if self.age_template is None else self.settings.get(TEMPLATE_KEY),
             # an edit's broad patches over the skin are flattened, and its lines held to a depth (limit_patches)
             "patch_limit": None
             if self.patch_limit is None
@@ -280,6 +288,10 @@ class AgeEditor:
         # a latent moved so far that the inverse overflows gives no face at all: such a face is given back
         broken = ~torch.isfinite(after).flatten(1).all(1).cpu().numpy()
         strength[broken] = 0.0
+        if self.age_template is not None:  # the folds of the age reached, where real faces have them
+            reached = reading.ages + strength * (target - reading.ages)
+            folds = self.age_template.change(reading.ages, reached, after.shape[-1], self.framing)
+            after = (after + folds.to(after.device)).clamp(0, 1)
         unmoved = torch.from_numpy((target == reading.ages) | (strength == 0)).to(faces.device)
         after = torch.where(unmoved[:, None, None, None], faces, after)  # a zero edit gives the face back exactly
         return [
