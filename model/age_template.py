@@ -20,15 +20,18 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from model.data import FaceSet, load_faces
 from model.fine_detail import highpass
 from model.masks import face_skin_mask
+
+if TYPE_CHECKING:  # the editor loads a template but never the training set
+    from model.data import FaceSet
 
 TEMPLATE_FILE = "age_template.safetensors"
 # editor.json key: {"older": strength, "younger": strength, "sigma_64": blur, "knots": [ages]}
@@ -104,6 +107,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from model.data import load_faces
+
     faces = load_faces(args.data, 64, "train")
     knots, bands = fit_template(faces, args.sigma_64)
     save_file({"bands": bands.contiguous()}, str(args.weights / TEMPLATE_FILE))

@@ -77,7 +77,7 @@ def test_the_editor_adds_the_template_after_the_guard_and_a_zero_edit_stays_exac
 
 def test_the_command_writes_the_template_and_the_editor_loads_it(tmp_path, monkeypatch):
     faces = aging_faces(200)
-    monkeypatch.setattr("model.age_template.load_faces", lambda *a, **k: faces)
+    monkeypatch.setattr("model.data.load_faces", lambda *a, **k: faces)
     (tmp_path / "editor.json").write_text(json.dumps({"model": {"framing": FRAMING}}))
     main(["--weights", str(tmp_path), "--data", str(tmp_path), "--older", "2", "--younger", "0.5"])
     settings = json.loads((tmp_path / "editor.json").read_text())
