@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from model.condition import age_weights
 from model.fine_detail import highpass
 from model.masks import face_skin_mask
 
@@ -52,14 +53,8 @@ class AgeTemplate:
 
     def at(self, ages, side: int) -> torch.Tensor:
         """T(age) for each of N ages: N x 3 x side x side (linear between knots, flat beyond the ends)."""
-        ages = np.clip(np.asarray(ages, np.float64), self.knots[0], self.knots[-1])
-        step = np.diff(self.knots)
-        weights = np.zeros((len(ages), len(self.knots)))
-        upper = np.clip(np.searchsorted(self.knots, ages, side="right"), 1, len(self.knots) - 1)
-        share = (ages - self.knots[upper - 1]) / step[upper - 1]
-        weights[np.arange(len(ages)), upper - 1] = 1 - share
-        weights[np.arange(len(ages)), upper] += share
-        out = torch.einsum("nk,kchw->nchw", torch.from_numpy(weights).float(), self.bands)
+        weights = age_weights(torch.as_tensor(np.asarray(ages, np.float64)), tuple(self.knots.tolist()))
+        out = torch.einsum("nk,kchw->nchw", weights, self.bands)
         return out if side == out.shape[-1] else F.interpolate(out, size=side, mode="bilinear", align_corners=False)
 
     def change(self, ages_from, ages_to, side: int, framing: str) -> torch.Tensor:
@@ -83,15 +78,14 @@ class AgeTemplate:
 
 def fit_template(faces: FaceSet, sigma_64: float = SIGMA_64, knot_step: float = KNOT_STEP, batch: int = 512):
     """The knots and the mean detail band of `faces` (64 px) at each, every face weighted by its share of
-    the two knots around its age."""
+    the two knots around its age (`model.condition.age_weights`; ages beyond the last knot count as it)."""
     knots = np.arange(0.0, 90.0 + knot_step / 2, knot_step)
     sums = torch.zeros(len(knots), 3, 64, 64, dtype=torch.float64)
     totals = torch.zeros(len(knots), dtype=torch.float64)
     for start in range(0, len(faces), batch):
         index = np.arange(start, min(start + batch, len(faces)))
         band = highpass(faces.batch(index), sigma_64).double()
-        ages = faces.ages[index].astype(np.float64)
-        weights = torch.from_numpy(np.clip(1 - np.abs(ages[:, None] - knots[None]) / knot_step, 0, None))
+        weights = age_weights(torch.from_numpy(faces.ages[index]), tuple(knots.tolist())).double()
         sums += torch.einsum("nk,nchw->kchw", weights, band)
         totals += weights.sum(0)
     return knots, (sums / totals.clamp(min=1e-9)[:, None, None, None]).float()
