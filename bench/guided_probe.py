@@ -30,10 +30,8 @@ from safetensors.torch import load_file
 from bench.edit_quality import stratified
 from bench.editors import build_editor
 from bench.judges import load_or_train_judge, to_tensor
-from model.age_guided import GUIDE_FILE, LINE_DEPTH, GuideEstimator, reading_table
+from model.age_guided import GUIDE_FILE, GuideEstimator, decode_along, line_energy, reading_table
 from model.checkpoint import load_flow
-from model.colour import clipped_departure, keep_cheek_colour, keep_skin_tone, limit_patches, no_added_tint
-from model.condition import age_weights, condition_vector
 from model.data import load_faces
 from model.masks import face_mask, face_skin_mask
 
@@ -103,35 +101,20 @@ def main(argv=None) -> None:
     ages = reading.ages
     target = np.clip(ages + args.years, *trajectory.age_range)
     reached = np.array([e.age_after for e in shipped])  # where the guard stopped the shipped edit
-    knots = flow.config.age_knots
-    delta = (age_weights(torch.as_tensor(reached), knots) - age_weights(torch.as_tensor(ages), knots)).float()
-    shifts = [
-        s * torch.einsum("nk,kchw->nchw", delta, trajectory.tensors[f"level{level}_age"].float())
-        for level, s in enumerate(trajectory._strengths(reading, reached, "cpu"))
-    ]
-    current, wanted = condition_vector(flow.config, ages), condition_vector(flow.config, reached)
-    with torch.no_grad():
-        eps = flow.standardize_latents(latents, contexts, current)
-    conditions = [wanted] * (len(eps) - 1) + [current]
     want = torch.from_numpy(curve[np.clip(np.rint(target), 0, 100).astype(int)]).float()
+    path = {k: v.float() for k, v in trajectory.tensors.items()}
 
     def decode(offset: torch.Tensor) -> torch.Tensor:
-        after = flow.generate(eps, conditions, offsets=shifts[:-1] + [shifts[-1] + offset])
-        after = keep_skin_tone(faces, no_added_tint(faces, after), framing)
-        after = limit_patches(faces, after, *patch, framing=framing).clamp(0, 1)
-        return keep_cheek_colour(faces, after, framing=framing)
+        return decode_along(trajectory, path, faces, reading, reached, framing, patch, top_offset=offset)[0]
 
-    def line_energy(after: torch.Tensor) -> torch.Tensor:
-        line = clipped_departure(after - faces, LINE_DEPTH, skin).norm(dim=1)
-        return (line**2 * skin).sum((1, 2)) / skin.sum()
-
-    offset = torch.zeros_like(shifts[-1], requires_grad=True)
+    top = latents[-1]
+    offset = torch.zeros_like(top, requires_grad=True)
     optimizer = torch.optim.Adam([offset], lr=args.lr)
     moved = torch.from_numpy(np.abs(target - ages) > 0)[:, None, None, None]
     for _ in range(args.steps):
         after = decode(offset)
         loss = F.smooth_l1_loss(guide(after), want, beta=2.0, reduction="none") / 10
-        loss = (loss + args.line_weight * line_energy(after)).sum()
+        loss = (loss + args.line_weight * line_energy(faces, after, skin)).sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -146,7 +129,7 @@ def main(argv=None) -> None:
             view = shown(after)
             rows[name] = {
                 **{judge: model(view)[0].numpy() for judge, model in judges.items()},
-                "line": line_energy(after).numpy(),
+                "line": line_energy(faces, after, skin).numpy(),
                 "bits": flow.exact_bits_per_dim(after).numpy(),
             }
     edited = np.abs(target - ages) > 0

@@ -131,10 +131,19 @@ class GuidedPath(nn.Module):
         return {k: v + self.corrections[k] if k in self.corrections else v for k, v in base.items()}
 
 
-def decode_along(trajectory: PosthocTrajectory, tensors, faces, reading, target: np.ndarray, framing: str, patch):
-    """`PosthocTrajectory.move` (details carried) with `tensors` as the path, differentiable in them, then
-    the editor's colour and patch controls (`AgeEditor._moved` without the gamut step); and the decoding's
-    exact bits/dim."""
+def decode_along(
+    trajectory: PosthocTrajectory,
+    tensors,
+    faces,
+    reading,
+    target: np.ndarray,
+    framing: str,
+    patch,
+    top_offset: torch.Tensor | None = None,
+):
+    """`PosthocTrajectory.move` (details carried) with `tensors` as the path, differentiable in them (and in
+    `top_offset`, each face's own offset of the top latent, where given), then the editor's colour and patch
+    controls (`AgeEditor._moved` without the gamut step); and the decoding's exact bits/dim."""
     flow = trajectory.flow
     knots = flow.config.age_knots
     delta = (age_weights(torch.as_tensor(target), knots) - age_weights(torch.as_tensor(reading.ages), knots)).float()
@@ -142,6 +151,8 @@ def decode_along(trajectory: PosthocTrajectory, tensors, faces, reading, target:
         s * torch.einsum("nk,kchw->nchw", delta, tensors[f"level{level}_age"])
         for level, s in enumerate(trajectory._strengths(reading, target, delta.device))
     ]
+    if top_offset is not None:
+        shifts[-1] = shifts[-1] + top_offset
     current, wanted = condition_vector(flow.config, reading.ages), condition_vector(flow.config, target)
     with torch.no_grad():
         eps = flow.standardize_latents(reading.latents, reading.contexts, current)
@@ -149,6 +160,13 @@ def decode_along(trajectory: PosthocTrajectory, tensors, faces, reading, target:
     after = keep_skin_tone(faces, no_added_tint(faces, after), framing)
     after = limit_patches(faces, after, *patch, framing=framing).clamp(0, 1)
     return keep_cheek_colour(faces, after, framing=framing), bits
+
+
+def line_energy(before: torch.Tensor, after: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
+    """Per face, the mean square over the skin of the change's part beyond `LINE_DEPTH` from its median: how
+    much of an edit is lines deeper than the line limit allows."""
+    line = clipped_departure(after - before, LINE_DEPTH, skin).norm(dim=1)
+    return (line**2 * skin).sum((1, 2)) / skin.sum()
 
 
 def sample_targets(ages: np.ndarray, rng: np.random.Generator, low: float, high: float) -> np.ndarray:
@@ -279,8 +297,7 @@ def main(argv=None) -> None:
         wanted = wanted_reading[torch.from_numpy(np.clip(np.rint(target), 0, 100).astype(np.int64))]
         read = guide(after)
         age_loss = F.smooth_l1_loss(read, wanted, beta=2.0, reduction="none") / 10
-        line = clipped_departure(after - x, LINE_DEPTH, skin).norm(dim=1)
-        line_loss = (line**2 * skin).sum((1, 2)) / skin.sum()
+        line_loss = line_energy(x, after, skin)
         allowed = torch.maximum(torch.tensor(guard["max_bits_per_dim"]), own_bits + guard["max_rise_bits_per_dim"])
         # log: a decoding near overflow is rated at up to 1e9 bits/dim, which would swamp every other term
         bits_loss = torch.log1p(F.relu(bits - allowed))

@@ -288,8 +288,8 @@ class AgeEditor:
         # a latent moved so far that the inverse overflows gives no face at all: such a face is given back
         broken = ~torch.isfinite(after).flatten(1).all(1).cpu().numpy()
         strength[broken] = 0.0
+        reached = reading.ages + strength * (target - reading.ages)
         if self.age_template is not None:  # the folds of the age reached, where real faces have them
-            reached = reading.ages + strength * (target - reading.ages)
             folds = self.age_template.change(reading.ages, reached, after.shape[-1], self.framing)
             after = (after + folds.to(after.device)).clamp(0, 1)
         unmoved = torch.from_numpy((target == reading.ages) | (strength == 0)).to(faces.device)
@@ -299,12 +299,12 @@ class AgeEditor:
                 before=f.cpu(),
                 after=a.cpu(),
                 age_before=float(b),
-                age_after=float(b + s * (t - b)),
+                age_after=float(r),
                 age_target=float(t),
                 clamped=bool(c),
                 strength=float(s),
             )
-            for f, a, b, t, c, s in zip(faces, after, reading.ages, target, clamped, strength)
+            for f, a, b, r, t, c, s in zip(faces, after, reading.ages, reached, target, clamped, strength)
         ]
 
     def targets(self, ages: np.ndarray, years=None, target_age=None) -> tuple[np.ndarray, np.ndarray]:
