@@ -174,6 +174,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         not args.no_fine_detail,
         args.patch_limit,
         args.detail_stage,
+        args.face_basis,
     )
     lap("editor")
 
@@ -297,6 +298,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         label += " fine detail"
     if editor.detail_stage is not None:
         label += " detail stage"
+    if editor.face_basis is not None:
+        label += f" basis {editor.face_basis.components.shape[0]}"
     if editor.patch_limit is not None:
         label += " patches {:g}-{:g}".format(*editor.patch_limit)
     if editor.age_template is not None:
@@ -335,6 +338,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             else {"folder": args.detail_stage, **editor.detail_stage.info()},
             "patch_limit": editor.patch_limit,
             "line_limit": editor.line_limit,
+            "face_basis": editor.settings.get("face_basis"),
             "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name else None,
             "level_strengths": strengths,
             "younger_level_strengths": args.younger_level_strengths,
@@ -586,6 +590,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the limit on the edit's patches and lines (model.colour.limit_patches): --weights/editor.json's, "
         "none, or its largest departure of the blurred change (RGB, 0-1), the blur (pixels of a 64 px crop) "
         "and the largest departure of the change itself",
+    )
+    parser.add_argument(
+        "--face-basis",
+        default="shipped",
+        metavar="shipped|off|DIR",
+        help="the basis of real faces' detail that an edit's fine change is projected onto (model.face_basis): "
+        "--weights' (where it has one, as the service does), none, or a folder's",
     )
     parser.add_argument("--threads", type=int, default=1)
     return parser

@@ -20,6 +20,7 @@ from model.checkpoint import WEIGHTS
 from model.detail import CONFIG as DETAIL_CONFIG
 from model.detail import DetailStage
 from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, AgeEditor
+from model.face_basis import BASIS_KEY, FaceBasis
 from model.fine_detail import DETAIL_KEY
 from model.flow.glow import Glow
 from model.guard import patch_limit_setting
@@ -64,6 +65,7 @@ def build_editor(
     fine_detail: bool = True,
     patch_limit: str = "shipped",
     detail_stage: str = "shipped",
+    face_basis: str = "shipped",
 ) -> AgeEditor:
     """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
     likelihood guard of weights/editor.json; `reading`: "heads" reads the current age with the flow's
@@ -71,7 +73,9 @@ def build_editor(
     photo's fine detail rescaled to the new age as weights/editor.json says (where it says); `patch_limit`:
     "shipped" (weights/editor.json's, where it has one), "off", or "MAX_DEPARTURE:SIGMA_64[:LINE]";
     `detail_stage`: the 128 px detail flow (model.detail) that redraws the detail at the new age, "shipped"
-    (the weights folder's, where it has one), "off", or the folder of a detail stage (a training run's)."""
+    (the weights folder's, where it has one), "off", or the folder of a detail stage (a training run's);
+    `face_basis`: the basis of real faces' detail that an edit's fine change is projected onto
+    (model.face_basis), "shipped" (the weights folder's, where it has one), "off", or a folder's."""
     if method == TransportTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)
@@ -108,8 +112,25 @@ def build_editor(
     if TEMPLATE_KEY in shipped:  # the weights folder's aging template (model.age_template), where it has one
         settings[TEMPLATE_KEY] = shipped[TEMPLATE_KEY]
         template = AgeTemplate.load(weights, shipped[TEMPLATE_KEY])
+    basis = None
+    if face_basis != "off":
+        basis_folder = weights if face_basis == "shipped" else Path(face_basis)
+        basis_config = basis_folder / EDITOR_CONFIG
+        basis_settings = json.loads(basis_config.read_text()).get(BASIS_KEY) if basis_config.exists() else None
+        if basis_settings is not None:
+            settings[BASIS_KEY] = basis_settings
+            basis = FaceBasis.load(basis_folder, basis_settings)
+        elif face_basis != "shipped":
+            raise SystemExit(f"{face_basis} holds no face basis ({BASIS_KEY} in {EDITOR_CONFIG})")
     # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
-    return AgeEditor(ReadingOnce(trajectory), settings, work_size=CROP_SIDE, detail_stage=stage, age_template=template)
+    return AgeEditor(
+        ReadingOnce(trajectory),
+        settings,
+        work_size=CROP_SIDE,
+        detail_stage=stage,
+        age_template=template,
+        face_basis=basis,
+    )
 
 
 @torch.no_grad()

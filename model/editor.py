@@ -42,6 +42,7 @@ from model.edit_rules import (
     face_too_small_message,
     no_plausible_face_message,
 )
+from model.face_basis import BASIS_KEY, FaceBasis
 from model.fine_detail import DETAIL_KEY, DetailEnergy
 from model.masks import face_mask
 from model.side_threads import beside
@@ -185,6 +186,7 @@ class AgeEditor:
         work_size: int = 256,
         detail_stage: DetailStage | None = None,
         age_template: AgeTemplate | None = None,
+        face_basis: FaceBasis | None = None,
     ) -> None:
         self.trajectory = trajectory
         self.flow = trajectory.flow
@@ -198,6 +200,9 @@ class AgeEditor:
         self.detail_stage = detail_stage
         # the aging template from real faces (model.age_template), added after the guard; None: not added
         self.age_template = age_template
+        # the detail real faces can have (model.face_basis): an edit's fine change on the skin is kept only as
+        # far as it is made of it; None: kept as the flow drew it
+        self.face_basis = face_basis
 
     @classmethod
     def from_dir(
@@ -208,8 +213,9 @@ class AgeEditor:
         settings = json.loads((folder / EDITOR_CONFIG).read_text()) if (folder / EDITOR_CONFIG).exists() else {}
         stage = DetailStage.load(folder, device) if (folder / DETAIL_CONFIG).exists() else None
         template = AgeTemplate.load(folder, settings[TEMPLATE_KEY]) if TEMPLATE_KEY in settings else None
+        basis = FaceBasis.load(folder, settings[BASIS_KEY]) if BASIS_KEY in settings else None
         trajectory = load_trajectory(folder, flow, settings)
-        return cls(trajectory, settings, aligner, detail_stage=stage, age_template=template)
+        return cls(trajectory, settings, aligner, detail_stage=stage, age_template=template, face_basis=basis)
 
     @property
     def aligner(self) -> FaceAligner:
@@ -246,6 +252,8 @@ class AgeEditor:
             "detail": None if self.detail_stage is None else self.detail_stage.info(),
             # the aging template from real faces (model.age_template)
             "age_template": None if self.age_template is None else self.settings.get(TEMPLATE_KEY),
+            # an edit's fine change kept as far as real faces' detail is made of it (model.face_basis)
+            "face_basis": None if self.face_basis is None else self.settings.get(BASIS_KEY),
             # an edit's broad patches over the skin are flattened, and its lines held to a depth (limit_patches)
             "patch_limit": None
             if self.patch_limit is None
@@ -323,6 +331,8 @@ class AgeEditor:
         after, bits = self.trajectory.move(faces, reading, target, with_bits=True)
         if self.trajectory.keep_skin_tone:
             after = keep_skin_tone(faces, no_added_tint(faces, after), self.framing)
+        if self.face_basis is not None:  # the fine change, as far as real faces' detail is made of it
+            after = self.face_basis.project(faces, after)
         if self.patch_limit is not None:  # before the cheeks' colour is restored: clipping a patch moves it
             after = limit_patches(
                 faces, after, *self.patch_limit, framing=self.framing, max_line_departure=self.line_limit
