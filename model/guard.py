@@ -8,7 +8,8 @@ median), or while its colour change is blotched over more than `max_blotch_share
 (`model.colour.blotch_shares`). A detection is edited only when its crop's exact bits/dim lie within
 PLAUSIBLE_RANGE times the real faces' mean (`plausible_face_bits_per_dim`). `python -m model.guard
 --weights weights --data data/faces-tight` measures the real faces and writes both into weights/editor.json,
-with the editor's limit on broad patches (`patch_limit`, `model.colour.limit_patches`; `--patch-limit`).
+with the editor's limit on broad patches (`patch_limit`, `model.colour.limit_patches`; `--patch-limit`). The
+percentile is 95 by default; the shipped weights use `--percentile 99` (docs/EVALUATION.md, eighth session).
 """
 
 from __future__ import annotations
