@@ -175,6 +175,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         args.patch_limit,
         args.detail_stage,
         args.face_basis,
+        args.age_shape,
     )
     lap("editor")
 
@@ -302,10 +303,12 @@ def evaluate(args: argparse.Namespace) -> dict:
         label += f" basis {editor.face_basis.components.shape[0]}"
     if editor.patch_limit is not None:
         label += " patches {:g}-{:g}".format(*editor.patch_limit)
+    if editor.line_limit is not None:
+        label += f" lines {editor.line_limit:g}"
     if editor.age_template is not None:
         label += f" template {editor.age_template.older:g}-{editor.age_template.younger:g}"
-        if editor.line_limit is not None:
-            label += f" lines {editor.line_limit:g}"
+    if editor.age_shape is not None:
+        label += f" shape {editor.age_shape.gain:g}"
     if args.younger_level_strengths:
         label += f" younger [{','.join(f'{s:g}' for s in args.younger_level_strengths)}]"
     figures = []
@@ -339,6 +342,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "patch_limit": editor.patch_limit,
             "line_limit": editor.line_limit,
             "face_basis": editor.settings.get("face_basis"),
+            "age_shape": editor.settings.get("age_shape"),
             "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name else None,
             "level_strengths": strengths,
             "younger_level_strengths": args.younger_level_strengths,
@@ -597,6 +601,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="shipped|off|DIR",
         help="the basis of real faces' detail that an edit's fine change is projected onto (model.face_basis): "
         "--weights' (where it has one, as the service does), none, or a folder's",
+    )
+    parser.add_argument(
+        "--age-shape",
+        default="shipped",
+        metavar="shipped|off|DIR",
+        help="the warp of the face's shape to the new age (model.age_shape): --weights' (where it has one, as "
+        "the service does), none, or a folder's",
     )
     parser.add_argument("--threads", type=int, default=1)
     return parser

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from bench.judges import save_tensors, to_tensor, train_faces
 from model.age import POSTHOC_WEIGHTS, ConditionalPriorTrajectory, PosthocTrajectory
 from model.age_fit import fit_posthoc, reduce_rank
+from model.age_shape import SHAPE_KEY, AgeShape
 from model.age_template import TEMPLATE_KEY, AgeTemplate
 from model.align import reframe
 from model.checkpoint import WEIGHTS
@@ -66,6 +67,7 @@ def build_editor(
     patch_limit: str = "shipped",
     detail_stage: str = "shipped",
     face_basis: str = "shipped",
+    age_shape: str = "shipped",
 ) -> AgeEditor:
     """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
     likelihood guard of weights/editor.json; `reading`: "heads" reads the current age with the flow's
@@ -75,7 +77,8 @@ def build_editor(
     `detail_stage`: the 128 px detail flow (model.detail) that redraws the detail at the new age, "shipped"
     (the weights folder's, where it has one), "off", or the folder of a detail stage (a training run's);
     `face_basis`: the basis of real faces' detail that an edit's fine change is projected onto
-    (model.face_basis), "shipped" (the weights folder's, where it has one), "off", or a folder's."""
+    (model.face_basis), "shipped" (the weights folder's, where it has one), "off", or a folder's; `age_shape`:
+    the warp of the face's shape to the new age (model.age_shape), likewise."""
     if method == TransportTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)
@@ -122,6 +125,16 @@ def build_editor(
             basis = FaceBasis.load(basis_folder, basis_settings)
         elif face_basis != "shipped":
             raise SystemExit(f"{face_basis} holds no face basis ({BASIS_KEY} in {EDITOR_CONFIG})")
+    shape = None
+    if age_shape != "off":
+        shape_folder = weights if age_shape == "shipped" else Path(age_shape)
+        shape_config = shape_folder / EDITOR_CONFIG
+        shape_settings = json.loads(shape_config.read_text()).get(SHAPE_KEY) if shape_config.exists() else None
+        if shape_settings is not None:
+            settings[SHAPE_KEY] = shape_settings
+            shape = AgeShape.load(shape_folder, shape_settings)
+        elif age_shape != "shipped":
+            raise SystemExit(f"{age_shape} holds no age shape ({SHAPE_KEY} in {EDITOR_CONFIG})")
     # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
     return AgeEditor(
         ReadingOnce(trajectory),
@@ -130,6 +143,7 @@ def build_editor(
         detail_stage=stage,
         age_template=template,
         face_basis=basis,
+        age_shape=shape,
     )
 
 
@@ -197,6 +211,8 @@ def run_edits(
                 change = reframe(change, editor.framing, view, CROP_SIDE)
             # the photo's own fine detail, rescaled to the new age, as the service does on its work crop
             change = change + editor.fine_detail_change(view_crops, edits, detail) * view_mask
+            if editor.age_shape is not None and editor.framing == view:  # and the face's shape at the new age
+                change = editor.shaped_change(view_crops, edits, change) * view_mask
             change = change.permute(0, 2, 3, 1).numpy()
             shown = np.clip(np.rint(batch_crops + 255.0 * change), 0, 255).astype(np.uint8)
             parts[name].append(

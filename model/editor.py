@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from model.age import AgeReading, AgeTrajectory, load_trajectory
+from model.age_shape import SHAPE_KEY, AgeShape
 from model.age_template import TEMPLATE_KEY, AgeTemplate
 from model.align import (
     AlignedFace,
@@ -187,6 +188,7 @@ class AgeEditor:
         detail_stage: DetailStage | None = None,
         age_template: AgeTemplate | None = None,
         face_basis: FaceBasis | None = None,
+        age_shape: AgeShape | None = None,
     ) -> None:
         self.trajectory = trajectory
         self.flow = trajectory.flow
@@ -203,6 +205,9 @@ class AgeEditor:
         # the detail real faces can have (model.face_basis): an edit's fine change on the skin is kept only as
         # far as it is made of it; None: kept as the flow drew it
         self.face_basis = face_basis
+        # the face's shape at each age (model.age_shape): the work crop's pixels warped to the age reached;
+        # None: the shape is as the flow's change leaves it
+        self.age_shape = age_shape
 
     @classmethod
     def from_dir(
@@ -214,8 +219,17 @@ class AgeEditor:
         stage = DetailStage.load(folder, device) if (folder / DETAIL_CONFIG).exists() else None
         template = AgeTemplate.load(folder, settings[TEMPLATE_KEY]) if TEMPLATE_KEY in settings else None
         basis = FaceBasis.load(folder, settings[BASIS_KEY]) if BASIS_KEY in settings else None
+        shape = AgeShape.load(folder, settings[SHAPE_KEY]) if SHAPE_KEY in settings else None
         trajectory = load_trajectory(folder, flow, settings)
-        return cls(trajectory, settings, aligner, detail_stage=stage, age_template=template, face_basis=basis)
+        return cls(
+            trajectory,
+            settings,
+            aligner,
+            detail_stage=stage,
+            age_template=template,
+            face_basis=basis,
+            age_shape=shape,
+        )
 
     @property
     def aligner(self) -> FaceAligner:
@@ -254,6 +268,8 @@ class AgeEditor:
             "age_template": None if self.age_template is None else self.settings.get(TEMPLATE_KEY),
             # an edit's fine change kept as far as real faces' detail is made of it (model.face_basis)
             "face_basis": None if self.face_basis is None else self.settings.get(BASIS_KEY),
+            # the face's shape warped to the age reached (model.age_shape)
+            "age_shape": None if self.age_shape is None else self.settings.get(SHAPE_KEY),
             # an edit's broad patches over the skin are flattened, and its lines held to a depth (limit_patches)
             "patch_limit": None
             if self.patch_limit is None
@@ -579,12 +595,26 @@ class AgeEditor:
     ) -> list[torch.Tensor]:
         """Each face's change at the work size: its edit's (`work_change`), and with a detail stage or a fitted
         fine-detail curve also its own fine detail taken to the new age, read from its work crop (cut from
-        `image` here). `detail`: the work crops' `read_detail`, when already at hand."""
+        `image` here), then with an age shape the face's shape at the new age (`shaped_change`). `detail`:
+        the work crops' `read_detail`, when already at hand."""
         changes = [self.work_change(e) for e in edits]
-        if self.fine_detail is None and self.detail_stage is None:
+        if self.fine_detail is None and self.detail_stage is None and self.age_shape is None:
             return changes
         crops = torch.stack([a.cut(image, self.work_size) for a in aligned])
-        return [change + fine for change, fine in zip(changes, self.fine_detail_change(crops, edits, detail))]
+        if self.fine_detail is not None or self.detail_stage is not None:
+            changes = [change + fine for change, fine in zip(changes, self.fine_detail_change(crops, edits, detail))]
+        return list(self.shaped_change(crops, edits, torch.stack(changes)))
+
+    def shaped_change(self, crops: torch.Tensor, edits: list[FaceEdit], change: torch.Tensor) -> torch.Tensor:
+        """The change (N x 3 x S x S) that gives N work crops their edit's `change` and then their face's
+        shape at the age reached (model.age_shape); `change` as it is without an age shape, and for a face
+        whose age does not change."""
+        if self.age_shape is None:
+            return change
+        before, after = [e.age_before for e in edits], [e.age_after for e in edits]
+        moved = torch.from_numpy(np.asarray(before) != np.asarray(after)).to(change.device)
+        warped = self.age_shape.warp(crops + change, before, after)
+        return torch.where(moved[:, None, None, None], warped - crops, change)
 
     def read_detail(self, crops: torch.Tensor, ages=None, targets: list[np.ndarray] = ()) -> WorkDetail:
         """What `fine_detail_change` reads of N crops (N x 3 x S x S in [0, 1]), read once for every age the
