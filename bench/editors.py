@@ -115,26 +115,8 @@ def build_editor(
     if TEMPLATE_KEY in shipped:  # the weights folder's aging template (model.age_template), where it has one
         settings[TEMPLATE_KEY] = shipped[TEMPLATE_KEY]
         template = AgeTemplate.load(weights, shipped[TEMPLATE_KEY])
-    basis = None
-    if face_basis != "off":
-        basis_folder = weights if face_basis == "shipped" else Path(face_basis)
-        basis_config = basis_folder / EDITOR_CONFIG
-        basis_settings = json.loads(basis_config.read_text()).get(BASIS_KEY) if basis_config.exists() else None
-        if basis_settings is not None:
-            settings[BASIS_KEY] = basis_settings
-            basis = FaceBasis.load(basis_folder, basis_settings)
-        elif face_basis != "shipped":
-            raise SystemExit(f"{face_basis} holds no face basis ({BASIS_KEY} in {EDITOR_CONFIG})")
-    shape = None
-    if age_shape != "off":
-        shape_folder = weights if age_shape == "shipped" else Path(age_shape)
-        shape_config = shape_folder / EDITOR_CONFIG
-        shape_settings = json.loads(shape_config.read_text()).get(SHAPE_KEY) if shape_config.exists() else None
-        if shape_settings is not None:
-            settings[SHAPE_KEY] = shape_settings
-            shape = AgeShape.load(shape_folder, shape_settings)
-        elif age_shape != "shipped":
-            raise SystemExit(f"{age_shape} holds no age shape ({SHAPE_KEY} in {EDITOR_CONFIG})")
+    basis = optional_part(face_basis, weights, BASIS_KEY, FaceBasis.load, "face basis", settings)
+    shape = optional_part(age_shape, weights, SHAPE_KEY, AgeShape.load, "age shape", settings)
     # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
     return AgeEditor(
         ReadingOnce(trajectory),
@@ -145,6 +127,23 @@ def build_editor(
         face_basis=basis,
         age_shape=shape,
     )
+
+
+def optional_part(choice: str, weights: Path, key: str, load, name: str, settings: dict):
+    """An optional part of the editor kept as a file and an editor.json entry `key`: for `choice` "shipped",
+    the weights folder's, where it has one; "off", none; else the folder `choice`'s, which must have one. The
+    entry is copied into `settings` where one is loaded."""
+    if choice == "off":
+        return None
+    folder = weights if choice == "shipped" else Path(choice)
+    config = folder / EDITOR_CONFIG
+    entry = json.loads(config.read_text()).get(key) if config.exists() else None
+    if entry is None:
+        if choice != "shipped":
+            raise SystemExit(f"{choice} holds no {name} ({key} in {EDITOR_CONFIG})")
+        return None
+    settings[key] = entry
+    return load(folder, entry)
 
 
 @torch.no_grad()
