@@ -210,7 +210,9 @@ def run_edits(
                 change = reframe(change, editor.framing, view, CROP_SIDE)
             # the photo's own fine detail, rescaled to the new age, as the service does on its work crop
             change = change + editor.fine_detail_change(view_crops, edits, detail) * view_mask
-            if editor.age_shape is not None and editor.framing == view:  # and the face's shape at the new age
+            if editor.age_shape is not None:  # and the face's shape at the new age
+                if editor.framing != view:
+                    raise ValueError(f"the age shape warps {editor.framing} crops, not {view} ones")
                 change = editor.shaped_change(view_crops, edits, change) * view_mask
             change = change.permute(0, 2, 3, 1).numpy()
             shown = np.clip(np.rint(batch_crops + 255.0 * change), 0, 255).astype(np.uint8)

@@ -601,8 +601,7 @@ class AgeEditor:
         if self.fine_detail is None and self.detail_stage is None and self.age_shape is None:
             return changes
         crops = torch.stack([a.cut(image, self.work_size) for a in aligned])
-        if self.fine_detail is not None or self.detail_stage is not None:
-            changes = [change + fine for change, fine in zip(changes, self.fine_detail_change(crops, edits, detail))]
+        changes = [change + fine for change, fine in zip(changes, self.fine_detail_change(crops, edits, detail))]
         return list(self.shaped_change(crops, edits, torch.stack(changes)))
 
     def shaped_change(self, crops: torch.Tensor, edits: list[FaceEdit], change: torch.Tensor) -> torch.Tensor:

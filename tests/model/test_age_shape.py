@@ -113,3 +113,21 @@ def test_the_command_writes_the_fields_and_they_load(tmp_path, monkeypatch):
     loaded = AgeShape.load(tmp_path, settings[SHAPE_KEY])
     assert loaded.fields.shape == (len(KNOTS), 2, age_shape.GRID, age_shape.GRID)
     assert torch.equal(loaded.fields[KNOTS.index(30.0)], torch.zeros(2, age_shape.GRID, age_shape.GRID))
+
+
+def test_the_service_warps_only_the_faces_and_a_zero_edit_gives_the_photo_back(fitted, photo):
+    from tests.model.test_shipped_model import WEIGHTS
+
+    editor = AgeEditor.from_dir(WEIGHTS)
+    image = photo("fr_obama.jpg")
+    plain = editor.age_photo(image, years=30).image
+    editor.age_shape = AgeShape(fitted.knots, fitted.fields, 3.0, editor.framing)
+    shaped = editor.age_photo(image, years=30).image
+    assert np.array_equal(editor.age_photo(image, years=0).image, image)
+    differs = np.abs(shaped.astype(int) - plain.astype(int)).max(2) > 2
+    assert differs.any()
+    rows, cols = np.nonzero(differs)
+    face = editor.find_faces(image)[0].box  # x0, y0, x1, y1
+    width, height = face[2] - face[0], face[3] - face[1]
+    assert face[0] - width <= cols.min() and cols.max() <= face[2] + width
+    assert face[1] - height <= rows.min() and rows.max() <= face[3] + height
