@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from model.colour import blur
+from model.age_template import knot_means
+from model.colour import LUMA, blur
 from model.condition import age_weights
 from model.masks import face_mask
 
@@ -50,7 +51,6 @@ SMOOTHNESS = 3.0  # penalty on neighbouring lattice differences
 SCALES = (2.0, 1.0)  # blur (64 px) of the coarse-to-fine registration
 STEPS = 120  # Adam steps at each scale
 GAIN = 2.0  # the fitted warp of blurred mean faces is shallower than a face's own change (EVALUATION)
-LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass
@@ -120,19 +120,6 @@ def local_contrast(luma: torch.Tensor, sigma: float) -> torch.Tensor:
     return band / (blur(band * band, 5.0).sqrt() + 0.01)
 
 
-def mean_faces(faces: FaceSet, knots=KNOTS, batch: int = 1024) -> torch.Tensor:
-    """The mean 64 px face at each knot (knots x 3 x 64 x 64), each face weighted by its share of the two
-    knots round its age."""
-    sums = torch.zeros(len(knots), 3, 64, 64, dtype=torch.float64)
-    totals = torch.zeros(len(knots), dtype=torch.float64)
-    for start in range(0, len(faces), batch):
-        index = np.arange(start, min(start + batch, len(faces)))
-        weights = age_weights(torch.from_numpy(faces.ages[index].astype(np.float64)), tuple(knots)).double()
-        sums += torch.einsum("nk,nchw->kchw", weights, faces.batch(index).double())
-        totals += weights.sum(0)
-    return (sums / totals.clamp(min=1e-9)[:, None, None, None]).float()
-
-
 def register(
     moving: torch.Tensor, fixed: torch.Tensor, grid: int = GRID, smoothness: float = SMOOTHNESS
 ) -> torch.Tensor:
@@ -159,7 +146,7 @@ def register(
 def fit_shape(faces: FaceSet, gain: float = GAIN, framing: str = "tight", knots=KNOTS, seed: int = 0) -> AgeShape:
     """Each knot's mean face registered to the reference knot's (`register`)."""
     torch.manual_seed(seed)
-    means = mean_faces(faces, knots)
+    means = knot_means(faces, knots, batch=1024)  # the mean face at each knot
     luma = (means * torch.tensor(LUMA)[:, None, None]).sum(1, keepdim=True)
     reference = list(knots).index(REFERENCE)
     fields = [

@@ -77,18 +77,27 @@ class AgeTemplate:
 
 
 def fit_template(faces: FaceSet, sigma_64: float = SIGMA_64, knot_step: float = KNOT_STEP, batch: int = 512):
-    """The knots and the mean detail band of `faces` (64 px) at each, every face weighted by its share of
-    the two knots around its age (`model.condition.age_weights`; ages beyond the last knot count as it)."""
+    """The knots and the mean detail band of `faces` (64 px) at each (`knot_means`)."""
     knots = np.arange(0.0, 90.0 + knot_step / 2, knot_step)
-    sums = torch.zeros(len(knots), 3, 64, 64, dtype=torch.float64)
+    return knots, knot_means(faces, knots, lambda images: highpass(images, sigma_64), batch)
+
+
+def knot_means(faces: FaceSet, knots, transform=None, batch: int = 512) -> torch.Tensor:
+    """Knots x 3 x S x S: the mean of `faces` (S px; each batch passed through `transform` where given) at
+    each knot, every face weighted by its share of the two knots around its age
+    (`model.condition.age_weights`; ages beyond the last knot count as it)."""
+    knots = tuple(float(k) for k in knots)
+    side = faces.images.shape[1]
+    sums = torch.zeros(len(knots), 3, side, side, dtype=torch.float64)
     totals = torch.zeros(len(knots), dtype=torch.float64)
     for start in range(0, len(faces), batch):
         index = np.arange(start, min(start + batch, len(faces)))
-        band = highpass(faces.batch(index), sigma_64).double()
-        weights = age_weights(torch.from_numpy(faces.ages[index]), tuple(knots.tolist())).double()
+        images = faces.batch(index)
+        band = (images if transform is None else transform(images)).double()
+        weights = age_weights(torch.from_numpy(faces.ages[index]), knots).double()
         sums += torch.einsum("nk,nchw->kchw", weights, band)
         totals += weights.sum(0)
-    return knots, (sums / totals.clamp(min=1e-9)[:, None, None, None]).float()
+    return (sums / totals.clamp(min=1e-9)[:, None, None, None]).float()
 
 
 def main(argv=None) -> None:
