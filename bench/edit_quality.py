@@ -176,6 +176,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         args.detail_stage,
         args.face_basis,
         args.age_shape,
+        args.younger_structure,
     )
     lap("editor")
 
@@ -309,6 +310,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         label += f" template {editor.age_template.older:g}-{editor.age_template.younger:g}"
     if editor.age_shape is not None:
         label += f" shape {editor.age_shape.gain:g}"
+    if editor.younger_structure is not None:
+        label += " younger structure {:g}-{:g}-{:g}".format(*editor.younger_structure)
     if args.younger_level_strengths:
         label += f" younger [{','.join(f'{s:g}' for s in args.younger_level_strengths)}]"
     figures = []
@@ -343,6 +346,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "line_limit": editor.line_limit,
             "face_basis": editor.settings.get("face_basis"),
             "age_shape": editor.settings.get("age_shape"),
+            "younger_structure": editor.settings.get("younger_structure"),
             "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name else None,
             "level_strengths": strengths,
             "younger_level_strengths": args.younger_level_strengths,
@@ -608,6 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="shipped|off|DIR",
         help="the warp of the face's shape to the new age (model.age_shape): --weights' (where it has one, as "
         "the service does), none, or a folder's",
+    )
+    parser.add_argument(
+        "--younger-structure",
+        default="shipped",
+        metavar="shipped|off|SIGMA:AREA[:MAX]",
+        help="how an edit toward a younger age keeps the face's own structure (model.colour.keep_structure): "
+        "--weights/editor.json's, none, or its broad blur and softening area (pixels of a 64 px crop) and "
+        "largest softening",
     )
     parser.add_argument("--threads", type=int, default=1)
     return parser

@@ -20,11 +20,11 @@ from model.align import reframe
 from model.checkpoint import WEIGHTS
 from model.detail import CONFIG as DETAIL_CONFIG
 from model.detail import DetailStage
-from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, AgeEditor
+from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, STRUCTURE_KEY, AgeEditor
 from model.face_basis import BASIS_KEY, FaceBasis
 from model.fine_detail import DETAIL_KEY
 from model.flow.glow import Glow
-from model.guard import patch_limit_setting
+from model.guard import patch_limit_setting, structure_setting
 from model.heads import HEADS_FILE, load_heads
 from model.masks import face_mask
 from model.transport import TransportTrajectory, file_digest, load_transport
@@ -68,6 +68,7 @@ def build_editor(
     detail_stage: str = "shipped",
     face_basis: str = "shipped",
     age_shape: str = "shipped",
+    younger_structure: str = "shipped",
 ) -> AgeEditor:
     """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
     likelihood guard of weights/editor.json; `reading`: "heads" reads the current age with the flow's
@@ -78,7 +79,9 @@ def build_editor(
     (the weights folder's, where it has one), "off", or the folder of a detail stage (a training run's);
     `face_basis`: the basis of real faces' detail that an edit's fine change is projected onto
     (model.face_basis), "shipped" (the weights folder's, where it has one), "off", or a folder's; `age_shape`:
-    the warp of the face's shape to the new age (model.age_shape), likewise."""
+    the warp of the face's shape to the new age (model.age_shape), likewise; `younger_structure`: how an edit
+    toward a younger age keeps the face's structure (model.colour.keep_structure), "shipped", "off" or
+    "SIGMA:AREA[:MAX]"."""
     if method == TransportTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)
@@ -103,6 +106,10 @@ def build_editor(
         settings[PATCH_LIMIT_KEY] = shipped[PATCH_LIMIT_KEY]
     elif patch_limit != "shipped" and (limit := patch_limit_setting(patch_limit)) is not None:
         settings[PATCH_LIMIT_KEY] = limit
+    if younger_structure == "shipped" and STRUCTURE_KEY in shipped:
+        settings[STRUCTURE_KEY] = shipped[STRUCTURE_KEY]
+    elif younger_structure != "shipped" and (structure := structure_setting(younger_structure)) is not None:
+        settings[STRUCTURE_KEY] = structure
     if reading == "heads" and (weights / HEADS_FILE).exists():
         trajectory.heads = load_heads(weights / HEADS_FILE)
     stage_folder = weights if detail_stage == "shipped" else None if detail_stage == "off" else Path(detail_stage)

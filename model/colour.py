@@ -120,6 +120,26 @@ def limit_patches(
     return after
 
 
+def keep_structure(
+    before: torch.Tensor, after: torch.Tensor, sigma_64: float, area_sigma_64: float, max_softening: float = 1.0
+) -> torch.Tensor:
+    """`after` with its change made of what an edit toward a younger age may do to a face without drawing
+    another face's features over it: the change's broad part (blurred by `sigma_64` pixels of a 64 px crop:
+    tone, shading, a rounder lighting of the face) as it is, and of its finer part only a softening of the
+    face's own detail: at each pixel the share (0 to `max_softening`, fitted over `area_sigma_64` pixels) of
+    `before`'s detail band (`before` less its blur) that the change takes away. So a younger face's folds
+    fade and its skin smooths, but no eye, lip or edge is drawn where the face has none, which is where a
+    flow moved far toward childhood puts a generic child's. A zero change stays exactly zero."""
+    scale = before.shape[-1] / 64
+    change = after - before
+    broad = blur(change, sigma_64 * scale)
+    detail = before - blur(before, sigma_64 * scale)
+    along = blur((change - broad).mul(detail).sum(1, keepdim=True), area_sigma_64 * scale)
+    energy = blur(detail.square().sum(1, keepdim=True), area_sigma_64 * scale)
+    softening = (-along / (energy + 1e-5)).clamp(0, max_softening)
+    return (before + broad - softening * detail).clamp(0, 1)
+
+
 def clipped_departure(change: torch.Tensor, limit: float, skin: torch.Tensor) -> torch.Tensor:
     """The part of `change` (N x 3 x S x S) beyond `limit` (RGB length) from its median over the skin."""
     inside = change[:, :, skin > 0.5]  # N x 3 x P

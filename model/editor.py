@@ -31,7 +31,15 @@ from model.align import (
     stack_crops,
 )
 from model.checkpoint import load_flow
-from model.colour import blotch_shares, keep_cheek_colour, keep_skin_tone, limit_patches, no_added_tint, within_gamut
+from model.colour import (
+    blotch_shares,
+    keep_cheek_colour,
+    keep_skin_tone,
+    keep_structure,
+    limit_patches,
+    no_added_tint,
+    within_gamut,
+)
 from model.detail import CONFIG as DETAIL_CONFIG
 from model.detail import RESOLUTION as DETAIL_RESOLUTION
 from model.detail import DetailLatents, DetailStage
@@ -58,6 +66,9 @@ GUARD_KEY = "likelihood_guard"
 # change, and the change itself, may depart from its median over the skin (limit_patches); without it the
 # change is not limited
 PATCH_LIMIT_KEY = "patch_limit"
+# editor.json key: {"sigma_64": ..., "area_sigma_64": ..., "max_softening": ...}: an edit toward a younger age
+# keeps the face's own structure (keep_structure); without it the younger change is kept as the flow drew it
+STRUCTURE_KEY = "younger_structure"
 GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest strength within the limit
 GUARD_STEP = 0.05  # a face's search stops once its next round would raise its strength by less than this
 PASTE_STRIP_PIXELS = 1 << 20  # photo pixels pasted at once: bounds paste_back's float copies per face
@@ -356,7 +367,19 @@ class AgeEditor:
         after = within_gamut(faces, after).clamp(0, 1)
         if self.trajectory.keep_skin_tone:
             after = keep_cheek_colour(faces, after, framing=self.framing)
+        younger = np.flatnonzero(np.asarray(target) < reading.ages)
+        if self.younger_structure is not None and len(younger):  # a younger face is this face, softened
+            index = torch.from_numpy(younger).to(after.device)
+            after = after.index_copy(0, index, keep_structure(faces[index], after[index], *self.younger_structure))
         return after, finite_or_inf(bits.cpu().numpy())
+
+    @property
+    def younger_structure(self) -> tuple[float, float, float] | None:
+        """(sigma_64, area_sigma_64, max_softening) of `keep_structure` from editor.json, None where it has none."""
+        values = self.settings.get(STRUCTURE_KEY)
+        if not values:
+            return None
+        return float(values["sigma_64"]), float(values["area_sigma_64"]), float(values.get("max_softening", 1.0))
 
     @property
     def patch_limit(self) -> tuple[float, float] | None:

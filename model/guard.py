@@ -79,6 +79,22 @@ def patch_limit_setting(text: str) -> dict | None:
     return setting | ({"max_line_departure": values[2]} if len(values) == 3 else {})
 
 
+def structure_setting(text: str) -> dict | None:
+    """`SIGMA:AREA` or `SIGMA:AREA:MAX` -> editor.json's `younger_structure` entry (model.colour.keep_structure:
+    the broad blur and the softening's area, pixels of a 64 px crop, and the largest softening); `off` -> None."""
+    if text == "off":
+        return None
+    try:
+        values = [float(v) for v in text.split(":")]
+    except ValueError:
+        values = []
+    if len(values) not in (2, 3) or not all(0 < v < float("inf") for v in values):
+        raise ValueError(
+            f"a younger structure is SIGMA:AREA or SIGMA:AREA:MAX of positive numbers, or off, not {text!r}"
+        )
+    return {"sigma_64": values[0], "area_sigma_64": values[1], "max_softening": values[2] if len(values) == 3 else 1.0}
+
+
 def main(argv=None) -> None:
     import argparse
 
