@@ -311,7 +311,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if editor.age_shape is not None:
         label += f" shape {editor.age_shape.gain:g}"
     if editor.younger_structure is not None:
-        label += " younger structure {:g}-{:g}-{:g}".format(*editor.younger_structure)
+        label += " younger structure " + "-".join(f"{v:g}" for v in editor.younger_structure)
     if args.younger_level_strengths:
         label += f" younger [{','.join(f'{s:g}' for s in args.younger_level_strengths)}]"
     figures = []

@@ -3,8 +3,11 @@ tint or leaving the pixel range, and the measures of its blotches and patches.""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
 from model.align import face_scale
@@ -121,15 +124,28 @@ def limit_patches(
 
 
 def keep_structure(
-    before: torch.Tensor, after: torch.Tensor, sigma_64: float, area_sigma_64: float, max_softening: float = 1.0
+    before: torch.Tensor,
+    after: torch.Tensor,
+    sigma_64: float,
+    area_sigma_64: float,
+    max_softening: float = 1.0,
+    grow_64: int = 0,
+    feature_depth: float = 0.0,
+    max_growth: float = 1.0,
 ) -> torch.Tensor:
     """`after` with its change made of what an edit toward a younger age may do to a face without drawing
     another face's features over it: the change's broad part (blurred by `sigma_64` pixels of a 64 px crop:
-    tone, shading, a rounder lighting of the face) as it is, and of its finer part only a softening of the
-    face's own detail: at each pixel the share (0 to `max_softening`, fitted over `area_sigma_64` pixels) of
+    tone, shading, a rounder lighting of the face) as it is, and of its finer part a softening of the face's
+    own detail: at each pixel the share (0 to `max_softening`, fitted over `area_sigma_64` pixels) of
     `before`'s detail band (`before` less its blur) that the change takes away. So a younger face's folds
     fade and its skin smooths, but no eye, lip or edge is drawn where the face has none, which is where a
-    flow moved far toward childhood puts a generic child's. A zero change stays exactly zero."""
+    flow moved far toward childhood puts a generic child's.
+
+    With `grow_64` > 0, the face's own features may also grow: what is left of the finer change may darken a
+    pixel within `grow_64` pixels of a dark feature of the face (its detail's lightness at least
+    `feature_depth` below its surroundings), by at most `max_growth` times the part of that feature's depth
+    beyond `feature_depth`, and lighten one near a light feature likewise. Eyes and brows can widen, a mouth
+    can change its line, but the skin between them gets nothing new. A zero change stays exactly zero."""
     scale = before.shape[-1] / 64
     change = after - before
     broad = blur(change, sigma_64 * scale)
@@ -137,7 +153,19 @@ def keep_structure(
     along = blur((change - broad).mul(detail).sum(1, keepdim=True), area_sigma_64 * scale)
     energy = blur(detail.square().sum(1, keepdim=True), area_sigma_64 * scale)
     softening = (-along / (energy + 1e-5)).clamp(0, max_softening)
-    return (before + broad - softening * detail).clamp(0, 1)
+    kept = before + broad - softening * detail
+    if grow_64 <= 0:
+        return kept.clamp(0, 1)
+    residual = change - broad + softening * detail
+    weights = torch.tensor(LUMA, device=before.device, dtype=before.dtype).view(1, 3, 1, 1)
+    feature, drawn = (detail * weights).sum(1, keepdim=True), (residual * weights).sum(1, keepdim=True)
+    reach = max(1, round(grow_64 * scale))
+    near = partial(F.max_pool2d, kernel_size=2 * reach + 1, stride=1, padding=reach)
+    dark = max_growth * (near(-feature) - feature_depth).clamp(min=0)
+    light = max_growth * (near(feature) - feature_depth).clamp(min=0)
+    allowed = torch.minimum(torch.maximum(drawn, -dark), light)
+    share = torch.where(drawn.abs() > 1e-6, allowed / torch.where(drawn.abs() > 1e-6, drawn, 1.0), 0.0)
+    return (kept + share * residual).clamp(0, 1)
 
 
 def clipped_departure(change: torch.Tensor, limit: float, skin: torch.Tensor) -> torch.Tensor:

@@ -66,8 +66,9 @@ GUARD_KEY = "likelihood_guard"
 # change, and the change itself, may depart from its median over the skin (limit_patches); without it the
 # change is not limited
 PATCH_LIMIT_KEY = "patch_limit"
-# editor.json key: {"sigma_64": ..., "area_sigma_64": ..., "max_softening": ...}: an edit toward a younger age
-# keeps the face's own structure (keep_structure); without it the younger change is kept as the flow drew it
+# editor.json key: {"sigma_64", "area_sigma_64", "max_softening", "grow_64", "feature_depth", "max_growth"}: an
+# edit toward a younger age keeps the face's own structure (keep_structure); without it the younger change is
+# kept as the flow drew it
 STRUCTURE_KEY = "younger_structure"
 GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest strength within the limit
 GUARD_STEP = 0.05  # a face's search stops once its next round would raise its strength by less than this
@@ -374,12 +375,20 @@ class AgeEditor:
         return after, finite_or_inf(bits.cpu().numpy())
 
     @property
-    def younger_structure(self) -> tuple[float, float, float] | None:
-        """(sigma_64, area_sigma_64, max_softening) of `keep_structure` from editor.json, None where it has none."""
+    def younger_structure(self) -> tuple[float, float, float, int, float, float] | None:
+        """(sigma_64, area_sigma_64, max_softening, grow_64, feature_depth, max_growth) of `keep_structure`
+        from editor.json, None where it has none."""
         values = self.settings.get(STRUCTURE_KEY)
         if not values:
             return None
-        return float(values["sigma_64"]), float(values["area_sigma_64"]), float(values.get("max_softening", 1.0))
+        return (
+            float(values["sigma_64"]),
+            float(values["area_sigma_64"]),
+            float(values.get("max_softening", 1.0)),
+            int(values.get("grow_64", 0)),
+            float(values.get("feature_depth", 0.0)),
+            float(values.get("max_growth", 1.0)),
+        )
 
     @property
     def patch_limit(self) -> tuple[float, float] | None:

@@ -80,19 +80,35 @@ def patch_limit_setting(text: str) -> dict | None:
 
 
 def structure_setting(text: str) -> dict | None:
-    """`SIGMA:AREA` or `SIGMA:AREA:MAX` -> editor.json's `younger_structure` entry (model.colour.keep_structure:
-    the broad blur and the softening's area, pixels of a 64 px crop, and the largest softening); `off` -> None."""
+    """`SIGMA:AREA[:MAX[:GROW:DEPTH:GAIN]]` -> editor.json's `younger_structure` entry (model.colour.keep_structure:
+    the broad blur and the softening's area, pixels of a 64 px crop, the largest softening, and how far, from
+    how deep a feature and by how much of its depth the face's own features may grow); `off` -> None."""
     if text == "off":
         return None
     try:
         values = [float(v) for v in text.split(":")]
     except ValueError:
         values = []
-    if len(values) not in (2, 3) or not all(0 < v < float("inf") for v in values):
+    # every value positive and finite, but the feature depth, which may be 0 (every feature grows); the reach is
+    # whole pixels
+    valid = (
+        len(values) in (2, 3, 6)
+        and all(0 < v < float("inf") or (i == 4 and v == 0) for i, v in enumerate(values))
+        and (len(values) < 6 or values[3] == int(values[3]))
+    )
+    if not valid:
         raise ValueError(
-            f"a younger structure is SIGMA:AREA or SIGMA:AREA:MAX of positive numbers, or off, not {text!r}"
+            "a younger structure is SIGMA:AREA, SIGMA:AREA:MAX or SIGMA:AREA:MAX:GROW:DEPTH:GAIN of positive "
+            f"numbers (GROW whole pixels), or off, not {text!r}"
         )
-    return {"sigma_64": values[0], "area_sigma_64": values[1], "max_softening": values[2] if len(values) == 3 else 1.0}
+    setting = {
+        "sigma_64": values[0],
+        "area_sigma_64": values[1],
+        "max_softening": values[2] if len(values) > 2 else 1.0,
+    }
+    if len(values) == 6:
+        setting |= {"grow_64": int(values[3]), "feature_depth": values[4], "max_growth": values[5]}
+    return setting
 
 
 def main(argv=None) -> None:

@@ -74,13 +74,26 @@ def test_the_setting_is_what_the_editor_reads_and_off_is_none():
 
     editor = AgeEditor.__new__(AgeEditor)
     editor.settings = {"younger_structure": structure_setting("3:2")}
-    assert editor.younger_structure == (3.0, 2.0, 1.0)
+    assert editor.younger_structure == (3.0, 2.0, 1.0, 0, 0.0, 1.0)
     editor.settings = {"younger_structure": structure_setting("4:1.5:0.8")}
-    assert editor.younger_structure == (4.0, 1.5, 0.8)
+    assert editor.younger_structure == (4.0, 1.5, 0.8, 0, 0.0, 1.0)
+    editor.settings = {"younger_structure": structure_setting("3:2:1:2:0.1:1")}
+    assert editor.younger_structure == (3.0, 2.0, 1.0, 2, 0.1, 1.0)
     editor.settings = {}
     assert editor.younger_structure is None
     assert structure_setting("off") is None
-    for bad in ("3", "a:b", "0:1", "3:-1", "3:2:0", "3:2:1:1", "inf:2"):
+    for bad in (
+        "3",
+        "a:b",
+        "0:1",
+        "3:-1",
+        "3:2:0",
+        "3:2:1:1",
+        "inf:2",
+        "3:2:1:1.5:0.1:1",
+        "3:2:1:2:0.1:0",
+        "3:2:1:2:0.1",
+    ):
         with pytest.raises(ValueError, match="younger structure"):
             structure_setting(bad)
 
@@ -115,3 +128,22 @@ def test_the_editor_keeps_the_structure_of_younger_edits_only(monkeypatch):
         assert torch.allclose(with_structure[i].after[None], expected, atol=1e-6)
     # a zero edit is still the face itself
     assert torch.equal(kept.edit(faces, years=0)[0].after, faces[0])
+
+
+def test_the_faces_own_features_may_grow_but_nothing_is_drawn_on_bare_skin():
+    before = torch.full((1, 3, SIDE, SIDE), 0.6)
+    before = before + spot(0.4, 0.35, 0.3, radius=0.02)  # the face's own dark feature (an eye)
+    grow = spot(0.2, 0.35 + 0.035, 0.3)  # the change darkens round it: the eye widens
+    bare = spot(0.2, 0.65, 0.6)  # and draws the same on bare skin far from any feature
+    after = before + grow + bare
+    kept = keep_structure(before, after, *SETTING, 2, 0.1, 1.0) - before
+    soft_only = keep_structure(before, after, *SETTING) - before
+    ys, xs = face_grid(SIDE, FRAMING)
+    by_eye = ((xs - 0.385).abs() < 0.03) & ((ys - 0.3).abs() < 0.03)
+    on_skin = ((xs - 0.65).abs() < 0.03) & ((ys - 0.6).abs() < 0.03)
+    assert by_eye.any() and on_skin.any()
+    # next to the eye the widening is kept (deeper than the softening rule alone leaves it)
+    assert kept[:, :, by_eye].mean() < 1.25 * soft_only[:, :, by_eye].mean() < 0
+    # on bare skin the growth rule adds nothing
+    assert torch.allclose(kept[:, :, on_skin], soft_only[:, :, on_skin], atol=1e-6)
+    assert torch.equal(keep_structure(before, before.clone(), *SETTING, 2, 0.1, 1.0), before)
