@@ -8,7 +8,8 @@ median), or while its colour change is blotched over more than `max_blotch_share
 (`model.colour.blotch_shares`). A detection is edited only when its crop's exact bits/dim lie within
 PLAUSIBLE_RANGE times the real faces' mean (`plausible_face_bits_per_dim`). `python -m model.guard
 --weights weights --data data/faces-tight` measures the real faces and writes both into weights/editor.json,
-with the editor's limit on broad patches (`patch_limit`, `model.colour.limit_patches`; `--patch-limit`). The
+with the editor's limit on broad patches (`patch_limit`, `model.colour.limit_patches`; `--patch-limit`) and its
+rule for edits toward a younger age (`younger_structure`, `model.colour.keep_structure`; `--younger-structure`). The
 percentile is 95 by default; the shipped weights use `--percentile 99` (docs/EVALUATION.md, eighth session).
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from model.colour import BLOTCH_SHARE
-from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, PLAUSIBLE_BITS_KEY
+from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, PLAUSIBLE_BITS_KEY, STRUCTURE_KEY
 
 # a detection is rated a face between these multiples of real held-out faces' mean exact bits/dim: wide on
 # both sides, since real photos differ from the training crops (light, blur, compression): the faces of the
@@ -59,6 +60,10 @@ def plausible_range(bits: np.ndarray) -> list[float]:
 # the shipped limit on broad patches: the blurred change departs from its median over the skin by at most
 # 0.15 (RGB length) at a blur of 1 pixel of the 64 px crop (chosen in docs/EVALUATION.md, fourth session)
 PATCH_LIMIT = "0.15:1.0"
+# the shipped rule for edits toward a younger age (model.colour.keep_structure): the change's broad part below a
+# 3 px blur, a softening of the face's detail over 2 px, and the face's own features (deeper than 0.1) grown by
+# up to 2 px (chosen in docs/EVALUATION.md, tenth session)
+YOUNGER_STRUCTURE = "3:2:1:2:0.1:1"
 
 
 def patch_limit_setting(text: str) -> dict | None:
@@ -134,10 +139,17 @@ def main(argv=None) -> None:
         help="the editor's limit on broad patches and lines, MAX:SIGMA[:LINE] (RGB departures of the blurred "
         "change and of the change itself, blur in 64 px pixels), or off",
     )
+    parser.add_argument(
+        "--younger-structure",
+        default=YOUNGER_STRUCTURE,
+        help="how an edit toward a younger age keeps the face's own structure, SIGMA:AREA[:MAX[:GROW:DEPTH:GAIN]] "
+        "(model.colour.keep_structure; blurs and reach in 64 px pixels), or off",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     try:
         patch_limit = patch_limit_setting(args.patch_limit)
+        structure = structure_setting(args.younger_structure)
     except ValueError as error:
         parser.error(str(error))
     torch.set_num_threads(args.threads)
@@ -155,6 +167,10 @@ def main(argv=None) -> None:
         config.pop(PATCH_LIMIT_KEY, None)
     else:
         config[PATCH_LIMIT_KEY] = patch_limit
+    if structure is None:
+        config.pop(STRUCTURE_KEY, None)
+    else:
+        config[STRUCTURE_KEY] = structure
     path.write_text(json.dumps(config, indent=2) + "\n")
     print(
         f"real held-out faces: median {settings['heldout_median_bits_per_dim']} exact bits/dim, "

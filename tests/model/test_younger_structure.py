@@ -147,3 +147,13 @@ def test_the_faces_own_features_may_grow_but_nothing_is_drawn_on_bare_skin():
     # on bare skin the growth rule adds nothing
     assert torch.allclose(kept[:, :, on_skin], soft_only[:, :, on_skin], atol=1e-6)
     assert torch.equal(keep_structure(before, before.clone(), *SETTING, 2, 0.1, 1.0), before)
+
+
+def test_the_shipped_editor_keeps_younger_structure_as_the_guard_writes_it():
+    import json
+    from pathlib import Path
+
+    from model.guard import YOUNGER_STRUCTURE, structure_setting
+
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "weights" / "editor.json").read_text())
+    assert shipped["younger_structure"] == structure_setting(YOUNGER_STRUCTURE)
