@@ -66,14 +66,21 @@ PATCH_LIMIT = "0.15:1.0"
 YOUNGER_STRUCTURE = "3:2:1:2:0.1:1"
 
 
-def patch_limit_setting(text: str) -> dict | None:
-    """`MAX:SIGMA` or `MAX:SIGMA:LINE` -> editor.json's `patch_limit` entry; `off` -> None (no limit)."""
+def colon_numbers(text: str) -> list[float] | None:
+    """`A:B:...` -> its numbers (none where one is not a number); `off` -> None."""
     if text == "off":
         return None
     try:
-        values = [float(v) for v in text.split(":")]
+        return [float(v) for v in text.split(":")]
     except ValueError:
-        values = []
+        return []
+
+
+def patch_limit_setting(text: str) -> dict | None:
+    """`MAX:SIGMA` or `MAX:SIGMA:LINE` -> editor.json's `patch_limit` entry; `off` -> None (no limit)."""
+    values = colon_numbers(text)
+    if values is None:
+        return None
     if len(values) not in (2, 3):
         raise ValueError(
             f"a patch limit is MAX:SIGMA or MAX:SIGMA:LINE (for example {PATCH_LIMIT}) or off, not {text!r}"
@@ -88,12 +95,9 @@ def structure_setting(text: str) -> dict | None:
     """`SIGMA:AREA[:MAX[:GROW:DEPTH:GAIN]]` -> editor.json's `younger_structure` entry (model.colour.keep_structure:
     the broad blur and the softening's area, pixels of a 64 px crop, the largest softening, and how far, from
     how deep a feature and by how much of its depth the face's own features may grow); `off` -> None."""
-    if text == "off":
+    values = colon_numbers(text)
+    if values is None:
         return None
-    try:
-        values = [float(v) for v in text.split(":")]
-    except ValueError:
-        values = []
     # every value positive and finite, but the feature depth, which may be 0 (every feature grows); the reach is
     # whole pixels
     valid = (
