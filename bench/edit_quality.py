@@ -616,10 +616,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--younger-structure",
         default="shipped",
-        metavar="shipped|off|SIGMA:AREA[:MAX]",
+        metavar="shipped|off|SIGMA:AREA[:MAX[:GROW:DEPTH:GAIN]]",
         help="how an edit toward a younger age keeps the face's own structure (model.colour.keep_structure): "
-        "--weights/editor.json's, none, or its broad blur and softening area (pixels of a 64 px crop) and "
-        "largest softening",
+        "--weights/editor.json's, none, or its broad blur and softening area (pixels of a 64 px crop), largest "
+        "softening, and how far (whole pixels), from how deep a feature and by how much of its depth the face's "
+        "own features may grow",
     )
     parser.add_argument("--threads", type=int, default=1)
     return parser

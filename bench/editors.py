@@ -81,7 +81,7 @@ def build_editor(
     (model.face_basis), "shipped" (the weights folder's, where it has one), "off", or a folder's; `age_shape`:
     the warp of the face's shape to the new age (model.age_shape), likewise; `younger_structure`: how an edit
     toward a younger age keeps the face's structure (model.colour.keep_structure), "shipped", "off" or
-    "SIGMA:AREA[:MAX]"."""
+    "SIGMA:AREA[:MAX[:GROW:DEPTH:GAIN]]"."""
     if method == TransportTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)

@@ -289,6 +289,8 @@ class AgeEditor:
                 **dict(zip(("max_departure", "sigma_64"), self.patch_limit)),
                 "max_line_departure": self.line_limit,
             },
+            # an edit toward a younger age keeps the face's own structure (keep_structure)
+            "younger_structure": self.settings.get(STRUCTURE_KEY) if self.younger_structure is not None else None,
         }
 
     # ---- aligned faces ----------------------------------------------------------------------------
