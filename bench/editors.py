@@ -102,14 +102,8 @@ def build_editor(
         settings[GUARD_KEY] = shipped[GUARD_KEY]
     if fine_detail and DETAIL_KEY in shipped:
         settings[DETAIL_KEY] = shipped[DETAIL_KEY]
-    if patch_limit == "shipped" and PATCH_LIMIT_KEY in shipped:
-        settings[PATCH_LIMIT_KEY] = shipped[PATCH_LIMIT_KEY]
-    elif patch_limit != "shipped" and (limit := patch_limit_setting(patch_limit)) is not None:
-        settings[PATCH_LIMIT_KEY] = limit
-    if younger_structure == "shipped" and STRUCTURE_KEY in shipped:
-        settings[STRUCTURE_KEY] = shipped[STRUCTURE_KEY]
-    elif younger_structure != "shipped" and (structure := structure_setting(younger_structure)) is not None:
-        settings[STRUCTURE_KEY] = structure
+    chosen_setting(patch_limit, shipped, PATCH_LIMIT_KEY, patch_limit_setting, settings)
+    chosen_setting(younger_structure, shipped, STRUCTURE_KEY, structure_setting, settings)
     if reading == "heads" and (weights / HEADS_FILE).exists():
         trajectory.heads = load_heads(weights / HEADS_FILE)
     stage_folder = weights if detail_stage == "shipped" else None if detail_stage == "off" else Path(detail_stage)
@@ -134,6 +128,16 @@ def build_editor(
         face_basis=basis,
         age_shape=shape,
     )
+
+
+def chosen_setting(choice: str, shipped: dict, key: str, parse, settings: dict) -> None:
+    """Puts editor.json's entry `key` into `settings` as `choice` says: "shipped", the weights folder's (where it
+    has one); otherwise `parse(choice)` (a setting, or None for "off": no entry)."""
+    if choice == "shipped":
+        if key in shipped:
+            settings[key] = shipped[key]
+    elif (value := parse(choice)) is not None:
+        settings[key] = value
 
 
 def optional_part(choice: str, weights: Path, key: str, load, name: str, settings: dict):
