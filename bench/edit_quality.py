@@ -177,6 +177,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         args.face_basis,
         args.age_shape,
         args.younger_structure,
+        args.older_structure,
     )
     lap("editor")
 
@@ -308,10 +309,14 @@ def evaluate(args: argparse.Namespace) -> dict:
         label += f" lines {editor.line_limit:g}"
     if editor.age_template is not None:
         label += f" template {editor.age_template.older:g}-{editor.age_template.younger:g}"
+        if editor.age_template.relative_to is not None:
+            label += f" relative {editor.age_template.relative_to:g}"
     if editor.age_shape is not None:
         label += f" shape {editor.age_shape.gain:g}"
     if editor.younger_structure is not None:
         label += " younger structure " + "-".join(f"{v:g}" for v in editor.younger_structure)
+    if editor.older_structure is not None:
+        label += " older structure"
     if args.younger_level_strengths:
         label += f" younger [{','.join(f'{s:g}' for s in args.younger_level_strengths)}]"
     figures = []
@@ -347,6 +352,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "face_basis": editor.settings.get("face_basis"),
             "age_shape": editor.settings.get("age_shape"),
             "younger_structure": editor.settings.get("younger_structure"),
+            "older_structure": editor.settings.get("older_structure"),
             "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name else None,
             "level_strengths": strengths,
             "younger_level_strengths": args.younger_level_strengths,
@@ -621,6 +627,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights/editor.json's, none, or its broad blur and softening area (pixels of a 64 px crop), largest "
         "softening, and how far (whole pixels), from how deep a feature and by how much of its depth the face's "
         "own features may grow",
+    )
+    parser.add_argument(
+        "--older-structure",
+        default="shipped",
+        metavar="shipped|off|DIR",
+        help="the rule that lets an edit toward an older age draw new lines only where real faces of that age "
+        "fold (model.older_structure): --weights' (where it has one), none, or a folder's",
     )
     parser.add_argument("--threads", type=int, default=1)
     return parser

@@ -27,6 +27,7 @@ from model.flow.glow import Glow
 from model.guard import patch_limit_setting, structure_setting
 from model.heads import HEADS_FILE, load_heads
 from model.masks import face_mask
+from model.older_structure import OLDER_KEY, OlderStructure
 from model.transport import TransportTrajectory, file_digest, load_transport
 
 METHODS = (ConditionalPriorTrajectory.name, PosthocTrajectory.name, TransportTrajectory.name)
@@ -69,6 +70,7 @@ def build_editor(
     face_basis: str = "shipped",
     age_shape: str = "shipped",
     younger_structure: str = "shipped",
+    older_structure: str = "shipped",
 ) -> AgeEditor:
     """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
     likelihood guard of weights/editor.json; `reading`: "heads" reads the current age with the flow's
@@ -81,7 +83,8 @@ def build_editor(
     (model.face_basis), "shipped" (the weights folder's, where it has one), "off", or a folder's; `age_shape`:
     the warp of the face's shape to the new age (model.age_shape), likewise; `younger_structure`: how an edit
     toward a younger age keeps the face's structure (model.colour.keep_structure), "shipped", "off" or
-    "SIGMA:AREA[:MAX[:GROW:DEPTH:GAIN]]"."""
+    "SIGMA:AREA[:MAX[:GROW:DEPTH:GAIN]]"; `older_structure`: the rule that lets an older edit draw new lines
+    only where real faces fold (model.older_structure), "shipped", "off" or a folder's."""
     if method == TransportTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)
@@ -118,6 +121,7 @@ def build_editor(
         template = AgeTemplate.load(weights, shipped[TEMPLATE_KEY])
     basis = optional_part(face_basis, weights, BASIS_KEY, FaceBasis.load, "face basis", settings)
     shape = optional_part(age_shape, weights, SHAPE_KEY, AgeShape.load, "age shape", settings)
+    older = optional_part(older_structure, weights, OLDER_KEY, OlderStructure.load, "older structure", settings)
     # a work crop of 128 px: the edit's change is applied to the 128 px aligned crop as the service does
     return AgeEditor(
         ReadingOnce(trajectory),
@@ -127,6 +131,7 @@ def build_editor(
         age_template=template,
         face_basis=basis,
         age_shape=shape,
+        older_structure=older,
     )
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from model.colour import LUMA, blur
 from model.condition import age_weights
 from model.fine_detail import highpass
 from model.masks import face_skin_mask
@@ -50,6 +51,10 @@ class AgeTemplate:
     bands: torch.Tensor
     older: float
     younger: float
+    # with a lightness here, the template is relative to each face's own: where the face's skin is darker than
+    # this, its folds are as much shallower (a fold shades skin by a share of its light, so dark skin gets no
+    # near-black folds); None: the same depth on every face
+    relative_to: float | None = None
 
     def at(self, ages, side: int) -> torch.Tensor:
         """T(age) for each of N ages: N x 3 x side x side (linear between knots, flat beyond the ends)."""
@@ -57,23 +62,38 @@ class AgeTemplate:
         out = torch.einsum("nk,kchw->nchw", weights, self.bands)
         return out if side == out.shape[-1] else F.interpolate(out, size=side, mode="bilinear", align_corners=False)
 
-    def change(self, ages_from, ages_to, side: int, framing: str) -> torch.Tensor:
+    def change(self, ages_from, ages_to, side: int, framing: str, faces: torch.Tensor | None = None) -> torch.Tensor:
         """What an edit from each face's age to its target adds: N x 3 x side x side, exactly zero for a face
-        whose age does not change."""
+        whose age does not change. `faces` (N x 3 x side x side): the faces, which a relative template needs."""
         ages_from, ages_to = np.asarray(ages_from, np.float64), np.asarray(ages_to, np.float64)
         strength = np.where(ages_to > ages_from, self.older, np.where(ages_to < ages_from, self.younger, 0.0))
         skin = face_skin_mask(side, framing)
         difference = self.at(ages_to, side) - self.at(ages_from, side)
-        return torch.from_numpy(strength).float()[:, None, None, None] * difference * skin
+        out = torch.from_numpy(strength).float()[:, None, None, None] * difference * skin
+        if self.relative_to is not None:
+            if faces is None:
+                raise ValueError("a relative age template needs the faces")
+            weights = torch.tensor(LUMA, dtype=faces.dtype, device=faces.device).view(1, 3, 1, 1)
+            lightness = blur((faces * weights).sum(1, keepdim=True), 2.0 * side / 64)
+            out = out.to(faces) * (lightness / self.relative_to).clamp(max=1.0)
+        return out
 
     def settings(self, sigma_64: float) -> dict:
-        return {"older": self.older, "younger": self.younger, "sigma_64": sigma_64, "knots": self.knots.tolist()}
+        out = {"older": self.older, "younger": self.younger, "sigma_64": sigma_64, "knots": self.knots.tolist()}
+        return out if self.relative_to is None else {**out, "relative_to": self.relative_to}
 
     @classmethod
     def load(cls, folder: Path, settings: dict) -> AgeTemplate:
         bands = load_file(str(Path(folder) / TEMPLATE_FILE))["bands"]
         knots = np.asarray(settings["knots"], np.float64)
-        return cls(knots, bands, float(settings["older"]), float(settings["younger"]))
+        relative = settings.get("relative_to")
+        return cls(
+            knots,
+            bands,
+            float(settings["older"]),
+            float(settings["younger"]),
+            None if relative is None else float(relative),
+        )
 
 
 def fit_template(faces: FaceSet, sigma_64: float = SIGMA_64, knot_step: float = KNOT_STEP, batch: int = 512):
@@ -83,20 +103,22 @@ def fit_template(faces: FaceSet, sigma_64: float = SIGMA_64, knot_step: float = 
 
 
 def knot_means(faces: FaceSet, knots, transform=None, batch: int = 512) -> torch.Tensor:
-    """Knots x 3 x S x S: the mean of `faces` (S px; each batch passed through `transform` where given) at
-    each knot, every face weighted by its share of the two knots around its age
+    """Knots x C x S x S: the mean of `faces` (S px, C = 3; or as many channels as `transform` gives, each
+    batch passed through it where given) at each knot, every face weighted by its share of the two knots around its age
     (`model.condition.age_weights`; ages beyond the last knot count as it)."""
     knots = tuple(float(k) for k in knots)
-    side = faces.images.shape[1]
-    sums = torch.zeros(len(knots), 3, side, side, dtype=torch.float64)
+    sums = None
     totals = torch.zeros(len(knots), dtype=torch.float64)
     for start in range(0, len(faces), batch):
         index = np.arange(start, min(start + batch, len(faces)))
         images = faces.batch(index)
         band = (images if transform is None else transform(images)).double()
         weights = age_weights(torch.from_numpy(faces.ages[index]), knots).double()
-        sums += torch.einsum("nk,nchw->kchw", weights, band)
+        step = torch.einsum("nk,nchw->kchw", weights, band)
+        sums = step if sums is None else sums + step
         totals += weights.sum(0)
+    if sums is None:
+        raise ValueError("no faces to average")
     return (sums / totals.clamp(min=1e-9)[:, None, None, None]).float()
 
 
@@ -107,6 +129,13 @@ def main(argv=None) -> None:
     parser.add_argument("--older", type=float, default=3.0, help="strength of the template for older edits")
     parser.add_argument("--younger", type=float, default=1.0, help="and for younger ones")
     parser.add_argument("--sigma-64", type=float, default=SIGMA_64)
+    parser.add_argument(
+        "--relative-to",
+        type=float,
+        default=None,
+        help="make the folds relative to each face's own lightness: full depth at this skin lightness (0-1) "
+        "and above, shallower on darker skin",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -115,7 +144,7 @@ def main(argv=None) -> None:
     faces = load_faces(args.data, 64, "train")
     knots, bands = fit_template(faces, args.sigma_64)
     save_file({"bands": bands.contiguous()}, str(args.weights / TEMPLATE_FILE))
-    template = AgeTemplate(knots, bands, args.older, args.younger)
+    template = AgeTemplate(knots, bands, args.older, args.younger, args.relative_to)
     path = args.weights / "editor.json"
     config = json.loads(path.read_text()) if path.exists() else {}
     config[TEMPLATE_KEY] = template.settings(args.sigma_64)

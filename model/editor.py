@@ -54,6 +54,7 @@ from model.edit_rules import (
 from model.face_basis import BASIS_KEY, FaceBasis
 from model.fine_detail import DETAIL_KEY, DetailEnergy
 from model.masks import face_mask
+from model.older_structure import OLDER_KEY, OlderStructure
 from model.side_threads import beside
 
 EDITOR_CONFIG = "editor.json"
@@ -201,6 +202,7 @@ class AgeEditor:
         age_template: AgeTemplate | None = None,
         face_basis: FaceBasis | None = None,
         age_shape: AgeShape | None = None,
+        older_structure: OlderStructure | None = None,
     ) -> None:
         self.trajectory = trajectory
         self.flow = trajectory.flow
@@ -220,6 +222,9 @@ class AgeEditor:
         # the face's shape at each age (model.age_shape): the work crop's pixels warped to the age reached;
         # None: the shape is as the flow's change leaves it
         self.age_shape = age_shape
+        # the rule that lets an edit toward an older age draw new lines only where real faces of that age
+        # have them (model.older_structure); None: an older edit's lines are as the flow drew them
+        self.older_structure = older_structure
 
     @classmethod
     def from_dir(
@@ -232,6 +237,7 @@ class AgeEditor:
         template = AgeTemplate.load(folder, settings[TEMPLATE_KEY]) if TEMPLATE_KEY in settings else None
         basis = FaceBasis.load(folder, settings[BASIS_KEY]) if BASIS_KEY in settings else None
         shape = AgeShape.load(folder, settings[SHAPE_KEY]) if SHAPE_KEY in settings else None
+        older = OlderStructure.load(folder, settings[OLDER_KEY]) if OLDER_KEY in settings else None
         trajectory = load_trajectory(folder, flow, settings)
         return cls(
             trajectory,
@@ -241,6 +247,7 @@ class AgeEditor:
             age_template=template,
             face_basis=basis,
             age_shape=shape,
+            older_structure=older,
         )
 
     @property
@@ -291,6 +298,8 @@ class AgeEditor:
             },
             # an edit toward a younger age keeps the face's own structure (keep_structure)
             "younger_structure": self.settings.get(STRUCTURE_KEY) if self.younger_structure is not None else None,
+            # an edit toward an older age draws new lines only where real faces fold (model.older_structure)
+            "older_structure": None if self.older_structure is None else self.settings.get(OLDER_KEY),
         }
 
     # ---- aligned faces ----------------------------------------------------------------------------
@@ -328,7 +337,7 @@ class AgeEditor:
         strength[broken] = 0.0
         reached = reading.ages + strength * (target - reading.ages)
         if self.age_template is not None:  # the folds of the age reached, where real faces have them
-            folds = self.age_template.change(reading.ages, reached, after.shape[-1], self.framing)
+            folds = self.age_template.change(reading.ages, reached, after.shape[-1], self.framing, faces)
             after = (after + folds.to(after.device)).clamp(0, 1)
         unmoved = torch.from_numpy((target == reading.ages) | (strength == 0)).to(faces.device)
         after = torch.where(unmoved[:, None, None, None], faces, after)  # a zero edit gives the face back exactly
@@ -374,6 +383,15 @@ class AgeEditor:
         if self.younger_structure is not None and len(younger):  # a younger face is this face, softened
             index = torch.from_numpy(younger).to(after.device)
             after = after.index_copy(0, index, keep_structure(faces[index], after[index], *self.younger_structure))
+        older = np.flatnonzero(np.asarray(target) > reading.ages)
+        if self.older_structure is not None and len(older):  # an older face's new lines go where faces fold
+            index = torch.from_numpy(older).to(after.device)
+            kept = self.older_structure.apply(
+                faces[index], after[index], reading.ages[older], np.asarray(target)[older]
+            )
+            if self.trajectory.keep_skin_tone:  # what the rule took away may have shaded the cheeks: restore them
+                kept = keep_cheek_colour(faces[index], kept, framing=self.framing)
+            after = after.index_copy(0, index, kept)
         return after, finite_or_inf(bits.cpu().numpy())
 
     @property

@@ -4,6 +4,7 @@ difference between the age reached and the face's own on the skin, and a zero ed
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from model.age import PosthocTrajectory
@@ -86,3 +87,23 @@ def test_the_command_writes_the_template_and_the_editor_loads_it(tmp_path, monke
     loaded = AgeTemplate.load(tmp_path, settings[TEMPLATE_KEY])
     assert (loaded.older, loaded.younger) == (2.0, 0.5)
     assert torch.allclose(loaded.bands, fit_template(faces, 2.5)[1])
+
+
+def test_a_relative_template_folds_dark_skin_as_much_shallower(tmp_path, monkeypatch):
+    knots, bands = fit_template(aging_faces(), sigma_64=2.5)
+    absolute = AgeTemplate(knots, bands, older=3.0, younger=1.0)
+    relative = AgeTemplate(knots, bands, older=3.0, younger=1.0, relative_to=0.6)
+    light, dark = torch.full((1, 3, 64, 64), 0.75), torch.full((1, 3, 64, 64), 0.3)
+    full = absolute.change([20.0], [70.0], 64, FRAMING)
+    # at or above the reference lightness the folds are the absolute template's; on darker skin shallower
+    assert torch.allclose(relative.change([20.0], [70.0], 64, FRAMING, light), full, atol=1e-6)
+    assert torch.allclose(relative.change([20.0], [70.0], 64, FRAMING, dark), full * 0.3 / 0.6, atol=1e-5)
+    assert torch.equal(relative.change([40.0], [40.0], 64, FRAMING, dark), torch.zeros_like(full))
+    with pytest.raises(ValueError, match="needs the faces"):
+        relative.change([20.0], [70.0], 64, FRAMING)
+    # the setting goes through editor.json and back
+    faces = aging_faces(200)
+    monkeypatch.setattr("model.data.load_faces", lambda *a, **k: faces)
+    main(["--weights", str(tmp_path), "--data", str(tmp_path), "--older", "2", "--relative-to", "0.6"])
+    settings = json.loads((tmp_path / "editor.json").read_text())[TEMPLATE_KEY]
+    assert settings["relative_to"] == 0.6 and AgeTemplate.load(tmp_path, settings).relative_to == 0.6
