@@ -8,7 +8,6 @@ from functools import partial
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 
 from model.align import face_scale
 from model.masks import central_face, face_skin_mask, skin_region
@@ -65,8 +64,18 @@ def no_added_tint(before: torch.Tensor, after: torch.Tensor, max_gain: float = 1
 
 
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of N x C x S x S images over 3 sigma each side, edges reflected."""
-    return gaussian_blur(images, 2 * max(1, int(3 * sigma)) + 1, sigma)
+    """Gaussian blur of N x C x S x S images over 3 sigma each side, edges reflected: torchvision's
+    `gaussian_blur` kernel, applied as two 1-D passes (its single 2-D convolution costs a 12 px blur's
+    73-tap kernel 36 times as much)."""
+    size = 2 * max(1, int(3 * sigma)) + 1
+    half = (size - 1) * 0.5
+    taps = torch.linspace(-half, half, size, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-0.5 * (taps / sigma).square())
+    kernel = kernel / kernel.sum()
+    channels, pad = images.shape[1], size // 2
+    out = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+    out = F.conv2d(out, kernel.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels)
+    return F.conv2d(out, kernel.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)
 
 
 def keep_skin_tone(before: torch.Tensor, after: torch.Tensor, framing: str = "loose") -> torch.Tensor:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from model.colour import LUMA
+from model.colour import LUMA, blur
 from model.condition import age_weights
 
 if TYPE_CHECKING:  # the editor loads a template but never the training set
@@ -138,21 +138,6 @@ class OlderStructure:
         tensors = load_file(str(Path(folder) / OLDER_FILE))
         knots = np.asarray(values["knots"], np.float64)
         return cls(knots, tensors["fine"], tensors["mid"], OlderSettings.from_dict(values))
-
-
-def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """`model.colour.blur` (the same kernel over 3 sigma each side, edges reflected) as two 1-D passes: the
-    12 px blur's 73-tap kernel costs a 2-D convolution 36 times as much."""
-    size = 2 * max(1, int(3 * sigma)) + 1
-    half = (size - 1) * 0.5
-    taps = torch.linspace(-half, half, size, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-0.5 * (taps / sigma).square())
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    pad = size // 2
-    out = F.pad(images, (pad, pad, pad, pad), mode="reflect")
-    out = F.conv2d(out, kernel.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels)
-    return F.conv2d(out, kernel.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)
 
 
 def reach(pixels_64: int, scale: float) -> int:
