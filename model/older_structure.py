@@ -18,8 +18,7 @@ passes as it is. In the mid and fine bands the change passes
   face's own light features.
 
 So eye sockets hollow and nasolabial folds, crow's feet and jowl lines deepen where real faces fold, and the
-skin between them gets nothing new. A zero change stays exactly zero; so does any edit of a face to its own
-age (the template's difference is zero there).
+skin between them gets nothing new. A zero change stays exactly zero.
 
     python -m model.older_structure --weights DIR --data data/faces-tight
 
