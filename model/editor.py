@@ -299,7 +299,7 @@ class AgeEditor:
             # an edit toward a younger age keeps the face's own structure (keep_structure)
             "younger_structure": self.settings.get(STRUCTURE_KEY) if self.younger_structure is not None else None,
             # an edit toward an older age draws new lines only where real faces fold (model.older_structure)
-            "older_structure": None if self.older_structure is None else self.settings.get(OLDER_KEY),
+            "older_structure": None if self.older_structure is None else self.older_structure.settings_dict(),
         }
 
     # ---- aligned faces ----------------------------------------------------------------------------

@@ -133,6 +133,8 @@ def test_the_editor_applies_it_to_older_edits_only(tmp_path):
             expected = keep_cheek_colour(faces[i : i + 1], expected, framing=FRAMING)
         assert torch.allclose(with_rule[i].after[None], expected, atol=1e-5)
     assert torch.equal(ruled.edit(faces, years=0)[0].after, faces[0])  # a zero edit is the face itself
+    # /v1/model reports the rule's settings, and none without it
+    assert ruled.info()["older_structure"] == shipped.settings_dict() and plain.info()["older_structure"] is None
 
 
 def test_the_shipped_rule_is_what_model_older_structure_writes():
