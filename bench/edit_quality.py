@@ -178,6 +178,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         args.age_shape,
         args.younger_structure,
         args.older_structure,
+        args.tint,
     )
     lap("editor")
 
@@ -317,6 +318,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         label += " younger structure " + "-".join(f"{v:g}" for v in editor.younger_structure)
     if editor.older_structure is not None:
         label += " older structure"
+    if editor.tint_gain is not None:
+        label += f" tint {editor.tint_gain:g}-{editor.tint_turn:g}"
     if args.younger_level_strengths:
         label += f" younger [{','.join(f'{s:g}' for s in args.younger_level_strengths)}]"
     figures = []
@@ -353,6 +356,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "age_shape": editor.settings.get("age_shape"),
             "younger_structure": editor.settings.get("younger_structure"),
             "older_structure": editor.settings.get("older_structure"),
+            "tint_limit": editor.settings.get("tint_limit"),
             "transport": str(args.transport or args.weights) if args.method == TransportTrajectory.name else None,
             "level_strengths": strengths,
             "younger_level_strengths": args.younger_level_strengths,
@@ -634,6 +638,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="shipped|off|DIR",
         help="the rule that lets an edit toward an older age draw new lines only where real faces of that age "
         "fold (model.older_structure): --weights' (where it has one), none, or a folder's",
+    )
+    parser.add_argument(
+        "--tint",
+        default="shipped",
+        metavar="shipped|off|GAIN[:TURN]",
+        help="the limit on the colour an edit adds (AgeEditor.untinted_change): --weights/editor.json's, none, or "
+        "the most it may scale each pixel's own colour and add across it (a share of its strength)",
     )
     parser.add_argument("--threads", type=int, default=1)
     return parser

@@ -20,11 +20,11 @@ from model.align import reframe
 from model.checkpoint import WEIGHTS
 from model.detail import CONFIG as DETAIL_CONFIG
 from model.detail import DetailStage
-from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, STRUCTURE_KEY, AgeEditor
+from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, STRUCTURE_KEY, TINT_KEY, AgeEditor
 from model.face_basis import BASIS_KEY, FaceBasis
 from model.fine_detail import DETAIL_KEY
 from model.flow.glow import Glow
-from model.guard import patch_limit_setting, structure_setting
+from model.guard import patch_limit_setting, structure_setting, tint_setting
 from model.heads import HEADS_FILE, load_heads
 from model.masks import face_mask
 from model.older_structure import OLDER_KEY, OlderStructure
@@ -71,6 +71,7 @@ def build_editor(
     age_shape: str = "shipped",
     younger_structure: str = "shipped",
     older_structure: str = "shipped",
+    tint: str = "shipped",
 ) -> AgeEditor:
     """The editor under test; `transport`: the folder of age_transport.* (default `weights`); `guard`: with the
     likelihood guard of weights/editor.json; `reading`: "heads" reads the current age with the flow's
@@ -84,7 +85,8 @@ def build_editor(
     the warp of the face's shape to the new age (model.age_shape), likewise; `younger_structure`: how an edit
     toward a younger age keeps the face's structure (model.colour.keep_structure), "shipped", "off" or
     "SIGMA:AREA[:MAX[:GROW:DEPTH:GAIN]]"; `older_structure`: the rule that lets an older edit draw new lines
-    only where real faces fold (model.older_structure), "shipped", "off" or a folder's."""
+    only where real faces fold (model.older_structure), "shipped", "off" or a folder's; `tint`: the limit on the
+    colour an edit adds (AgeEditor.untinted_change), "shipped", "off" or "GAIN[:TURN]"."""
     if method == TransportTrajectory.name:
         tensors = posthoc_tensors(flow, weights, data, cache)
         trajectory = TransportTrajectory(flow, tensors, *load_transport(transport or weights), strengths)
@@ -107,6 +109,7 @@ def build_editor(
         settings[DETAIL_KEY] = shipped[DETAIL_KEY]
     chosen_setting(patch_limit, shipped, PATCH_LIMIT_KEY, patch_limit_setting, settings)
     chosen_setting(younger_structure, shipped, STRUCTURE_KEY, structure_setting, settings)
+    chosen_setting(tint, shipped, TINT_KEY, tint_setting, settings)
     if reading == "heads" and (weights / HEADS_FILE).exists():
         trajectory.heads = load_heads(weights / HEADS_FILE)
     stage_folder = weights if detail_stage == "shipped" else None if detail_stage == "off" else Path(detail_stage)
@@ -230,6 +233,7 @@ def run_edits(
                 if editor.framing != view:
                     raise ValueError(f"the age shape warps {editor.framing} crops, not {view} ones")
                 change = editor.shaped_change(view_crops, edits, change) * view_mask
+            change = editor.untinted_change(view_crops, edits, change)  # and no tint of its own
             change = change.permute(0, 2, 3, 1).numpy()
             shown = np.clip(np.rint(batch_crops + 255.0 * change), 0, 255).astype(np.uint8)
             parts[name].append(

@@ -63,6 +63,27 @@ def no_added_tint(before: torch.Tensor, after: torch.Tensor, max_gain: float = 1
     return luma_after + scale * chroma_before
 
 
+def limit_added_tint(
+    before: torch.Tensor, after: torch.Tensor, max_gain: float = 1.1, max_turn: float = 0.0
+) -> torch.Tensor:
+    """`after` with the colour it adds, per pixel, limited by the colour `before` had there: along that colour
+    it may scale it from 0 to `max_gain` times (as `no_added_tint`), and across it add at most `max_turn`
+    times its strength. The brightness change stays. A grey pixel stays grey whatever the limits, and with
+    `max_turn` 0 every pixel keeps its hue."""
+    weights = torch.tensor(LUMA, device=before.device, dtype=before.dtype).view(1, 3, 1, 1)
+    luma_after = (after * weights).sum(1, keepdim=True)
+    chroma_before = before - (before * weights).sum(1, keepdim=True)
+    chroma_after = after - luma_after
+    strength = chroma_before.norm(dim=1, keepdim=True)
+    unit = chroma_before / (strength + 1e-8)
+    along = (chroma_after * unit).sum(1, keepdim=True)
+    across = chroma_after - along * unit
+    across_length = across.norm(dim=1, keepdim=True)
+    across = across * (max_turn * strength / (across_length + 1e-12)).clamp(max=1.0)
+    along = torch.minimum(along.clamp(min=0), max_gain * strength)
+    return luma_after + along * unit + across
+
+
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of N x C x S x S images over 3 sigma each side, edges reflected: torchvision's
     `gaussian_blur` kernel, applied as two 1-D passes (its single 2-D convolution costs a 12 px blur's

@@ -36,6 +36,7 @@ from model.colour import (
     keep_cheek_colour,
     keep_skin_tone,
     keep_structure,
+    limit_added_tint,
     limit_patches,
     no_added_tint,
     within_gamut,
@@ -71,6 +72,11 @@ PATCH_LIMIT_KEY = "patch_limit"
 # edit toward a younger age keeps the face's own structure (keep_structure); without it the younger change is
 # kept as the flow drew it
 STRUCTURE_KEY = "younger_structure"
+# editor.json key: {"max_gain": ..., "max_turn": ...}: an edit's finished change adds no tint of its own: at each
+# pixel of the work crop the edited colour is the photo's own there scaled by 0 to max_gain, plus at most max_turn
+# times its strength across it (model.colour.limit_added_tint), so a grey photo stays grey; without it the colour
+# is as drawn
+TINT_KEY = "tint_limit"
 GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest strength within the limit
 GUARD_STEP = 0.05  # a face's search stops once its next round would raise its strength by less than this
 PASTE_STRIP_PIXELS = 1 << 20  # photo pixels pasted at once: bounds paste_back's float copies per face
@@ -300,6 +306,8 @@ class AgeEditor:
             "younger_structure": self.settings.get(STRUCTURE_KEY) if self.younger_structure is not None else None,
             # an edit toward an older age draws new lines only where real faces fold (model.older_structure)
             "older_structure": None if self.older_structure is None else self.older_structure.settings_dict(),
+            # the finished change adds no tint of its own (untinted_change)
+            "tint_limit": None if self.tint_gain is None else {"max_gain": self.tint_gain, "max_turn": self.tint_turn},
         }
 
     # ---- aligned faces ----------------------------------------------------------------------------
@@ -650,11 +658,36 @@ class AgeEditor:
         `image` here), then with an age shape the face's shape at the new age (`shaped_change`). `detail`:
         the work crops' `read_detail`, when already at hand."""
         changes = [self.work_change(e) for e in edits]
-        if self.fine_detail is None and self.detail_stage is None and self.age_shape is None:
+        if self.fine_detail is None and self.detail_stage is None and self.age_shape is None and not self.tint_gain:
             return changes
         crops = torch.stack([a.cut(image, self.work_size) for a in aligned])
         changes = [change + fine for change, fine in zip(changes, self.fine_detail_change(crops, edits, detail))]
-        return list(self.shaped_change(crops, edits, torch.stack(changes)))
+        return list(self.untinted_change(crops, edits, self.shaped_change(crops, edits, torch.stack(changes))))
+
+    @property
+    def tint_gain(self) -> float | None:
+        """`max_gain` of the tint limit in editor.json (`untinted_change`), None where it has none."""
+        values = self.settings.get(TINT_KEY)
+        return None if not values else float(values["max_gain"])
+
+    @property
+    def tint_turn(self) -> float:
+        """`max_turn` of the tint limit in editor.json (`untinted_change`; 0 where it has none)."""
+        return float((self.settings.get(TINT_KEY) or {}).get("max_turn", 0.0))
+
+    def untinted_change(self, crops: torch.Tensor, edits: list[FaceEdit], change: torch.Tensor) -> torch.Tensor:
+        """The change (N x 3 x S x S) to N work crops with the tint it adds limited: at each pixel the edited
+        colour is the crop's own colour there scaled by 0 to `tint_gain`, plus at most `tint_turn` times its
+        strength across it (model.colour.limit_added_tint), so that a grey pixel stays grey. The flow's move
+        has its tint taken away at 64 px already; what is drawn after it (the detail stage's redrawing, the
+        template's folds, the upsampled controls) can still tint a black-and-white photo. `change` as it is
+        without a tint limit, and for a face whose age does not change."""
+        gain = self.tint_gain
+        if not gain:
+            return change
+        moved = torch.from_numpy(np.asarray([e.age_before != e.age_after for e in edits])).to(change.device)
+        kept = limit_added_tint(crops, crops + change, gain, self.tint_turn) - crops
+        return torch.where(moved[:, None, None, None], kept, change)
 
     def shaped_change(self, crops: torch.Tensor, edits: list[FaceEdit], change: torch.Tensor) -> torch.Tensor:
         """The change (N x 3 x S x S) that gives N work crops their edit's `change` and then their face's

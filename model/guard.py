@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from model.colour import BLOTCH_SHARE
-from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, PLAUSIBLE_BITS_KEY, STRUCTURE_KEY
+from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, PLAUSIBLE_BITS_KEY, STRUCTURE_KEY, TINT_KEY
 
 # a detection is rated a face between these multiples of real held-out faces' mean exact bits/dim: wide on
 # both sides, since real photos differ from the training crops (light, blur, compression): the faces of the
@@ -64,6 +64,9 @@ PATCH_LIMIT = "0.15:1.0"
 # 3 px blur, a softening of the face's detail over 2 px, and the face's own features (deeper than 0.1) grown by
 # up to 2 px (chosen in docs/EVALUATION.md, tenth session)
 YOUNGER_STRUCTURE = "3:2:1:2:0.1:1"
+# the shipped tint limit: an edit's finished colour at each pixel is at most twice the photo's own there, along
+# it, plus at most half its strength across it (AgeEditor.untinted_change; docs/EVALUATION.md, twelfth session)
+TINT_LIMIT = "2:0.5"
 
 
 def colon_numbers(text: str) -> list[float] | None:
@@ -89,6 +92,22 @@ def patch_limit_setting(text: str) -> dict | None:
         raise ValueError(f"a patch limit's departures and blur must be positive numbers, not {text!r}")
     setting = {"max_departure": values[0], "sigma_64": values[1]}
     return setting | ({"max_line_departure": values[2]} if len(values) == 3 else {})
+
+
+def tint_setting(text: str) -> dict | None:
+    """`GAIN[:TURN]` -> editor.json's `tint_limit` entry (AgeEditor.untinted_change: the most an edit may
+    scale each pixel's own colour, and the most colour it may add across it, as a share of its strength);
+    `off` -> None (the colour as drawn)."""
+    values = colon_numbers(text)
+    if values is None:
+        return None
+    valid = len(values) in (1, 2) and 0 < values[0] < float("inf") and all(0 <= v < float("inf") for v in values)
+    if not valid:
+        raise ValueError(
+            f"a tint limit is GAIN or GAIN:TURN, a positive gain and a turn of 0 or more (for example "
+            f"{TINT_LIMIT}), or off, not {text!r}"
+        )
+    return {"max_gain": values[0], "max_turn": values[1] if len(values) == 2 else 0.0}
 
 
 def structure_setting(text: str) -> dict | None:
@@ -149,11 +168,18 @@ def main(argv=None) -> None:
         help="how an edit toward a younger age keeps the face's own structure, SIGMA:AREA[:MAX[:GROW:DEPTH:GAIN]] "
         "(model.colour.keep_structure; blurs and reach in 64 px pixels), or off",
     )
+    parser.add_argument(
+        "--tint-limit",
+        default=TINT_LIMIT,
+        help="GAIN[:TURN]: the most an edit may scale each pixel's own colour, and add across it (a share of its "
+        "strength), so that it adds no tint of its own (AgeEditor.untinted_change), or off",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     try:
         patch_limit = patch_limit_setting(args.patch_limit)
         structure = structure_setting(args.younger_structure)
+        tint = tint_setting(args.tint_limit)
     except ValueError as error:
         parser.error(str(error))
     torch.set_num_threads(args.threads)
@@ -175,6 +201,10 @@ def main(argv=None) -> None:
         config.pop(STRUCTURE_KEY, None)
     else:
         config[STRUCTURE_KEY] = structure
+    if tint is None:
+        config.pop(TINT_KEY, None)
+    else:
+        config[TINT_KEY] = tint
     path.write_text(json.dumps(config, indent=2) + "\n")
     print(
         f"real held-out faces: median {settings['heldout_median_bits_per_dim']} exact bits/dim, "

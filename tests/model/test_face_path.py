@@ -43,11 +43,18 @@ def test_alignment_for_reading_cuts_only_the_flows_crop(age_editor, two_people):
     assert [set(a.crops) for a in aligned] == [{age_editor.resolution}] * 2
 
 
-def test_a_photo_edit_without_fine_detail_cuts_no_work_crop(age_editor, two_people, monkeypatch):
+def test_a_photo_edit_without_fine_detail_or_a_tint_limit_cuts_no_work_crop(age_editor, two_people, monkeypatch):
+    from model.editor import TINT_KEY
+
     monkeypatch.setattr(age_editor, "fine_detail", None)
     monkeypatch.setattr(age_editor, "detail_stage", None)
+    monkeypatch.setattr(age_editor, "settings", {k: v for k, v in age_editor.settings.items() if k != TINT_KEY})
     result = age_editor.age_photo(two_people, years=30)
     assert [set(f.aligned.crops) for f in result.faces] == [{age_editor.resolution}] * 2
+    # the tint limit reads the photo's own colour from the work crop
+    monkeypatch.setattr(age_editor, "settings", {**age_editor.settings, TINT_KEY: {"max_gain": 2.0, "max_turn": 0.5}})
+    result = age_editor.age_photo(two_people, years=30)
+    assert [set(f.aligned.crops) for f in result.faces] == [{age_editor.resolution, age_editor.work_size}] * 2
 
 
 def test_a_faces_only_answer_cuts_the_work_crop_it_shows(age_editor, two_people, monkeypatch):
