@@ -43,7 +43,14 @@ from torch import nn
 
 from model.age import POSTHOC_WEIGHTS, TRAJECTORY, PosthocTrajectory, load_trajectory
 from model.checkpoint import load_flow
-from model.colour import clipped_departure, keep_cheek_colour, keep_skin_tone, limit_patches, no_added_tint
+from model.colour import (
+    channel_length,
+    clipped_departure,
+    keep_cheek_colour,
+    keep_skin_tone,
+    limit_patches,
+    no_added_tint,
+)
 from model.condition import age_weights, condition_vector
 from model.data import FaceSet, age_balance_weights, load_faces
 from model.editor import EDITOR_CONFIG, GUARD_KEY, PATCH_LIMIT_KEY, subset_reading
@@ -165,7 +172,7 @@ def decode_along(
 def line_energy(before: torch.Tensor, after: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
     """Per face, the mean square over the skin of the change's part beyond `LINE_DEPTH` from its median: how
     much of an edit is lines deeper than the line limit allows."""
-    line = clipped_departure(after - before, LINE_DEPTH, skin).norm(dim=1)
+    line = channel_length(clipped_departure(after - before, LINE_DEPTH, skin))[:, 0]
     return (line**2 * skin).sum((1, 2)) / skin.sum()
 
 

@@ -41,7 +41,7 @@ def blotch_shares(before: torch.Tensor, after: torch.Tensor, framing: str = "loo
     side = before.shape[-1]
     change = blur(cielab(after) - cielab(before), BLOTCH_BLUR * side)
     inside = change[:, :, central_face(side, framing).to(change.device)]  # N x 3 x P
-    departs = (inside - inside.median(2, keepdim=True).values).norm(dim=1) > BLOTCH_DELTA
+    departs = channel_length(inside - inside.median(2, keepdim=True).values)[:, 0] > BLOTCH_DELTA
     return departs.float().mean(1).cpu().numpy()
 
 
@@ -63,6 +63,13 @@ def no_added_tint(before: torch.Tensor, after: torch.Tensor, max_gain: float = 1
     return luma_after + scale * chroma_before
 
 
+def channel_length(images: torch.Tensor) -> torch.Tensor:
+    """N x 1 x ...: the length of each pixel's vector over the channels (dimension 1). The same as
+    `images.norm(dim=1, keepdim=True)` to float rounding; torch's vector norm over that dimension runs 30 to 60
+    times slower on this project's CPUs (a 256 px crop: 12 ms against 0.2)."""
+    return images.square().sum(1, keepdim=True).sqrt()
+
+
 def limit_added_tint(
     before: torch.Tensor, after: torch.Tensor, max_gain: float = 1.1, max_turn: float = 0.0
 ) -> torch.Tensor:
@@ -74,11 +81,11 @@ def limit_added_tint(
     luma_after = (after * weights).sum(1, keepdim=True)
     chroma_before = before - (before * weights).sum(1, keepdim=True)
     chroma_after = after - luma_after
-    strength = chroma_before.norm(dim=1, keepdim=True)
+    strength = channel_length(chroma_before)
     unit = chroma_before / (strength + 1e-8)
     along = (chroma_after * unit).sum(1, keepdim=True)
     across = chroma_after - along * unit
-    across_length = across.norm(dim=1, keepdim=True)
+    across_length = channel_length(across)
     across = across * (max_turn * strength / (across_length + 1e-12)).clamp(max=1.0)
     along = torch.minimum(along.clamp(min=0), max_gain * strength)
     return luma_after + along * unit + across
@@ -202,7 +209,7 @@ def clipped_departure(change: torch.Tensor, limit: float, skin: torch.Tensor) ->
     """The part of `change` (N x 3 x S x S) beyond `limit` (RGB length) from its median over the skin."""
     inside = change[:, :, skin > 0.5]  # N x 3 x P
     departure = change - inside.median(2).values[:, :, None, None]
-    length = departure.norm(dim=1, keepdim=True)
+    length = channel_length(departure)
     return departure * (1 - limit / length.clamp(min=1e-12)).clamp(min=0)
 
 
