@@ -318,8 +318,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         label += " younger structure " + "-".join(f"{v:g}" for v in editor.younger_structure)
     if editor.older_structure is not None:
         label += " older structure"
-    if editor.tint_gain is not None:
-        label += f" tint {editor.tint_gain:g}-{editor.tint_turn:g}"
+    if editor.tint_limit is not None:
+        label += " tint " + "-".join(f"{v:g}" for v in editor.tint_limit)
     if args.younger_level_strengths:
         label += f" younger [{','.join(f'{s:g}' for s in args.younger_level_strengths)}]"
     figures = []

@@ -48,21 +48,6 @@ def blotch_shares(before: torch.Tensor, after: torch.Tensor, framing: str = "loo
 LUMA = (0.299, 0.587, 0.114)
 
 
-def no_added_tint(before: torch.Tensor, after: torch.Tensor, max_gain: float = 1.1) -> torch.Tensor:
-    """`after` with its colour, per pixel, made a scaling (0 to `max_gain`) of the colour `before` had: the
-    brightness change stays, hair can grey, but the edit adds no tint of its own (a flow moved far from
-    its data tends to cast faces blue or purple)."""
-    weights = torch.tensor(LUMA, device=before.device).view(1, 3, 1, 1)
-    luma_before = (before * weights).sum(1, keepdim=True)
-    luma_after = (after * weights).sum(1, keepdim=True)
-    chroma_before, chroma_after = before - luma_before, after - luma_after
-    scale = (
-        (chroma_after * chroma_before).sum(1, keepdim=True)
-        / ((chroma_before * chroma_before).sum(1, keepdim=True) + 1e-8)
-    ).clamp(0, max_gain)
-    return luma_after + scale * chroma_before
-
-
 def channel_length(images: torch.Tensor) -> torch.Tensor:
     """N x 1 x ...: the length of each pixel's vector over the channels (dimension 1). The same as
     `images.norm(dim=1, keepdim=True)` to float rounding; torch's vector norm over that dimension runs 30 to 60
@@ -70,13 +55,13 @@ def channel_length(images: torch.Tensor) -> torch.Tensor:
     return images.square().sum(1, keepdim=True).sqrt()
 
 
-def limit_added_tint(
+def no_added_tint(
     before: torch.Tensor, after: torch.Tensor, max_gain: float = 1.1, max_turn: float = 0.0
 ) -> torch.Tensor:
-    """`after` with the colour it adds, per pixel, limited by the colour `before` had there: along that colour
-    it may scale it from 0 to `max_gain` times (as `no_added_tint`), and across it add at most `max_turn`
-    times its strength. The brightness change stays. A grey pixel stays grey whatever the limits, and with
-    `max_turn` 0 every pixel keeps its hue."""
+    """`after` with its colour, per pixel, made a scaling (0 to `max_gain`) of the colour `before` had, plus at
+    most `max_turn` times that colour's strength across it: the brightness change stays, hair can grey, but
+    the edit adds no tint of its own (a flow moved far from its data tends to cast faces blue or purple). A
+    grey pixel stays grey whatever the limits, and with `max_turn` 0 every pixel keeps its hue."""
     weights = torch.tensor(LUMA, device=before.device, dtype=before.dtype).view(1, 3, 1, 1)
     luma_after = (after * weights).sum(1, keepdim=True)
     chroma_before = before - (before * weights).sum(1, keepdim=True)

@@ -36,7 +36,6 @@ from model.colour import (
     keep_cheek_colour,
     keep_skin_tone,
     keep_structure,
-    limit_added_tint,
     limit_patches,
     no_added_tint,
     within_gamut,
@@ -74,7 +73,7 @@ PATCH_LIMIT_KEY = "patch_limit"
 STRUCTURE_KEY = "younger_structure"
 # editor.json key: {"max_gain": ..., "max_turn": ...}: an edit's finished change adds no tint of its own: at each
 # pixel of the work crop the edited colour is the photo's own there scaled by 0 to max_gain, plus at most max_turn
-# times its strength across it (model.colour.limit_added_tint), so a grey photo stays grey; without it the colour
+# times its strength across it (model.colour.no_added_tint), so a grey photo stays grey; without it the colour
 # is as drawn
 TINT_KEY = "tint_limit"
 GUARD_ROUNDS = 3  # at most this many rounds of the search for the largest strength within the limit
@@ -307,7 +306,7 @@ class AgeEditor:
             # an edit toward an older age draws new lines only where real faces fold (model.older_structure)
             "older_structure": None if self.older_structure is None else self.older_structure.settings_dict(),
             # the finished change adds no tint of its own (untinted_change)
-            "tint_limit": None if self.tint_gain is None else {"max_gain": self.tint_gain, "max_turn": self.tint_turn},
+            "tint_limit": None if self.tint_limit is None else dict(zip(("max_gain", "max_turn"), self.tint_limit)),
         }
 
     # ---- aligned faces ----------------------------------------------------------------------------
@@ -658,35 +657,34 @@ class AgeEditor:
         `image` here), then with an age shape the face's shape at the new age (`shaped_change`). `detail`:
         the work crops' `read_detail`, when already at hand."""
         changes = [self.work_change(e) for e in edits]
-        if self.fine_detail is None and self.detail_stage is None and self.age_shape is None and not self.tint_gain:
+        if (
+            self.fine_detail is None
+            and self.detail_stage is None
+            and self.age_shape is None
+            and self.tint_limit is None
+        ):
             return changes
         crops = torch.stack([a.cut(image, self.work_size) for a in aligned])
         changes = [change + fine for change, fine in zip(changes, self.fine_detail_change(crops, edits, detail))]
         return list(self.untinted_change(crops, edits, self.shaped_change(crops, edits, torch.stack(changes))))
 
     @property
-    def tint_gain(self) -> float | None:
-        """`max_gain` of the tint limit in editor.json (`untinted_change`), None where it has none."""
+    def tint_limit(self) -> tuple[float, float] | None:
+        """(max_gain, max_turn) of the tint limit in editor.json (`untinted_change`), None where it has none."""
         values = self.settings.get(TINT_KEY)
-        return None if not values else float(values["max_gain"])
-
-    @property
-    def tint_turn(self) -> float:
-        """`max_turn` of the tint limit in editor.json (`untinted_change`; 0 where it has none)."""
-        return float((self.settings.get(TINT_KEY) or {}).get("max_turn", 0.0))
+        return None if not values else (float(values["max_gain"]), float(values.get("max_turn", 0.0)))
 
     def untinted_change(self, crops: torch.Tensor, edits: list[FaceEdit], change: torch.Tensor) -> torch.Tensor:
         """The change (N x 3 x S x S) to N work crops with the tint it adds limited: at each pixel the edited
-        colour is the crop's own colour there scaled by 0 to `tint_gain`, plus at most `tint_turn` times its
-        strength across it (model.colour.limit_added_tint), so that a grey pixel stays grey. The flow's move
+        colour is the crop's own colour there scaled by 0 to the limit's gain, plus at most its turn times its
+        strength across it (model.colour.no_added_tint), so that a grey pixel stays grey. The flow's move
         has its tint taken away at 64 px already; what is drawn after it (the detail stage's redrawing, the
         template's folds, the upsampled controls) can still tint a black-and-white photo. `change` as it is
         without a tint limit, and for a face whose age does not change."""
-        gain = self.tint_gain
-        if not gain:
+        if self.tint_limit is None:
             return change
         moved = torch.from_numpy(np.asarray([e.age_before != e.age_after for e in edits])).to(change.device)
-        kept = limit_added_tint(crops, crops + change, gain, self.tint_turn) - crops
+        kept = no_added_tint(crops, crops + change, *self.tint_limit) - crops
         return torch.where(moved[:, None, None, None], kept, change)
 
     def shaped_change(self, crops: torch.Tensor, edits: list[FaceEdit], change: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """AgeEditor.untinted_change: an edit adds no tint of its own. At each pixel of the work crop the edited colour
 is the photo's own colour there scaled by 0 to the tint limit's gain, plus at most its turn times that colour's
-strength across it (model.colour.limit_added_tint): a black-and-white photo comes back black and white, and the
+strength across it (model.colour.no_added_tint): a black-and-white photo comes back black and white, and the
 brightness change is kept as it is."""
 
 from __future__ import annotations
